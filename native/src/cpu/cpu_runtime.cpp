@@ -1,0 +1,237 @@
+#include "cpu_runtime.hpp"
+
+#include "../core/log.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <exception>
+#include <fstream>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#include <immintrin.h>
+#define LLMN_X86 1
+#endif
+
+namespace llmn::cpu {
+
+namespace {
+
+#if LLMN_X86
+uint64_t xgetbv0() {
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (uint64_t(hi) << 32) | lo;
+}
+#endif
+
+llmn_cpu_isa detect() {
+#if LLMN_X86
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return LLMN_CPU_ISA_SCALAR;
+    bool osxsave = c & (1u << 27), fma = c & (1u << 12), f16c = c & (1u << 29), avx = c & (1u << 28);
+    if (!osxsave || !avx) return LLMN_CPU_ISA_SCALAR;
+    uint64_t xcr0 = xgetbv0();
+    bool ymm = (xcr0 & 0x6) == 0x6, zmm = (xcr0 & 0xe6) == 0xe6;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return LLMN_CPU_ISA_SCALAR;
+    bool avx2 = b & (1u << 5), avx512f = b & (1u << 16), avx512bw = b & (1u << 30), avx512vl = b & (1u << 31);
+    if (!(ymm && avx2 && fma && f16c)) return LLMN_CPU_ISA_SCALAR;
+#if defined(LLMN_HAVE_AVX512_KERNELS)
+    if (zmm && avx512f && avx512bw && avx512vl) return LLMN_CPU_ISA_AVX512;
+#else
+    (void)zmm; (void)avx512f; (void)avx512bw; (void)avx512vl;
+#endif
+    return LLMN_CPU_ISA_AVX2;
+#elif defined(__aarch64__)
+    return LLMN_CPU_ISA_NEON;
+#else
+    return LLMN_CPU_ISA_SCALAR;
+#endif
+}
+
+std::atomic<int> g_active_isa{-1};
+
+class ThreadPool {
+public:
+    explicit ThreadPool(int threads) { start(threads); }
+    ~ThreadPool() { stop(); }
+
+    int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+    void resize(int threads) {
+        std::lock_guard<std::mutex> call_lock(call_mutex_);
+        stop();
+        start(threads);
+    }
+
+    void run(int64_t n, const std::function<void(int64_t)>& fn) {
+        if (n <= 0) return;
+        if (t_in_pool || n == 1 || workers_.empty()) {  // nested or trivial: inline
+            for (int64_t i = 0; i < n; ++i) fn(i);
+            return;
+        }
+        std::lock_guard<std::mutex> call_lock(call_mutex_);  // one parallel region at a time
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            job_ = &fn;
+            job_n_ = n;
+            next_.store(0);
+            pending_ = static_cast<int>(workers_.size());
+            error_ = nullptr;
+            ++generation_;
+        }
+        cv_.notify_all();
+        work();
+        std::unique_lock<std::mutex> lock(mutex_);
+        done_cv_.wait(lock, [&] { return pending_ == 0; });
+        job_ = nullptr;
+        if (error_) std::rethrow_exception(error_);
+    }
+
+private:
+    void start(int threads) {
+        stopping_ = false;
+        for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { loop(); });
+    }
+    void stop() {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            stopping_ = true;
+        }
+        cv_.notify_all();
+        for (auto& w : workers_) w.join();
+        workers_.clear();
+    }
+    void work() {
+        bool was = t_in_pool;
+        t_in_pool = true;
+        for (;;) {
+            int64_t i = next_.fetch_add(1);
+            if (i >= job_n_) break;
+            try {
+                (*job_)(i);
+            } catch (...) {
+                std::lock_guard<std::mutex> lock(mutex_);
+                if (!error_) error_ = std::current_exception();
+            }
+        }
+        t_in_pool = was;
+    }
+    void loop() {
+        uint64_t seen = 0;
+        for (;;) {
+            {
+                std::unique_lock<std::mutex> lock(mutex_);
+                cv_.wait(lock, [&] { return stopping_ || generation_ != seen; });
+                if (stopping_) return;
+                seen = generation_;
+            }
+            work();
+            {
+                std::lock_guard<std::mutex> lock(mutex_);
+                if (--pending_ == 0) done_cv_.notify_one();
+            }
+        }
+    }
+
+    static thread_local bool t_in_pool;
+    std::vector<std::thread> workers_;
+    std::mutex call_mutex_, mutex_;
+    std::condition_variable cv_, done_cv_;
+    const std::function<void(int64_t)>* job_ = nullptr;
+    int64_t job_n_ = 0;
+    std::atomic<int64_t> next_{0};
+    int pending_ = 0;
+    uint64_t generation_ = 0;
+    bool stopping_ = false;
+    std::exception_ptr error_;
+};
+
+thread_local bool ThreadPool::t_in_pool = false;
+
+int default_threads() {
+    if (const char* env = std::getenv("LLMNATIVE_NUM_THREADS")) {
+        int n = std::atoi(env);
+        if (n > 0 && n <= 1024) return n;
+        log(LLMN_LOG_WARNING, 0, "ignoring LLMNATIVE_NUM_THREADS=%s (expected 1..1024)", env);
+    }
+    return std::max(1, logical_cores());
+}
+
+std::mutex g_pool_mutex;
+ThreadPool* g_pool = nullptr;
+
+ThreadPool& pool() {
+    std::lock_guard<std::mutex> lock(g_pool_mutex);
+    if (!g_pool) g_pool = new ThreadPool(default_threads());  // leaked on purpose: no join at exit
+    return *g_pool;
+}
+
+}  // namespace
+
+llmn_cpu_isa detected_isa() {
+    static const llmn_cpu_isa isa = detect();
+    return isa;
+}
+
+llmn_cpu_isa active_isa() {
+    int a = g_active_isa.load(std::memory_order_relaxed);
+    return a < 0 ? detected_isa() : static_cast<llmn_cpu_isa>(a);
+}
+
+void set_active_isa(llmn_cpu_isa isa) { g_active_isa.store(static_cast<int>(isa)); }
+
+int logical_cores() {
+    unsigned n = std::thread::hardware_concurrency();
+    return n == 0 ? 1 : static_cast<int>(n);
+}
+
+int64_t l3_cache_bytes() {
+#if defined(__linux__)
+    for (int idx = 0; idx < 8; ++idx) {
+        std::string base = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(idx) + "/";
+        std::ifstream level(base + "level"), size(base + "size");
+        int lv = 0;
+        std::string sz;
+        if (!(level >> lv) || !(size >> sz)) continue;
+        if (lv != 3) continue;
+        int64_t v = std::atoll(sz.c_str());
+        char unit = sz.empty() ? 0 : sz.back();
+        if (unit == 'K') v *= 1024;
+        if (unit == 'M') v *= 1024 * 1024;
+        return v;
+    }
+#endif
+    return 0;
+}
+
+std::string model_name() {
+#if defined(__linux__)
+    std::ifstream f("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(f, line)) {
+        if (line.rfind("model name", 0) == 0) {
+            auto p = line.find(':');
+            if (p != std::string::npos) return line.substr(p + 2);
+        }
+    }
+#endif
+    return std::string();
+}
+
+int thread_count() { return pool().size(); }
+
+void set_thread_count(int threads) {
+    int n = threads > 0 ? threads : default_threads();
+    pool().resize(n);
+    log(LLMN_LOG_INFO, 0, "CPU thread pool resized to %d threads", n);
+}
+
+void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) { pool().run(n, fn); }
+
+}  // namespace llmn::cpu

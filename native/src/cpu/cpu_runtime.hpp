@@ -1,0 +1,28 @@
+// CPU backend runtime: ISA detection (with a process-wide cap so tests can force the scalar
+// reference), and one thread pool shared by every CPU kernel. parallel_for hands out fixed chunks
+// by index, so a kernel whose per-chunk work is deterministic gives bitwise-identical results
+// whatever the thread count or scheduling.
+#pragma once
+#include <llmnative/llmnative.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace llmn::cpu {
+
+llmn_cpu_isa detected_isa();
+llmn_cpu_isa active_isa();
+void set_active_isa(llmn_cpu_isa isa);  // validated by the caller
+int64_t l3_cache_bytes();
+std::string model_name();
+int logical_cores();
+
+int thread_count();
+void set_thread_count(int threads);  // 0 = from the machine / LLMNATIVE_NUM_THREADS
+
+// Runs fn(i) for i in [0, n) on the pool (the calling thread takes part). Blocks until done.
+// Exceptions from fn are rethrown on the calling thread (the first one). Nested calls run inline.
+void parallel_for(int64_t n, const std::function<void(int64_t)>& fn);
+
+}  // namespace llmn::cpu
