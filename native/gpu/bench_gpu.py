@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""LlmNative kernel benchmarks through the C ABI (ctypes), side by side with the torch peers.
+
+Runs our INT4 GEMM (vs our dense GEMM) and decode attention (auto splits vs no split) at the issue
+shapes, then, in the same process, the peers from peers.py (torch fp16 matmul, torch SDPA, copy
+bandwidth) when torch and a peers.py path are available. Prints one JSON object.
+
+  python3 bench_gpu.py --lib build/gpu/lib/libllmnative.so [--backend cuda|cpu] [--quick]
+                       [--peers .gpu/peers.py] > bench.json
+
+`--backend cpu --quick` is a smoke test of the harness itself on a machine without a GPU.
+Data comes from os.urandom-derived tiles, so the harness needs neither numpy nor torch itself.
+"""
+import argparse
+import ctypes as C
+import json
+import math
+import os
+import struct
+import sys
+import time
+
+# ---- ABI mirror (only what the benchmarks use; layout must follow llmnative.h) -------------------
+
+class CudaInfo(C.Structure):
+    _fields_ = [("compiled", C.c_int32), ("available", C.c_int32), ("device_count", C.c_int32),
+                ("driver_version", C.c_int32), ("runtime_version", C.c_int32), ("unavailable_reason", C.c_char * 256)]
+
+
+class CudaDeviceInfo(C.Structure):
+    _fields_ = [("index", C.c_int32), ("compute_major", C.c_int32), ("compute_minor", C.c_int32),
+                ("sm_count", C.c_int32), ("total_memory_bytes", C.c_int64), ("free_memory_bytes", C.c_int64),
+                ("l2_cache_bytes", C.c_int32), ("memory_bus_width_bits", C.c_int32), ("memory_clock_khz", C.c_int32),
+                ("reserved", C.c_int32), ("name", C.c_char * 256)]
+
+
+class GptqTensors(C.Structure):
+    _fields_ = [("k", C.c_int64), ("n", C.c_int64), ("group_size", C.c_int32), ("symmetric", C.c_int32),
+                ("format", C.c_int32), ("scales_dtype", C.c_int32), ("qweight", C.c_void_p), ("qzeros", C.c_void_p),
+                ("scales", C.c_void_p), ("g_idx", C.c_void_p)]
+
+
+class KvCacheDesc(C.Structure):
+    _fields_ = [("num_layers", C.c_int32), ("num_kv_heads", C.c_int32), ("head_dim", C.c_int32),
+                ("block_size", C.c_int32), ("k_format", C.c_int32), ("v_format", C.c_int32),
+                ("value_group_size", C.c_int32), ("max_batch", C.c_int32), ("capacity_tokens", C.c_int64),
+                ("capacity_bytes", C.c_int64)]
+
+
+class AttentionParams(C.Structure):
+    _fields_ = [("layer", C.c_int32), ("num_q_heads", C.c_int32), ("q_len", C.c_int32), ("num_splits", C.c_int32),
+                ("scale", C.c_float), ("softcap", C.c_float), ("window", C.c_int32), ("reserved", C.c_int32)]
+
+
+F32, F16, BF16, I32 = 0, 1, 2, 5
+KV_FORMATS = {"f16": 0, "bf16": 1, "int8": 2, "fp8": 3, "int4": 4, "int2": 5}
+
+
+class Lib:
+    def __init__(self, path):
+        self.dll = C.CDLL(path)
+
+    def __call__(self, name, *args):
+        status = getattr(self.dll, name)(*args)
+        if status != 0:
+            buf = C.create_string_buffer(2048)
+            self.dll.llmn_get_last_error(buf, 2048, None)
+            raise RuntimeError(f"{name} failed with status {status}: {buf.value.decode()}")
+
+    def buffer(self, ctx, dtype, count, data=None):
+        b = C.c_void_p()
+        self("llmn_buffer_create", ctx, dtype, C.c_int64(count), 0, C.byref(b))
+        if data is not None:
+            self("llmn_buffer_upload", b, C.c_int64(0), data, C.c_int64(count))
+        return b
+
+
+def half_tile(n, scale=1.0, seed=0):
+    """n fp16 values (bytes), random normal-ish, built from a 64 Ki-entry random tile."""
+    rnd = os.urandom(4 * 65536)
+    vals = []
+    for i in range(65536):
+        u1, = struct.unpack_from("<I", rnd, 4 * i)
+        x = ((u1 & 0xFFFF) / 65536.0 + (u1 >> 16) / 65536.0 - 1.0) * 1.7 * scale
+        vals.append(struct.pack("<e", x))
+    tile = b"".join(vals)
+    reps = -(-2 * n // len(tile))
+    return (tile * reps)[: 2 * n]
+
+
+def timed(lib, ctx, fn, reps):
+    for _ in range(3):
+        fn()
+    lib("llmn_context_synchronize", ctx)
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    lib("llmn_context_synchronize", ctx)
+    return (time.perf_counter() - t) / reps
+
+
+def bench_gemm(lib, ctx, backend, shapes, ms, cache_bytes, quick):
+    out = []
+    act_dtype = F16
+    for (k, n) in shapes:
+        w_int4_bytes = k * n // 2
+        copies = max(2, math.ceil(3 * cache_bytes / w_int4_bytes))
+        dense_copies = max(2, math.ceil(3 * cache_bytes / (k * n * 2)))
+        qweight = os.urandom(k * n // 2)
+        scales = half_tile((k // 128) * n, 0.01)
+        weights = []
+        for _ in range(copies):
+            t = GptqTensors(k, n, 128, 1, 0, F16, C.cast(C.c_char_p(qweight), C.c_void_p).value, None,
+                            C.cast(C.c_char_p(scales), C.c_void_p).value, None)
+            w = C.c_void_p()
+            lib("llmn_int4_weight_import_gptq", ctx, C.byref(t), C.byref(w))
+            weights.append(w)
+        dense_data = half_tile(k * n, 0.02)
+        dense = [lib.buffer(ctx, act_dtype, k * n, dense_data) for _ in range(dense_copies)]
+        for m in ms:
+            x = lib.buffer(ctx, act_dtype, m * k, half_tile(m * k))
+            y = lib.buffer(ctx, act_dtype, m * n)
+            i = [0]
+
+            def run_int4():
+                lib("llmn_gemm_int4", ctx, x, weights[i[0] % copies], None, y, C.c_int64(m))
+                i[0] += 1
+
+            def run_dense():
+                lib("llmn_gemm_dense", ctx, x, dense[i[0] % dense_copies], None, y, C.c_int64(m), C.c_int64(k),
+                    C.c_int64(n))
+                i[0] += 1
+
+            reps = 3 if quick else (50 if backend == "cuda" else 5)
+            t4 = timed(lib, ctx, run_int4, reps)
+            td = timed(lib, ctx, run_dense, reps)
+            out.append({"k": k, "n": n, "m": m, "int4_seconds": t4, "dense_seconds": td,
+                        "int4_weight_bytes_per_s": w_int4_bytes / t4, "speedup_vs_dense": td / t4,
+                        "rotated_int4_copies": copies, "rotated_dense_copies": dense_copies})
+            for b in (x, y):
+                lib("llmn_buffer_destroy", b)
+            print(f"gemm k={k} n={n} m={m}: int4 {t4*1e6:.1f} us, dense {td*1e6:.1f} us", file=sys.stderr)
+        for w in weights:
+            lib("llmn_int4_weight_destroy", w)
+        for b in dense:
+            lib("llmn_buffer_destroy", b)
+    return out
+
+
+def bench_attention(lib, ctx, backend, batches, contexts, fmt, quick, hq=32, hkv=8, d=128):
+    out = []
+    chunk = 1024
+    kv_chunk = half_tile(chunk * hkv * d, 1.0)
+    for b in batches:
+        for ctx_len in contexts:
+            kv_bytes = 2 * b * hkv * ctx_len * d * 2
+            if backend == "cuda" and kv_bytes > 40e9:
+                continue
+            desc = KvCacheDesc(1, hkv, d, 16, KV_FORMATS[fmt], KV_FORMATS[fmt], 64, max(b, 1),
+                               b * (ctx_len + 16) + 64, 0)
+            cache = C.c_void_p()
+            try:
+                lib("llmn_kv_cache_create", ctx, C.byref(desc), C.byref(cache))
+            except RuntimeError as e:
+                out.append({"batch": b, "context": ctx_len, "format": fmt, "error": str(e)})
+                continue
+            kbuf = lib.buffer(ctx, F16, chunk * hkv * d, kv_chunk)
+            seqs = (C.c_int64 * b)()
+            for s in range(b):
+                sid = C.c_int64()
+                lib("llmn_kv_cache_add_sequence", cache, C.byref(sid))
+                seqs[s] = sid.value
+                left = ctx_len
+                while left > 0:
+                    nt = min(chunk, left)
+                    lib("llmn_kv_cache_append", cache, sid, 0, kbuf, kbuf, nt)
+                    left -= nt
+            q = lib.buffer(ctx, F16, b * hq * d, half_tile(b * hq * d))
+            o = lib.buffer(ctx, F16, b * hq * d)
+            row = {"batch": b, "context": ctx_len, "format": fmt, "q_heads": hq, "kv_heads": hkv, "head_dim": d}
+            bytes_per_token = C.c_int64()
+            lib("llmn_kv_cache_bytes_per_token", C.byref(desc), C.byref(bytes_per_token))
+            stored = b * ctx_len * bytes_per_token.value
+            for label, splits in (("auto", 0), ("no_split", 1)):
+                p = AttentionParams(0, hq, 1, splits, 1.0 / math.sqrt(d), 0.0, 0, 0)
+                reps = 3 if quick else (30 if backend == "cuda" else 5)
+                t = timed(lib, ctx, lambda: lib("llmn_decode_attention", ctx, cache, seqs, b, q, None, o, C.byref(p)),
+                          reps)
+                row[f"{label}_seconds"] = t
+                row[f"{label}_kv_bytes_per_s"] = stored / t
+            out.append(row)
+            print(f"attention {fmt} b={b} ctx={ctx_len}: {row['auto_seconds']*1e6:.1f} us", file=sys.stderr)
+            for buf in (kbuf, q, o):
+                lib("llmn_buffer_destroy", buf)
+            lib("llmn_kv_cache_destroy", cache)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lib", required=True)
+    ap.add_argument("--backend", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--peers", help="path to peers.py (torch peers run in this same process)")
+    ap.add_argument("--only", choices=["gemm", "attention", "all"], default="all")
+    a = ap.parse_args()
+
+    lib = Lib(a.lib)
+    info = CudaInfo()
+    lib("llmn_get_cuda_info", C.byref(info))
+    result = {"library": os.path.abspath(a.lib), "backend": a.backend,
+              "cuda": {"compiled": info.compiled, "available": info.available,
+                       "driver": info.driver_version, "runtime": info.runtime_version,
+                       "reason": info.unavailable_reason.decode()}}
+    backend = 1 if a.backend == "cuda" else 0
+    cache_bytes = 32 << 20
+    if backend == 1:
+        dev = CudaDeviceInfo()
+        lib("llmn_get_cuda_device_info", 0, C.byref(dev))
+        result["device"] = {"name": dev.name.decode(), "sm_count": dev.sm_count,
+                            "cc": f"{dev.compute_major}.{dev.compute_minor}", "l2_bytes": dev.l2_cache_bytes}
+        cache_bytes = dev.l2_cache_bytes
+    ctx = C.c_void_p()
+    lib("llmn_context_create", backend, 0, C.byref(ctx))
+
+    shapes = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192)]
+    ms = [1, 4, 16, 64, 256]
+    batches, contexts = [1, 8, 32], [1024, 4096, 32768, 131072]
+    if a.quick:
+        shapes, ms, batches, contexts = [(1024, 1024)], [1, 16], [1], [256]
+    if a.only in ("gemm", "all"):
+        result["gemm_int4"] = bench_gemm(lib, ctx, a.backend, shapes, ms, cache_bytes, a.quick)
+    if a.only in ("attention", "all"):
+        result["decode_attention"] = []
+        for fmt in ("f16", "int8", "fp8", "int4", "int2"):
+            result["decode_attention"] += bench_attention(lib, ctx, a.backend, batches, contexts, fmt, a.quick)
+    lib("llmn_context_destroy", ctx)
+
+    if a.peers:
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("peers", a.peers)
+        peers = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(peers)
+        dev = "cuda" if a.backend == "cuda" else "cpu"
+        run = peers.timer(dev)
+        l2 = cache_bytes
+        result["peers"] = {
+            "copy_bytes_per_s": peers.copy_bandwidth(dev, run, (2 << 30) if dev == "cuda" else (64 << 20)),
+            "gemm_fp16": peers.gemm_fp16(dev, run, shapes, ms, l2, a.quick),
+            "sdpa_decode": peers.sdpa_decode(dev, run, batches, contexts, 32, 8, 128, a.quick),
+        }
+    json.dump(result, sys.stdout, indent=1)
+    print()
+
+
+if __name__ == "__main__":
+    main()
