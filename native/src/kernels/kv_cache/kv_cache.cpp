@@ -1,0 +1,427 @@
+// KvCache bookkeeping and the host-mediated data path (append converts and validates on the host,
+// then writes whole rows into the pool with memcpy on CPU or stream-ordered copies on CUDA). The
+// data path is backend-neutral on purpose: it makes a CUDA cache fully usable before any CUDA
+// append kernel exists; a fused device-side append can replace it later without changing the layout.
+#include "kv_cache.hpp"
+
+#include "../../core/numeric.hpp"
+#include "../../cuda/cuda_runtime.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+
+namespace llmn {
+
+int64_t KvSequence::max_length() const {
+    int64_t m = 0;
+    for (int64_t l : length) m = std::max(m, l);
+    return m;
+}
+
+namespace {
+
+bool one_of(int32_t v, std::initializer_list<int32_t> set) {
+    for (int32_t s : set)
+        if (v == s) return true;
+    return false;
+}
+
+void check_format(int32_t format, const char* field, const Context* ctx) {
+    LLMN_CHECK_ARG(kv_format_is_valid(format), "desc->%s must be a llmn_kv_format (0..5), got %d", field, format);
+    if (format == LLMN_KV_F16) return;
+    if (format == LLMN_KV_BF16) {
+        if (ctx && !ctx->is_cuda())
+            fail(LLMN_STATUS_UNSUPPORTED,
+                 "desc->%s = LLMN_KV_BF16 (1) is CUDA only; a CPU cache stores LLMN_KV_F16 (0)", field);
+        return;
+    }
+    fail(LLMN_STATUS_UNSUPPORTED,
+         "desc->%s = %s (%d) is not supported yet: this build stores LLMN_KV_F16 (and LLMN_KV_BF16 on CUDA); the "
+         "quantized layouts are reserved in kv_layout.hpp",
+         field, kv_format_name(format), format);
+}
+
+// Host view of a buffer's first `bytes` bytes: the buffer itself when the host can read it,
+// otherwise a staged copy.
+const void* host_view(const Buffer& b, size_t bytes, std::vector<uint8_t>& staging) {
+    const Context& c = *b.context();
+    if (!c.is_cuda()) return b.data();
+    staging.resize(bytes);
+    if (b.memory() == LLMN_MEMORY_HOST) {
+        c.synchronize();
+        std::memcpy(staging.data(), b.data(), bytes);
+    } else {
+        copy_to_host(c, staging.data(), b.data(), bytes);
+    }
+    return staging.data();
+}
+
+void write_to_buffer(const Buffer& b, const void* src, size_t bytes) {
+    const Context& c = *b.context();
+    if (!c.is_cuda() || b.memory() == LLMN_MEMORY_HOST) {
+        if (c.is_cuda()) c.synchronize();
+        std::memcpy(b.data(), src, bytes);
+    } else {
+        copy_to_device(c, b.data(), src, bytes);
+    }
+}
+
+float load_elem(const void* p, llmn_dtype dt, int64_t i) {
+    switch (dt) {
+        case LLMN_DTYPE_F32: return static_cast<const float*>(p)[i];
+        case LLMN_DTYPE_F16: return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+        case LLMN_DTYPE_BF16: return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+        default: return 0.0f;
+    }
+}
+
+void check_kv_input(const Buffer& b, const Context& ctx, const char* param, int64_t needed, const char* shape) {
+    check_buffer_for_kernel(b, ctx, param);
+    bool ok = b.dtype() == LLMN_DTYPE_F32 || b.dtype() == LLMN_DTYPE_F16 || (ctx.is_cuda() && b.dtype() == LLMN_DTYPE_BF16);
+    if (!ok)
+        fail(LLMN_STATUS_INVALID_ARGUMENT, "%s has dtype %s; expected f32 or f16%s", param, dtype_name(b.dtype()),
+             ctx.is_cuda() ? " or bf16" : "");
+    check_buffer_count(b, needed, param, shape);
+}
+
+// Converts n*H*D input elements to the storage format (16-bit codes), rejecting NaN, Inf and values
+// the format cannot hold. Nothing is written to the cache before every element passed.
+void stage_rows(const Buffer& b, const char* param, int32_t format, int64_t n, int32_t heads, int32_t dim,
+                std::vector<uint16_t>& out) {
+    const int64_t count = n * heads * dim;
+    std::vector<uint8_t> staging;
+    const void* src = host_view(b, size_t(count) * dtype_size(b.dtype()), staging);
+    out.resize(size_t(count));
+    for (int64_t i = 0; i < count; ++i) {
+        float x = load_elem(src, b.dtype(), i);
+        uint16_t code = format == LLMN_KV_BF16 ? f32_to_bf16(x) : f32_to_f16(x);
+        float back = format == LLMN_KV_BF16 ? bf16_to_f32(code) : f16_to_f32(code);
+        if (!std::isfinite(back)) {
+            int64_t t = i / (int64_t(heads) * dim), h = (i / dim) % heads, d = i % dim;
+            if (std::isnan(x))
+                fail(LLMN_STATUS_INVALID_ARGUMENT, "%s[token %lld, head %lld, channel %lld] is NaN; the KV cache stores finite values only",
+                     param, (long long)t, (long long)h, (long long)d);
+            if (std::isinf(x))
+                fail(LLMN_STATUS_INVALID_ARGUMENT, "%s[token %lld, head %lld, channel %lld] is %sInf; the KV cache stores finite values only",
+                     param, (long long)t, (long long)h, (long long)d, x < 0 ? "-" : "+");
+            fail(LLMN_STATUS_INVALID_ARGUMENT, "%s[token %lld, head %lld, channel %lld] = %g overflows the cache's %s storage",
+                 param, (long long)t, (long long)h, (long long)d, double(x), kv_format_name(format));
+        }
+        out[size_t(i)] = code;
+    }
+}
+
+}  // namespace
+
+llmn_kv_cache_desc validate_kv_desc(const llmn_kv_cache_desc* desc, const Context* ctx, KvLayout* layout) {
+    LLMN_CHECK_NOT_NULL(desc);
+    llmn_kv_cache_desc d = *desc;
+    LLMN_CHECK_ARG(d.num_layers >= 1 && d.num_layers <= 4096, "desc->num_layers must be in [1, 4096], got %d", d.num_layers);
+    LLMN_CHECK_ARG(d.num_kv_heads >= 1 && d.num_kv_heads <= 1024, "desc->num_kv_heads must be in [1, 1024], got %d",
+                   d.num_kv_heads);
+    LLMN_CHECK_ARG(one_of(d.head_dim, {64, 80, 96, 128, 256}), "desc->head_dim must be 64, 80, 96, 128 or 256, got %d",
+                   d.head_dim);
+    LLMN_CHECK_ARG(one_of(d.block_size, {8, 16, 32, 64, 128, 256}),
+                   "desc->block_size must be 8, 16, 32, 64, 128 or 256, got %d", d.block_size);
+    check_format(d.k_format, "k_format", ctx);
+    check_format(d.v_format, "v_format", ctx);
+    LLMN_CHECK_ARG(d.value_group_size == 0 || one_of(d.value_group_size, {32, 64, 128}),
+                   "desc->value_group_size must be 0, 32, 64 or 128, got %d", d.value_group_size);
+    LLMN_CHECK_ARG(d.max_batch >= 0 && d.max_batch <= 65536, "desc->max_batch must be in [0, 65536] (0 = %d), got %d",
+                   kKvDefaultMaxBatch, d.max_batch);
+    if (d.max_batch == 0) d.max_batch = kKvDefaultMaxBatch;
+
+    KvLayout L = kv_tile_layout(d);
+    if (ctx) {
+        LLMN_CHECK_ARG(d.capacity_tokens >= 0, "desc->capacity_tokens must be >= 0, got %lld", (long long)d.capacity_tokens);
+        LLMN_CHECK_ARG(d.capacity_bytes >= 0, "desc->capacity_bytes must be >= 0, got %lld", (long long)d.capacity_bytes);
+        LLMN_CHECK_ARG((d.capacity_tokens > 0) != (d.capacity_bytes > 0),
+                       "exactly one of desc->capacity_tokens (%lld) and desc->capacity_bytes (%lld) must be > 0",
+                       (long long)d.capacity_tokens, (long long)d.capacity_bytes);
+        const int64_t per_block = checked_mul(L.block_stride, d.num_layers, "bytes of one block over all layers");
+        int64_t blocks = 0;
+        if (d.capacity_tokens > 0) {
+            blocks = d.capacity_tokens / d.block_size + (d.capacity_tokens % d.block_size != 0);
+        } else {
+            blocks = d.capacity_bytes / per_block;
+            LLMN_CHECK_ARG(blocks >= 1,
+                           "desc->capacity_bytes = %lld is smaller than one block (%lld bytes: %d tokens x %d layers)",
+                           (long long)d.capacity_bytes, (long long)per_block, d.block_size, d.num_layers);
+        }
+        LLMN_CHECK_ARG(blocks <= std::numeric_limits<int32_t>::max(),
+                       "the cache would have %lld blocks; at most 2^31-1 are addressable (raise block_size)", (long long)blocks);
+        L.num_blocks = blocks;
+        L.layer_stride = checked_mul(blocks, L.block_stride, "KV pool layer size");
+        L.pool_bytes = checked_mul(L.layer_stride, d.num_layers, "KV pool size");
+        d.capacity_tokens = blocks * d.block_size;
+        d.capacity_bytes = 0;
+    }
+    if (layout) *layout = L;
+    return d;
+}
+
+KvCache::KvCache(std::shared_ptr<Context> ctx, const llmn_kv_cache_desc& desc, const KvLayout& layout)
+    : Object(kType), ctx_(std::move(ctx)), desc_(desc), layout_(layout) {
+    free_.resize(size_t(layout_.num_blocks));
+    refcount_.assign(size_t(layout_.num_blocks), 0);
+    // Back of the stack is taken first: blocks come out in increasing order unless shuffled.
+    for (int64_t i = 0; i < layout_.num_blocks; ++i) free_[size_t(i)] = int32_t(layout_.num_blocks - 1 - i);
+    pool_ = alloc_bytes(*ctx_, LLMN_MEMORY_DEVICE, size_t(layout_.pool_bytes));
+}
+
+KvCache::~KvCache() {
+    backend_state_.reset();
+    free_bytes(*ctx_, LLMN_MEMORY_DEVICE, pool_);
+}
+
+KvSequence& KvCache::find(int64_t id, const char* param) {
+    auto it = seqs_.find(id);
+    if (it == seqs_.end())
+        fail(LLMN_STATUS_NOT_FOUND, "%s = %lld is not a live sequence of this KV cache (removed, or never added)", param,
+             (long long)id);
+    return it->second;
+}
+
+const KvSequence& KvCache::sequence(int64_t id, const char* param) const {
+    return const_cast<KvCache*>(this)->find(id, param);
+}
+
+void KvCache::check_layer(int32_t layer, const char* param) const {
+    LLMN_CHECK_ARG(layer >= 0 && layer < desc_.num_layers, "%s must be in [0, %d) (the cache's num_layers), got %d", param,
+                   desc_.num_layers, layer);
+}
+
+int32_t KvCache::take_block() {
+    int32_t b = free_.back();
+    free_.pop_back();
+    refcount_[size_t(b)] = 1;
+    return b;
+}
+
+void KvCache::release_block(int32_t block) {
+    if (--refcount_[size_t(block)] == 0) free_.push_back(block);
+}
+
+void KvCache::pool_write(int64_t offset, const void* src, size_t bytes) {
+    if (ctx_->is_cuda()) copy_to_device(*ctx_, pool() + offset, src, bytes);
+    else std::memcpy(pool() + offset, src, bytes);
+}
+
+void KvCache::pool_read(int64_t offset, void* dst, size_t bytes) const {
+    if (ctx_->is_cuda()) copy_to_host(*ctx_, dst, pool() + offset, bytes);
+    else std::memcpy(dst, pool() + offset, bytes);
+}
+
+void KvCache::copy_block(int32_t dst, int32_t src) {
+    for (int32_t l = 0; l < desc_.num_layers; ++l) {
+        int64_t d = layout_.tile_offset(l, dst, 0), s = layout_.tile_offset(l, src, 0);
+        if (ctx_->is_cuda())
+            cuda::copy_d2d(ctx_->device(), ctx_->stream(), pool() + d, pool() + s, size_t(layout_.block_stride));
+        else
+            std::memcpy(pool() + d, pool() + s, size_t(layout_.block_stride));
+    }
+}
+
+int64_t KvCache::add_sequence() {
+    int64_t id = next_id_;
+    KvSequence s;
+    s.length.assign(size_t(desc_.num_layers), 0);
+    seqs_.emplace(id, std::move(s));
+    ++next_id_;
+    ++tables_version_;
+    return id;
+}
+
+void KvCache::remove_sequence(int64_t id) {
+    KvSequence& s = find(id, "sequence_id");
+    for (int32_t b : s.blocks) release_block(b);
+    seqs_.erase(id);
+    ++tables_version_;
+}
+
+int64_t KvCache::fork_sequence(int64_t source_id) {
+    const KvSequence& src = find(source_id, "source_id");
+    int64_t min_len = std::numeric_limits<int64_t>::max();
+    for (int64_t l : src.length) min_len = std::min(min_len, l);
+    const size_t full = std::min(src.blocks.size(), size_t(min_len / desc_.block_size));
+    const size_t ncopy = src.blocks.size() - full;
+    if (ncopy > free_.size())
+        fail(LLMN_STATUS_CAPACITY_EXCEEDED,
+             "KV cache is full: forking sequence %lld copies its %zu partially filled block(s) but only %zu of %lld blocks "
+             "are free; remove or truncate sequences, or create a larger cache",
+             (long long)source_id, ncopy, free_.size(), (long long)layout_.num_blocks);
+    KvSequence dst;
+    dst.length = src.length;
+    dst.blocks.reserve(src.blocks.size());
+    const int64_t id = next_id_;
+    auto slot = seqs_.emplace(id, KvSequence{}).first;  // may throw: nothing changed yet
+    for (size_t j = 0; j < full; ++j) {
+        ++refcount_[size_t(src.blocks[j])];
+        dst.blocks.push_back(src.blocks[j]);
+    }
+    for (size_t j = full; j < src.blocks.size(); ++j) {
+        int32_t nb = take_block();
+        copy_block(nb, src.blocks[j]);
+        dst.blocks.push_back(nb);
+    }
+    slot->second = std::move(dst);
+    ++next_id_;
+    ++tables_version_;
+    return id;
+}
+
+void KvCache::truncate_sequence(int64_t id, int64_t length) {
+    KvSequence& s = find(id, "sequence_id");
+    LLMN_CHECK_ARG(length >= 0, "length must be >= 0, got %lld", (long long)length);
+    for (int64_t& l : s.length) l = std::min(l, length);
+    const int64_t bs = desc_.block_size;
+    const size_t need = size_t((s.max_length() + bs - 1) / bs);
+    if (s.blocks.size() > need) {
+        while (s.blocks.size() > need) {
+            release_block(s.blocks.back());
+            s.blocks.pop_back();
+        }
+        ++tables_version_;
+    }
+}
+
+void KvCache::append(int64_t id, int32_t layer, const Buffer& k, const Buffer& v, int32_t num_tokens) {
+    KvSequence& s = find(id, "sequence_id");
+    check_layer(layer, "layer");
+    LLMN_CHECK_ARG(num_tokens >= 1, "num_tokens must be >= 1, got %d", num_tokens);
+    const int32_t H = desc_.num_kv_heads, D = desc_.head_dim, bs = desc_.block_size;
+    const int64_t needed = checked_mul(checked_mul(num_tokens, H, "k/v element count"), D, "k/v element count");
+    std::string shape = format("[num_tokens=%d, num_kv_heads=%d, head_dim=%d]", num_tokens, H, D);
+    check_kv_input(k, *ctx_, "k", needed, shape.c_str());
+    check_kv_input(v, *ctx_, "v", needed, shape.c_str());
+    const int64_t old_len = s.length[size_t(layer)];
+    const int64_t new_len = old_len + num_tokens;
+    LLMN_CHECK_ARG(new_len <= kKvMaxSequenceLength,
+                   "appending %d tokens to sequence %lld (layer %d, length %lld) exceeds the longest sequence (2^31-1 tokens)",
+                   num_tokens, (long long)id, layer, (long long)old_len);
+
+    std::vector<uint16_t> kc, vc;
+    stage_rows(k, "k", desc_.k_format, num_tokens, H, D, kc);
+    stage_rows(v, "v", desc_.v_format, num_tokens, H, D, vc);
+
+    // Capacity: new blocks past the table plus copies of shared blocks this write touches.
+    const size_t need_blocks = size_t((new_len + bs - 1) / bs);
+    const size_t first_written = size_t(old_len / bs);
+    const size_t new_blocks = need_blocks > s.blocks.size() ? need_blocks - s.blocks.size() : 0;
+    size_t cow = 0;
+    for (size_t j = first_written; j < std::min(need_blocks, s.blocks.size()); ++j)
+        if (refcount_[size_t(s.blocks[j])] > 1) ++cow;
+    if (new_blocks + cow > free_.size())
+        fail(LLMN_STATUS_CAPACITY_EXCEEDED,
+             "KV cache is full: appending %d tokens to sequence %lld (layer %d, length %lld) needs %zu free block(s) "
+             "(%zu new + %zu copy-on-write) but only %zu of %lld blocks are free; remove or truncate sequences, or "
+             "create a larger cache",
+             num_tokens, (long long)id, layer, (long long)old_len, new_blocks + cow, new_blocks, cow, free_.size(),
+             (long long)layout_.num_blocks);
+    s.blocks.reserve(need_blocks);  // may throw: nothing changed yet
+
+    // Commit.
+    bool tables_changed = new_blocks > 0;
+    for (size_t j = first_written; j < std::min(need_blocks, s.blocks.size()); ++j) {
+        int32_t b = s.blocks[j];
+        if (refcount_[size_t(b)] > 1) {
+            int32_t nb = take_block();
+            copy_block(nb, b);
+            release_block(b);
+            s.blocks[j] = nb;
+            tables_changed = true;
+        }
+    }
+    while (s.blocks.size() < need_blocks) s.blocks.push_back(take_block());
+    if (tables_changed) ++tables_version_;
+
+    // Rows: one contiguous run per (block segment, head) for K and for V.
+    std::vector<uint16_t> run;
+    for (int64_t pos = old_len; pos < new_len;) {
+        const int64_t j = pos / bs;
+        const int32_t row = int32_t(pos % bs);
+        const int64_t cnt = std::min<int64_t>(bs - row, new_len - pos);
+        const int32_t block = s.blocks[size_t(j)];
+        run.resize(size_t(cnt * D));
+        for (int32_t h = 0; h < H; ++h) {
+            for (int pass = 0; pass < 2; ++pass) {
+                const std::vector<uint16_t>& src = pass == 0 ? kc : vc;
+                for (int64_t t = 0; t < cnt; ++t)
+                    std::memcpy(&run[size_t(t * D)], &src[size_t(((pos - old_len + t) * H + h) * D)], size_t(D) * 2);
+                int64_t off = pass == 0 ? layout_.k_row_offset(layer, block, h, row) : layout_.v_row_offset(layer, block, h, row);
+                pool_write(off, run.data(), size_t(cnt * D) * 2);
+            }
+        }
+        pos += cnt;
+    }
+    s.length[size_t(layer)] = new_len;
+}
+
+void KvCache::read(int64_t id, int32_t layer, int64_t start, int64_t count, const Buffer& k, const Buffer& v) const {
+    const KvSequence& s = sequence(id, "sequence_id");
+    check_layer(layer, "layer");
+    const int64_t len = s.length[size_t(layer)];
+    LLMN_CHECK_ARG(start >= 0, "start must be >= 0, got %lld", (long long)start);
+    LLMN_CHECK_ARG(count >= 0, "count must be >= 0, got %lld", (long long)count);
+    LLMN_CHECK_ARG(start <= len && count <= len - start,
+                   "tokens [%lld, %lld + %lld) are outside sequence %lld, which holds %lld tokens in layer %d",
+                   (long long)start, (long long)start, (long long)count, (long long)id, (long long)len, layer);
+    const int32_t H = desc_.num_kv_heads, D = desc_.head_dim, bs = desc_.block_size;
+    const int64_t needed = checked_mul(checked_mul(count, H, "k/v element count"), D, "k/v element count");
+    std::string shape = format("[count=%lld, num_kv_heads=%d, head_dim=%d]", (long long)count, H, D);
+    for (const Buffer* b : {&k, &v}) {
+        const char* param = b == &k ? "k" : "v";
+        check_buffer_for_kernel(*b, *ctx_, param);
+        if (b->dtype() != LLMN_DTYPE_F32 && b->dtype() != LLMN_DTYPE_F16)
+            fail(LLMN_STATUS_INVALID_ARGUMENT, "%s has dtype %s; llmn_kv_cache_read writes f32 or f16", param,
+                 dtype_name(b->dtype()));
+        check_buffer_count(*b, needed, param, shape.c_str());
+    }
+    if (count == 0) return;
+    std::vector<uint16_t> run(size_t(bs) * D);
+    for (int pass = 0; pass < 2; ++pass) {
+        const Buffer& dst = pass == 0 ? k : v;
+        const int32_t fmt = pass == 0 ? desc_.k_format : desc_.v_format;
+        std::vector<uint8_t> out(size_t(needed) * dtype_size(dst.dtype()));
+        for (int64_t pos = start; pos < start + count;) {
+            const int64_t j = pos / bs;
+            const int32_t row = int32_t(pos % bs);
+            const int64_t cnt = std::min<int64_t>(bs - row, start + count - pos);
+            const int32_t block = s.blocks[size_t(j)];
+            for (int32_t h = 0; h < H; ++h) {
+                int64_t off = pass == 0 ? layout_.k_row_offset(layer, block, h, row) : layout_.v_row_offset(layer, block, h, row);
+                pool_read(off, run.data(), size_t(cnt * D) * 2);
+                for (int64_t t = 0; t < cnt; ++t) {
+                    const int64_t o = ((pos - start + t) * H + h) * D;
+                    for (int32_t d = 0; d < D; ++d) {
+                        uint16_t c = run[size_t(t * D + d)];
+                        float x = fmt == LLMN_KV_BF16 ? bf16_to_f32(c) : f16_to_f32(c);
+                        if (dst.dtype() == LLMN_DTYPE_F32) reinterpret_cast<float*>(out.data())[o + d] = x;
+                        else reinterpret_cast<uint16_t*>(out.data())[o + d] = f32_to_f16(x);
+                    }
+                }
+            }
+            pos += cnt;
+        }
+        write_to_buffer(dst, out.data(), out.size());
+    }
+}
+
+llmn_kv_cache_stats KvCache::stats() const {
+    llmn_kv_cache_stats st{};
+    st.total_blocks = layout_.num_blocks;
+    st.free_blocks = int64_t(free_.size());
+    st.num_sequences = int64_t(seqs_.size());
+    st.pool_bytes = layout_.pool_bytes;
+    return st;
+}
+
+void KvCache::debug_shuffle_free_list(uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::shuffle(free_.begin(), free_.end(), rng);
+}
+
+}  // namespace llmn

@@ -1,0 +1,154 @@
+// Byte layout of the paged KV cache pool: the one contract between the cache bookkeeping (host),
+// the CPU decode-attention kernels and the CUDA kernels. Everything here is plain integer
+// arithmetic with no host-only types, so a .cu file can copy a KvLayout into kernel parameters.
+//
+// POOL = one allocation of the context's device memory (llmn::alloc_bytes(ctx, LLMN_MEMORY_DEVICE)),
+// 64-byte aligned on CPU, 256-byte aligned on CUDA. Physical blocks are numbered 0..num_blocks-1;
+// a block holds `block_size` consecutive token positions of ONE sequence for EVERY layer (one block
+// table per sequence serves all layers; per-layer lengths say which rows are valid).
+//
+//   address(layer, block, kv_head) = pool + layer * layer_stride + block * block_stride + kv_head * head_stride
+//   block_stride = num_kv_heads * head_stride            layer_stride = num_blocks * block_stride
+//
+// so each layer is one contiguous slab shaped [num_blocks][num_kv_heads][head tile], the "HND"
+// paged layout (FlashInfer naming): one (block, kv_head) pair is one contiguous HEAD TILE, which is
+// exactly what one decode work item (sequence, kv_head, split) streams through.
+//
+// HEAD TILE (byte offsets from the tile start; every section starts on a 64-byte boundary and the
+// tile size is a multiple of 64):
+//
+//   [k_data_off] K data   block_size rows, token-major, row t = the head_dim channels of token t
+//   [k_aux_off ] K aux    per-format metadata (scales), k_aux_bytes (0 for f16/bf16)
+//   [v_data_off] V data   block_size rows, token-major, same row encoding for V's format
+//   [v_aux_off ] V aux    v_aux_bytes (0 for f16/bf16)
+//
+// Row t of a tile holds token position (logical block index j) * block_size + t of the sequence
+// whose block table has this physical block at index j. Rows at or beyond the layer's length are
+// garbage (never NaN-checked, never read by a correct kernel).
+//
+// Per-format encodings (row_bytes = bytes of one token row, aux = metadata section size):
+//   LLMN_KV_F16 / LLMN_KV_BF16   row = head_dim x 2 bytes, IEEE half / bfloat16, aux = 0.
+//       For f16 every size is a multiple of 256 bytes (block_size >= 8, head_dim % 16 == 0), so there
+//       is no padding at all: head_stride = 2 * block_size * head_dim * 2.
+//   LLMN_KV_INT8 / LLMN_KV_FP8_E4M3 (PLANNED; create() rejects them today)
+//       row = head_dim bytes (int8 two's complement / OCP E4M3), aux = block_size f32 scales, one
+//       per (token, head): x = float(code) * scale[t]. Quantized on append, token by token.
+//   LLMN_KV_INT4 / LLMN_KV_INT2 (PLANNED, KIVI)
+//       K: per-channel over the block. row = head_dim * bits / 8 bytes, channel d in bits
+//          [bits*(d % (8/bits)), ...) of byte d / (8/bits) (low bits first); aux = head_dim f16 scales
+//          followed by head_dim f16 minimums: k[t][d] = code * scale[d] + min[d]. Because a channel's
+//          scale needs the whole block, a block is quantized only when it fills: until then the
+//          sequence's newest block lives as an f16 RESIDUAL tile (the f16 layout above) in a separate
+//          residual region of the same allocation, addressed by a per-sequence residual slot rather
+//          than by the block table. q.k folds the scales into q per block (q'_d = q_d * scale_d, plus
+//          a per-block constant sum_d q_d * min_d), so the token-major row layout still streams.
+//       V: per token in groups of value_group_size channels. row as for K; aux = block_size x
+//          (head_dim / group) f16 scales followed by as many f16 minimums: v[t][d] = code * s[t][g] + m[t][g].
+//       The residual region (one f16 head tile set per live sequence) is not in head_stride; its
+//       sizing (from max_batch) will be added by the quantization work together with create().
+//
+// Block tables live on the host (KvCache); a change of any table bumps KvCache::tables_version()
+// so a backend can keep a device mirror (int32 [batch][max_blocks] like FlashInfer/vLLM) and refresh
+// it only when the version moved.
+#pragma once
+#include <llmnative/llmnative.h>
+
+#include <cstdint>
+
+namespace llmn {
+
+constexpr int64_t kKvSectionAlign = 64;
+
+inline int64_t kv_align_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
+
+inline bool kv_format_is_valid(int32_t f) { return f >= LLMN_KV_F16 && f <= LLMN_KV_INT2; }
+
+inline const char* kv_format_name(int32_t f) {
+    switch (f) {
+        case LLMN_KV_F16: return "LLMN_KV_F16";
+        case LLMN_KV_BF16: return "LLMN_KV_BF16";
+        case LLMN_KV_INT8: return "LLMN_KV_INT8";
+        case LLMN_KV_FP8_E4M3: return "LLMN_KV_FP8_E4M3";
+        case LLMN_KV_INT4: return "LLMN_KV_INT4";
+        case LLMN_KV_INT2: return "LLMN_KV_INT2";
+    }
+    return "unknown llmn_kv_format";
+}
+
+// Storage bits per element of the row encoding.
+inline int32_t kv_format_bits(int32_t f) {
+    switch (f) {
+        case LLMN_KV_F16: case LLMN_KV_BF16: return 16;
+        case LLMN_KV_INT8: case LLMN_KV_FP8_E4M3: return 8;
+        case LLMN_KV_INT4: return 4;
+        case LLMN_KV_INT2: return 2;
+    }
+    return 0;
+}
+
+inline int64_t kv_row_bytes(int32_t format, int32_t head_dim) { return int64_t(head_dim) * kv_format_bits(format) / 8; }
+
+// Metadata bytes of one head tile's K (is_value = false) or V section for a format.
+inline int64_t kv_aux_bytes(int32_t format, bool is_value, int32_t block_size, int32_t head_dim, int32_t value_group) {
+    switch (format) {
+        case LLMN_KV_INT8: case LLMN_KV_FP8_E4M3: return int64_t(block_size) * 4;  // f32 scale per token
+        case LLMN_KV_INT4: case LLMN_KV_INT2:
+            if (!is_value) return int64_t(head_dim) * 2 * 2;                      // f16 scale + min per channel
+            return int64_t(block_size) * (head_dim / (value_group > 0 ? value_group : head_dim)) * 2 * 2;
+        default: return 0;
+    }
+}
+
+struct KvLayout {
+    int32_t num_layers = 0, num_kv_heads = 0, head_dim = 0, block_size = 0;
+    int32_t k_format = LLMN_KV_F16, v_format = LLMN_KV_F16, value_group_size = 0;
+    int64_t num_blocks = 0;
+    // within a head tile
+    int64_t k_data_off = 0, k_aux_off = 0, v_data_off = 0, v_aux_off = 0;
+    int64_t k_row_bytes = 0, v_row_bytes = 0;
+    int64_t head_stride = 0;   // bytes of one (block, kv_head) tile
+    int64_t block_stride = 0;  // bytes of one block of one layer
+    int64_t layer_stride = 0;  // bytes of one layer slab
+    int64_t pool_bytes = 0;
+
+    int64_t tile_offset(int32_t layer, int64_t block, int32_t kv_head) const {
+        return int64_t(layer) * layer_stride + block * block_stride + int64_t(kv_head) * head_stride;
+    }
+    int64_t k_row_offset(int32_t layer, int64_t block, int32_t kv_head, int32_t row) const {
+        return tile_offset(layer, block, kv_head) + k_data_off + int64_t(row) * k_row_bytes;
+    }
+    int64_t v_row_offset(int32_t layer, int64_t block, int32_t kv_head, int32_t row) const {
+        return tile_offset(layer, block, kv_head) + v_data_off + int64_t(row) * v_row_bytes;
+    }
+    // Bytes one block takes across all layers (the unit of capacity).
+    int64_t block_bytes_all_layers() const { return block_stride * num_layers; }
+};
+
+// Fills the per-tile geometry (everything but num_blocks / layer_stride / pool_bytes) from a
+// validated description.
+inline KvLayout kv_tile_layout(const llmn_kv_cache_desc& d) {
+    KvLayout L;
+    L.num_layers = d.num_layers;
+    L.num_kv_heads = d.num_kv_heads;
+    L.head_dim = d.head_dim;
+    L.block_size = d.block_size;
+    L.k_format = d.k_format;
+    L.v_format = d.v_format;
+    L.value_group_size = d.value_group_size;
+    L.k_row_bytes = kv_row_bytes(d.k_format, d.head_dim);
+    L.v_row_bytes = kv_row_bytes(d.v_format, d.head_dim);
+    int64_t off = 0;
+    L.k_data_off = off;
+    off = kv_align_up(off + L.k_row_bytes * d.block_size, kKvSectionAlign);
+    L.k_aux_off = off;
+    off = kv_align_up(off + kv_aux_bytes(d.k_format, false, d.block_size, d.head_dim, d.value_group_size), kKvSectionAlign);
+    L.v_data_off = off;
+    off = kv_align_up(off + L.v_row_bytes * d.block_size, kKvSectionAlign);
+    L.v_aux_off = off;
+    off = kv_align_up(off + kv_aux_bytes(d.v_format, true, d.block_size, d.head_dim, d.value_group_size), kKvSectionAlign);
+    L.head_stride = off;
+    L.block_stride = L.head_stride * d.num_kv_heads;
+    return L;
+}
+
+}  // namespace llmn
