@@ -64,6 +64,17 @@ struct GemmInt4Args {
     int64_t m;
 };
 
+// ---- canonical builders (int4_weight.cpp): validate fully, throw llmn::Error naming the parameter ----
+// Round-to-nearest quantization of a dense host matrix [k][n] (f32 or f16); semantics in int4_weight.cpp.
+Int4Canonical int4_quantize(const llmn_int4_weight_desc& desc, int32_t src_dtype, const void* weights);
+// GPTQ / AWQ checkpoint tensors (host memory) -> canonical; conventions documented in int4_weight.cpp.
+Int4Canonical int4_import_gptq(const llmn_gptq_tensors& t);
+Int4Canonical int4_import_awq(const llmn_awq_tensors& t);
+// Canonical -> row-major [k][n] host matrix of dst_dtype (f32 or f16), the formula above in f32.
+void int4_dequantize(const Int4Canonical& c, int32_t dst_dtype, void* dst);
+// The public description of a canonical weight (has_g_idx filled in).
+llmn_int4_weight_desc int4_desc(const Int4Canonical& c);
+
 std::unique_ptr<Int4Packed> int4_pack_cpu(const Int4Canonical& c);
 Int4Canonical int4_unpack_cpu(const Int4Packed& p);
 void gemm_int4_cpu(const Context& ctx, const Int4Weight& w, const GemmInt4Args& args);

@@ -1,0 +1,289 @@
+// AVX2 (+FMA, F16C) INT4 GEMM over the layout of gemm_int4_cpu.hpp.
+//
+// Why it is shaped like this: at decode sizes (M <= 16) the GEMM is a stream over the weights, so the
+// only goal is to consume nibbles faster than DRAM delivers them, on every core at once. One work
+// item is one 32-column panel over all of K (a contiguous byte range); inside it K is walked in
+// chunks of 32 blocks (16 KiB of weights, L1-resident) and every chunk serves all M rows before the
+// next one is touched, so each weight byte comes from memory exactly once per call (M <= 256; larger M
+// is processed in slices of 256 rows, each streaming the weights once: there the kernel is compute
+// bound anyway). Items write disjoint outputs in a fixed order: deterministic for any thread count.
+//
+// Two inner loops (int4cpu::Compute):
+//  * Int8 (default): activations are quantized per 32-row block to int8 with one f32 scale
+//    (amax / 127, round to nearest), as llama.cpp's Q8_0 and ONNX Runtime's accuracy level 4 do.
+//    Each 32-byte chunk of a tile block gives, after & 0x0F and >> 4, 8 columns x 4 rows of unsigned
+//    codes; vpmaddubsw against 4 broadcast int8 activations yields per-column int16 partial sums,
+//    accumulated in int16 over the block (at most 8 x 2 x 15 x 127 = 30480 < 32767: no saturation).
+//    Per block: vpmaddwd to int32, zero-point correction in exact integer arithmetic
+//    (dot - zero * sum(xq)), then one f32 FMA with scale_w * scale_x. The only error beyond f32
+//    rounding is the activation rounding, |dx| <= amax_block / 254.
+//  * F32: each code is dequantized exactly ((q - zero) * scale with one FMA) and multiplied with the
+//    f32 activation; same numbers as the scalar reference up to FMA contraction.
+// Measured on the 2-core Zen 2 dev box (docs in the final report / bench_gemm_int4.cpp): Int8 reaches
+// the DRAM roofline at M = 1 and is several times faster at M = 16, F32 does not; Int8 is the default.
+// Non-finite activations: the block's int8 scale becomes NaN, so the affected outputs are NaN.
+#include "gemm_int4_cpu.hpp"
+
+#include "../../cpu/cpu_runtime.hpp"
+
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+namespace llmn::int4cpu {
+
+namespace {
+
+constexpr int64_t kChunkBlocks = 32;  // 32 blocks x 4 tiles x 128 B = 16 KiB of weights per chunk
+constexpr int64_t kMaxRowsPerPass = 256;
+constexpr int kMaxMR = 4;  // rows per register block
+
+// ---- activations -------------------------------------------------------------------------------
+
+// One row of packed-order f32 activations -> int8 codes, per-block scale and per-block code sum.
+void quantize_row(const float* xf, int64_t nb, int8_t* q, float* s, int32_t* sum) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+    for (int64_t b = 0; b < nb; ++b) {
+        const float* x = xf + b * kBlockK;
+        __m256 v[4], amax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+        for (int i = 0; i < 4; ++i) {
+            v[i] = _mm256_loadu_ps(x + 8 * i);
+            __m256 a = _mm256_and_ps(v[i], absmask);
+            amax = _mm256_max_ps(amax, a);
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, inf, _CMP_NLT_UQ));  // NaN or Inf
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        const float am = _mm_cvtss_f32(m4);
+        int8_t* qb = q + b * kBlockK;
+        if (_mm256_movemask_ps(bad) != 0) {
+            std::memset(qb, 0, kBlockK);
+            s[b] = std::numeric_limits<float>::quiet_NaN();
+            sum[b] = 0;
+            continue;
+        }
+        if (am == 0.0f) {
+            std::memset(qb, 0, kBlockK);
+            s[b] = 0.0f;
+            sum[b] = 0;
+            continue;
+        }
+        const __m256 inv = _mm256_set1_ps(127.0f / am);
+        __m256i i32[4];
+        for (int i = 0; i < 4; ++i) i32[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv));  // nearest-even
+        __m256i tot = _mm256_add_epi32(_mm256_add_epi32(i32[0], i32[1]), _mm256_add_epi32(i32[2], i32[3]));
+        __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(tot), _mm256_extracti128_si256(tot, 1));
+        t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0x4e));
+        t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0xb1));
+        // |x * 127 / amax| <= 127 (+ rounding of inv, which cannot reach 127.5): the packs never saturate.
+        __m256i p16a = _mm256_packs_epi32(i32[0], i32[1]), p16b = _mm256_packs_epi32(i32[2], i32[3]);
+        __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+        // packs interleave 128-bit lanes: restore the element order 0..31.
+        p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(qb), p8);
+        s[b] = am / 127.0f;
+        sum[b] = _mm_cvtsi128_si32(t4);
+    }
+}
+
+struct ActInt8 {
+    std::vector<int8_t> q;    // [rows][kp]
+    std::vector<float> s;     // [rows][nb]
+    std::vector<int32_t> sum; // [rows][nb]
+};
+
+inline int32_t load_i32(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+
+// ---- Int8 kernel ------------------------------------------------------------------------------
+
+template <int MR, bool SYM>
+void kernel_int8(const Packed& P, int64_t p, int64_t b0, int64_t b1, const int8_t* xq, const float* xs,
+                 const int32_t* xsum, float* acc) {
+    const int tp = P.tiles_in_panel(p);
+    const int64_t kp = P.kp(), nb = P.nblocks;
+    const uint8_t* wpanel = P.panel_data(p);
+    const uint16_t* spanel = P.panel_scales(p);
+    const uint8_t* zpanel = P.panel_zeros(p);
+    const int32_t* bgroup = P.block_group.data();
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256 sv[kPanelTiles];
+    __m256i zv[kPanelTiles];
+    int32_t cur = -1;
+    for (int64_t b = b0; b < b1; ++b) {
+        const int32_t g = bgroup[b];
+        if (g != cur) {
+            for (int t = 0; t < tp; ++t) {
+                const int64_t o = (int64_t(g) * tp + t) * kTileN;
+                sv[t] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(spanel + o)));
+                if (!SYM) zv[t] = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(zpanel + o)));
+            }
+            cur = g;
+        }
+        const uint8_t* wb = wpanel + b * tp * kTileBlockBytes;
+        const int8_t* xb = xq + b * kBlockK;
+        for (int t = 0; t < tp; ++t) {
+            __m256i a[MR];
+            for (int r = 0; r < MR; ++r) a[r] = _mm256_setzero_si256();
+            for (int L = 0; L < 4; ++L) {
+                const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(wb + t * kTileBlockBytes + L * 32));
+                const __m256i lo = _mm256_and_si256(v, m4);
+                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                for (int r = 0; r < MR; ++r) {
+                    const __m256i x0 = _mm256_set1_epi32(load_i32(xb + r * kp + 8 * L));
+                    const __m256i x1 = _mm256_set1_epi32(load_i32(xb + r * kp + 8 * L + 4));
+                    a[r] = _mm256_add_epi16(a[r], _mm256_maddubs_epi16(lo, x0));
+                    a[r] = _mm256_add_epi16(a[r], _mm256_maddubs_epi16(hi, x1));
+                }
+            }
+            for (int r = 0; r < MR; ++r) {
+                __m256i d = _mm256_madd_epi16(a[r], ones);
+                const int32_t sx = xsum[r * nb + b];
+                d = _mm256_sub_epi32(d, SYM ? _mm256_set1_epi32(sx * 8) : _mm256_mullo_epi32(zv[t], _mm256_set1_epi32(sx)));
+                const __m256 sc = _mm256_mul_ps(sv[t], _mm256_set1_ps(xs[r * nb + b]));
+                float* ap = acc + r * kPanelN + t * kTileN;
+                _mm256_store_ps(ap, _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), sc, _mm256_load_ps(ap)));
+            }
+        }
+    }
+}
+
+template <bool SYM>
+void run_int8(const Packed& P, int64_t p, int64_t b0, int64_t b1, int64_t rows, const ActInt8& A, float* acc) {
+    const int64_t kp = P.kp(), nb = P.nblocks;
+    for (int64_t r0 = 0; r0 < rows; r0 += kMaxMR) {
+        const int64_t mr = std::min<int64_t>(kMaxMR, rows - r0);
+        const int8_t* xq = A.q.data() + r0 * kp;
+        const float* xs = A.s.data() + r0 * nb;
+        const int32_t* xsum = A.sum.data() + r0 * nb;
+        float* a = acc + r0 * kPanelN;
+        switch (mr) {
+            case 1: kernel_int8<1, SYM>(P, p, b0, b1, xq, xs, xsum, a); break;
+            case 2: kernel_int8<2, SYM>(P, p, b0, b1, xq, xs, xsum, a); break;
+            case 3: kernel_int8<3, SYM>(P, p, b0, b1, xq, xs, xsum, a); break;
+            default: kernel_int8<4, SYM>(P, p, b0, b1, xq, xs, xsum, a); break;
+        }
+    }
+}
+
+// ---- F32 kernel -------------------------------------------------------------------------------
+
+template <int MR>
+void kernel_f32(const Packed& P, int64_t p, int64_t b0, int64_t b1, const float* xf, float* acc) {
+    const int tp = P.tiles_in_panel(p);
+    const int64_t kp = P.kp();
+    const uint8_t* wpanel = P.panel_data(p);
+    const uint16_t* spanel = P.panel_scales(p);
+    const uint8_t* zpanel = P.panel_zeros(p);
+    const int32_t* bgroup = P.block_group.data();
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ff = _mm256_set1_epi32(0xFF);
+    for (int t = 0; t < tp; ++t) {
+        __m256 f[MR];
+        for (int r = 0; r < MR; ++r) f[r] = _mm256_load_ps(acc + r * kPanelN + t * kTileN);
+        for (int64_t b = b0; b < b1; ++b) {
+            const int64_t o = (int64_t(bgroup[b]) * tp + t) * kTileN;
+            const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(spanel + o)));
+            const __m256 z = zpanel ? _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+                                          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(zpanel + o))))
+                                    : _mm256_set1_ps(8.0f);
+            const __m256 zs = _mm256_mul_ps(z, s);  // exact: 4-bit integer times an fp16 value
+            const uint8_t* wb = wpanel + (b * tp + t) * kTileBlockBytes;
+            const float* xb = xf + b * kBlockK;
+            for (int L = 0; L < 4; ++L) {
+                const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(wb + L * 32));
+                for (int h = 0; h < 2; ++h) {
+                    const __m256i hv = h == 0 ? _mm256_and_si256(v, m4) : _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                    for (int j = 0; j < 4; ++j) {
+                        __m256i qi = j == 3 ? _mm256_srli_epi32(hv, 24)
+                                            : _mm256_and_si256(j == 0 ? hv : _mm256_srli_epi32(hv, 8 * j), ff);
+                        const __m256 w = _mm256_fmsub_ps(_mm256_cvtepi32_ps(qi), s, zs);  // exact
+                        const int row = 8 * L + 4 * h + j;
+                        for (int r = 0; r < MR; ++r) f[r] = _mm256_fmadd_ps(_mm256_set1_ps(xb[r * kp + row]), w, f[r]);
+                    }
+                }
+            }
+        }
+        for (int r = 0; r < MR; ++r) _mm256_store_ps(acc + r * kPanelN + t * kTileN, f[r]);
+    }
+}
+
+void run_f32(const Packed& P, int64_t p, int64_t b0, int64_t b1, int64_t rows, const float* xf, float* acc) {
+    const int64_t kp = P.kp();
+    for (int64_t r0 = 0; r0 < rows; r0 += kMaxMR) {
+        const int64_t mr = std::min<int64_t>(kMaxMR, rows - r0);
+        const float* x = xf + r0 * kp;
+        float* a = acc + r0 * kPanelN;
+        switch (mr) {
+            case 1: kernel_f32<1>(P, p, b0, b1, x, a); break;
+            case 2: kernel_f32<2>(P, p, b0, b1, x, a); break;
+            case 3: kernel_f32<3>(P, p, b0, b1, x, a); break;
+            default: kernel_f32<4>(P, p, b0, b1, x, a); break;
+        }
+    }
+}
+
+float* scratch(int64_t floats) {
+    thread_local std::vector<float, std::allocator<float>> buf;
+    // 32-byte alignment for _mm256_load_ps: over-allocate and align by hand.
+    const size_t need = static_cast<size_t>(floats) + 8;
+    if (buf.size() < need) buf.assign(need, 0.0f);
+    float* p = buf.data();
+    p = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 31) & ~uintptr_t(31));
+    std::memset(p, 0, static_cast<size_t>(floats) * sizeof(float));
+    return p;
+}
+
+}  // namespace
+
+void gemm_avx2(const Call& c, Compute mode) {
+    const Packed& P = *c.w;
+    const int64_t kp = P.kp(), nb = P.nblocks, N = P.n;
+    for (int64_t m0 = 0; m0 < c.m; m0 += kMaxRowsPerPass) {
+        const int64_t rows = std::min<int64_t>(kMaxRowsPerPass, c.m - m0);
+        Call sub = c;
+        sub.x = c.f16 ? static_cast<const void*>(static_cast<const uint16_t*>(c.x) + m0 * P.k)
+                      : static_cast<const void*>(static_cast<const float*>(c.x) + m0 * P.k);
+        sub.y = c.f16 ? static_cast<void*>(static_cast<uint16_t*>(c.y) + m0 * N)
+                      : static_cast<void*>(static_cast<float*>(c.y) + m0 * N);
+        sub.m = rows;
+
+        std::vector<float> xf(static_cast<size_t>(rows * kp));
+        ActInt8 A;
+        if (mode == Compute::Int8) {
+            A.q.resize(static_cast<size_t>(rows * kp));
+            A.s.resize(static_cast<size_t>(rows * nb));
+            A.sum.resize(static_cast<size_t>(rows * nb));
+        }
+        auto prep = [&](int64_t r) {
+            gather_rows_f32(sub, r, r + 1, xf.data() + r * kp);
+            if (mode == Compute::Int8)
+                quantize_row(xf.data() + r * kp, nb, A.q.data() + r * kp, A.s.data() + r * nb, A.sum.data() + r * nb);
+        };
+        if (rows * kp >= (int64_t(1) << 16)) cpu::parallel_for(rows, prep);
+        else for (int64_t r = 0; r < rows; ++r) prep(r);
+
+        cpu::parallel_for(P.npanels, [&](int64_t p) {
+            float* acc = scratch(rows * kPanelN);
+            for (int64_t b0 = 0; b0 < nb; b0 += kChunkBlocks) {
+                const int64_t b1 = std::min(nb, b0 + kChunkBlocks);
+                if (mode == Compute::Int8) {
+                    if (P.symmetric) run_int8<true>(P, p, b0, b1, rows, A, acc);
+                    else run_int8<false>(P, p, b0, b1, rows, A, acc);
+                } else {
+                    run_f32(P, p, b0, b1, rows, xf.data(), acc);
+                }
+            }
+            const int64_t n0 = p * kPanelN;
+            store_panel(sub, 0, rows, n0, static_cast<int>(std::min<int64_t>(kPanelN, N - n0)), acc);
+        });
+    }
+}
+
+}  // namespace llmn::int4cpu
