@@ -1,0 +1,251 @@
+// CPU decode attention: the driver shared by every ISA (query preparation, split plan, work items on
+// the thread pool, LSE merge) and the scalar reference kernel. The AVX2 kernel computes the same
+// items in decode_attention_avx2.cpp; both are selected per call with cpu::active_isa().
+//
+// Determinism: the split plan is a function of (lengths, q_len, window, num_splits, thread count);
+// each work item is computed by one thread with a fixed operation order and written to its own
+// workspace slot, and the merge walks splits in order. Scheduling therefore never changes a bit;
+// a different thread count changes results only through the automatic split count (num_splits = 0).
+#include "decode_attention.hpp"
+#include "decode_attention_cpu.hpp"
+
+#include "../../core/numeric.hpp"
+#include "../../cpu/cpu_runtime.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+namespace llmn {
+
+namespace attn_cpu {
+
+// Scalar reference: converts each tile's K and V rows to f32 once (so all R rows reuse them from
+// cache), computes every score with a sequential f32 dot product and runs the textbook online
+// softmax with libm exp/tanh. Plain loops on purpose: this is the path the SIMD kernels are judged by.
+void run_item_scalar(const Item& it) {
+    const int32_t D = it.head_dim, R = it.rows, bs = it.block_size;
+    const float NEG_INF = -std::numeric_limits<float>::infinity();
+    thread_local std::vector<float> kf, vf, acc, m, l, s;
+    kf.resize(size_t(kTileKeys) * D);
+    vf.resize(size_t(kTileKeys) * D);
+    acc.assign(size_t(R) * D, 0.0f);
+    m.assign(size_t(R), NEG_INF);
+    l.assign(size_t(R), 0.0f);
+    s.resize(size_t(kTileKeys));
+    for (int64_t t0 = it.key_begin; t0 < it.key_end; t0 += kTileKeys) {
+        const int32_t n = int32_t(std::min<int64_t>(kTileKeys, it.key_end - t0));
+        for (int32_t j = 0; j < n; ++j) {
+            const int64_t t = t0 + j;
+            const uint8_t* tile = it.layer_base + int64_t(it.blocks[t / bs]) * it.block_stride + it.head_off;
+            const uint16_t* kr = reinterpret_cast<const uint16_t*>(tile + it.k_data_off) + (t % bs) * D;
+            const uint16_t* vr = reinterpret_cast<const uint16_t*>(tile + it.v_data_off) + (t % bs) * D;
+            for (int32_t d = 0; d < D; ++d) {
+                kf[size_t(j) * D + d] = f16_to_f32(kr[d]);
+                vf[size_t(j) * D + d] = f16_to_f32(vr[d]);
+            }
+        }
+        for (int32_t r = 0; r < R; ++r) {
+            const int64_t lo = std::max(it.row_lo[r], t0), hi = std::min(it.row_hi[r] + 1, t0 + n);
+            if (lo >= hi) continue;  // no visible key of this row in the tile
+            const float* qr = it.q + size_t(r) * D;
+            float tile_max = NEG_INF;
+            for (int64_t t = lo; t < hi; ++t) {
+                const float* kr = &kf[size_t(t - t0) * D];
+                float dot = 0.0f;
+                for (int32_t d = 0; d < D; ++d) dot += qr[d] * kr[d];
+                if (it.softcap > 0.0f) dot = it.softcap * std::tanh(dot / it.softcap);
+                if (it.row_slope) dot += it.row_slope[r] * float(t - it.row_hi[r]);
+                s[size_t(t - t0)] = dot;
+                tile_max = std::max(tile_max, dot);
+            }
+            float* ar = &acc[size_t(r) * D];
+            if (tile_max > m[size_t(r)]) {
+                // m = -inf on the first visible tile: alpha = e^-inf = 0 and acc, l are still 0.
+                const float alpha = std::exp(m[size_t(r)] - tile_max);
+                for (int32_t d = 0; d < D; ++d) ar[d] *= alpha;
+                l[size_t(r)] *= alpha;
+                m[size_t(r)] = tile_max;
+            }
+            for (int64_t t = lo; t < hi; ++t) {
+                const float pw = std::exp(s[size_t(t - t0)] - m[size_t(r)]);
+                l[size_t(r)] += pw;
+                const float* vr = &vf[size_t(t - t0) * D];
+                for (int32_t d = 0; d < D; ++d) ar[d] += pw * vr[d];
+            }
+        }
+    }
+    for (int32_t r = 0; r < R; ++r) {
+        float* o = it.o + size_t(r) * D;
+        if (l[size_t(r)] > 0.0f) {  // l >= 1 whenever a key was visible (its max term is e^0)
+            for (int32_t d = 0; d < D; ++d) o[d] = acc[size_t(r) * D + d] / l[size_t(r)];
+            it.lse[r] = m[size_t(r)] + std::log(l[size_t(r)]);
+        } else {
+            for (int32_t d = 0; d < D; ++d) o[d] = 0.0f;
+            it.lse[r] = NEG_INF;
+        }
+    }
+}
+
+}  // namespace attn_cpu
+
+namespace {
+
+using attn_cpu::Item;
+
+// Automatic split policy (num_splits = 0). Splitting only pays when there are fewer independent
+// (sequence, kv_head) items than the pool can balance, or when lengths are so uneven that one long
+// sequence would finish last. So: aim for ~4 work items per thread (dynamic scheduling then keeps
+// every thread busy), cutting every sequence into pieces of about total_keys / target keys, but
+// never smaller than kMinSplitKeys (each split costs one R x head_dim f32 partial write + merge,
+// under 1% of streaming 512 keys). A full batch of equal lengths gets pieces >= its length: no
+// split. One thread: no split (there is nothing to balance).
+constexpr int64_t kMinSplitKeys = 512;
+constexpr int32_t kMaxAutoSplits = 64;
+
+int32_t auto_splits(int64_t visible_keys, int64_t total_keys, int32_t threads) {
+    if (threads <= 1) return 1;
+    const int64_t target_items = int64_t(threads) * 4;
+    const int64_t piece = std::max(kMinSplitKeys, (total_keys + target_items - 1) / target_items);
+    return int32_t(std::clamp<int64_t>((visible_keys + piece - 1) / piece, 1, kMaxAutoSplits));
+}
+
+using ItemFn = void (*)(const Item&);
+
+ItemFn select_kernel() {
+#if defined(__x86_64__) || defined(_M_X64)
+    llmn_cpu_isa isa = cpu::active_isa();
+    if (isa == LLMN_CPU_ISA_AVX2 || isa == LLMN_CPU_ISA_AVX512) return attn_cpu::run_item_scalar;  // AVX2 kernel: next commit
+#endif
+    return attn_cpu::run_item_scalar;
+}
+
+}  // namespace
+
+void decode_attention_cpu(const Context& ctx, const DecodeAttentionArgs& a) {
+    (void)ctx;
+    const KvLayout& L = a.cache->layout();
+    const llmn_attention_params& p = a.params;
+    const int32_t H = L.num_kv_heads, D = L.head_dim, G = a.group, Q = p.q_len, R = G * Q, Hq = p.num_q_heads;
+    const int32_t bs = L.block_size, B = a.batch;
+    const bool f16_io = a.q->dtype() == LLMN_DTYPE_F16;
+
+    // Queries regrouped per kv head ([b][h][r][d], r = i * G + g) and pre-scaled, in f32. Done before
+    // anything is written, so out may alias q.
+    std::vector<float> qp(size_t(B) * H * R * D);
+    cpu::parallel_for(B, [&](int64_t b) {
+        for (int32_t i = 0; i < Q; ++i)
+            for (int32_t hq = 0; hq < Hq; ++hq) {
+                const int64_t src = ((b * Q + i) * Hq + hq) * int64_t(D);
+                float* dst = &qp[size_t(((b * H + hq / G) * R + i * G + hq % G) * int64_t(D))];
+                for (int32_t d = 0; d < D; ++d) {
+                    float x = f16_io ? f16_to_f32(a.q->as<uint16_t>()[src + d]) : a.q->as<float>()[src + d];
+                    dst[d] = x * p.scale;
+                }
+            }
+    });
+
+    // Per-row masks ([b][r]) and ALiBi slopes ([h][r]).
+    std::vector<int64_t> row_hi(size_t(B) * R), row_lo(size_t(B) * R);
+    for (int32_t b = 0; b < B; ++b)
+        for (int32_t r = 0; r < R; ++r) {
+            const int64_t pos = attn_query_pos(a.lengths[size_t(b)], Q, r / G);
+            row_hi[size_t(b) * R + r] = pos;
+            row_lo[size_t(b) * R + r] = attn_first_key(pos, p.window);
+        }
+    std::vector<float> slopes;
+    if (!a.alibi_slopes.empty()) {
+        slopes.resize(size_t(H) * R);
+        for (int32_t h = 0; h < H; ++h)
+            for (int32_t r = 0; r < R; ++r) slopes[size_t(h) * R + r] = a.alibi_slopes[size_t(h * G + r % G)];
+    }
+
+    // Split plan.
+    std::vector<int64_t> first_blk(static_cast<size_t>(B)), end_blk(static_cast<size_t>(B));
+    int64_t total_keys = 0;
+    for (int32_t b = 0; b < B; ++b) {
+        attn_visible_blocks(a.lengths[size_t(b)], Q, p.window, bs, &first_blk[size_t(b)], &end_blk[size_t(b)]);
+        total_keys += (a.lengths[size_t(b)] - attn_first_key(attn_query_pos(a.lengths[size_t(b)], Q, 0), p.window)) * H;
+    }
+    const int32_t threads = cpu::thread_count();
+    std::vector<int32_t> splits(static_cast<size_t>(B));
+    std::vector<int64_t> slot_base(size_t(B) + 1, 0);
+    for (int32_t b = 0; b < B; ++b) {
+        const int64_t nblk = end_blk[size_t(b)] - first_blk[size_t(b)];
+        const int64_t visible = a.lengths[size_t(b)] - attn_first_key(attn_query_pos(a.lengths[size_t(b)], Q, 0), p.window);
+        int32_t n = p.num_splits > 0 ? p.num_splits : auto_splits(visible, total_keys, threads);
+        splits[size_t(b)] = int32_t(std::max<int64_t>(1, std::min<int64_t>(n, nblk)));  // no empty splits
+        slot_base[size_t(b) + 1] = slot_base[size_t(b)] + int64_t(H) * splits[size_t(b)];
+    }
+    const int64_t n_items = slot_base[size_t(B)];
+
+    std::vector<float> o_ws(size_t(n_items) * R * D), lse_ws(size_t(n_items) * R);
+    std::vector<Item> items(static_cast<size_t>(n_items));
+    for (int32_t b = 0; b < B; ++b) {
+        const int64_t len = a.lengths[size_t(b)];
+        const int64_t lo = attn_first_key(attn_query_pos(len, Q, 0), p.window);
+        for (int32_t h = 0; h < H; ++h)
+            for (int32_t s = 0; s < splits[size_t(b)]; ++s) {
+                const int64_t slot = slot_base[size_t(b)] + int64_t(h) * splits[size_t(b)] + s;
+                int64_t b0, b1;
+                split_block_range(first_blk[size_t(b)], end_blk[size_t(b)], splits[size_t(b)], s, &b0, &b1);
+                Item& it = items[size_t(slot)];
+                it.layer_base = a.cache->pool() + int64_t(p.layer) * L.layer_stride;
+                it.blocks = a.seqs[size_t(b)]->blocks.data();
+                it.block_stride = L.block_stride;
+                it.head_off = int64_t(h) * L.head_stride;
+                it.k_data_off = L.k_data_off;
+                it.v_data_off = L.v_data_off;
+                it.block_size = bs;
+                it.head_dim = D;
+                it.key_begin = std::max(lo, b0 * bs);
+                it.key_end = std::min(len, b1 * bs);
+                it.rows = R;
+                it.q = &qp[size_t((int64_t(b) * H + h) * R * D)];
+                it.row_hi = &row_hi[size_t(b) * R];
+                it.row_lo = &row_lo[size_t(b) * R];
+                it.row_slope = slopes.empty() ? nullptr : &slopes[size_t(h) * R];
+                it.softcap = p.softcap;
+                it.o = &o_ws[size_t(slot) * R * D];
+                it.lse = &lse_ws[size_t(slot) * R];
+            }
+    }
+    // Longest items first (ties by index): the pool hands them out in this order, which keeps the
+    // tail short for mixed lengths. Only the schedule depends on it, never a result.
+    std::vector<int64_t> order(static_cast<size_t>(n_items));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
+        return items[size_t(x)].key_end - items[size_t(x)].key_begin > items[size_t(y)].key_end - items[size_t(y)].key_begin;
+    });
+    const ItemFn kernel = select_kernel();
+    cpu::parallel_for(n_items, [&](int64_t i) { kernel(items[size_t(order[size_t(i)])]); });
+
+    // Merge the splits of every (sequence, kv head) row and write out[b][i][h * G + g][:].
+    cpu::parallel_for(int64_t(B) * H, [&](int64_t bh) {
+        const int64_t b = bh / H;
+        const int32_t h = int32_t(bh % H), n = splits[size_t(b)];
+        const int64_t base = slot_base[size_t(b)] + int64_t(h) * n;
+        std::vector<float> row(static_cast<size_t>(D));
+        float lse[kMaxAttentionSplits];
+        const float* parts[kMaxAttentionSplits];
+        for (int32_t r = 0; r < R; ++r) {
+            for (int32_t s = 0; s < n; ++s) {
+                lse[s] = lse_ws[size_t((base + s) * R + r)];
+                parts[s] = &o_ws[size_t(((base + s) * R + r) * D)];
+            }
+            merge_partials(n, lse, parts, D, row.data());
+            const int64_t dst = ((b * Q + r / G) * Hq + int64_t(h) * G + r % G) * D;
+            if (f16_io) {
+                uint16_t* o = a.out->as<uint16_t>() + dst;
+                for (int32_t d = 0; d < D; ++d) o[d] = f32_to_f16(row[size_t(d)]);
+            } else {
+                std::memcpy(a.out->as<float>() + dst, row.data(), size_t(D) * sizeof(float));
+            }
+        }
+    });
+}
+
+}  // namespace llmn

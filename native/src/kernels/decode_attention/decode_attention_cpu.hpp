@@ -1,0 +1,34 @@
+// CPU decode attention, internal interface between the driver (decode_attention_cpu.cpp: queries,
+// split plan, threads, merge) and the per-ISA work-item kernels (scalar in decode_attention_cpu.cpp,
+// AVX2 in decode_attention_avx2.cpp). A work item is one (sequence, kv_head, split): it streams the
+// f16 K/V rows of keys [key_begin, key_end) once and updates the online softmax of all R query rows
+// of that kv head, tile by tile (kTileKeys keys per tile, tiles may straddle blocks).
+#pragma once
+#include <cstdint>
+
+namespace llmn::attn_cpu {
+
+constexpr int32_t kTileKeys = 64;
+
+struct Item {
+    // K/V rows of key t: layer_base + blocks[t / block_size] * block_stride + head_off
+    //                    + {k,v}_data_off + (t % block_size) * head_dim * 2   (f16, head_dim contiguous)
+    const uint8_t* layer_base = nullptr;
+    const int32_t* blocks = nullptr;
+    int64_t block_stride = 0, head_off = 0, k_data_off = 0, v_data_off = 0;
+    int32_t block_size = 0, head_dim = 0;
+    int64_t key_begin = 0, key_end = 0;  // this split's keys
+    int32_t rows = 0;                    // R = group * q_len
+    const float* q = nullptr;            // [R][head_dim], already multiplied by the softmax scale
+    const int64_t* row_hi = nullptr;     // [R] last visible key = the query's position
+    const int64_t* row_lo = nullptr;     // [R] first visible key (sliding window)
+    const float* row_slope = nullptr;    // [R] ALiBi slope, or null
+    float softcap = 0.0f;                // 0 = off
+    float* o = nullptr;                  // [R][head_dim] out: partial output / own denominator (0 if no key)
+    float* lse = nullptr;                // [R] out: m + ln(l), -inf if no key was visible to the row
+};
+
+void run_item_scalar(const Item& it);
+void run_item_avx2(const Item& it);  // only called when active_isa() >= AVX2 (x86 builds)
+
+}  // namespace llmn::attn_cpu
