@@ -1,0 +1,40 @@
+// C#-side argument checks, done before any native call so the exception names the parameter and the
+// bad value in .NET's own terms. The native library repeats every check (it must, for C callers).
+using System;
+
+namespace LlmNative;
+
+internal static class Argument
+{
+    public static T NotNull<T>(T? value, string paramName) where T : class =>
+        value ?? throw new ArgumentNullException(paramName);
+
+    public static void Defined<TEnum>(TEnum value, string paramName) where TEnum : struct, Enum
+    {
+        if (!Enum.IsDefined(typeof(TEnum), value))
+            throw new ArgumentOutOfRangeException(paramName, value,
+                $"{paramName} must be a defined {typeof(TEnum).Name}, got {Convert.ToInt64(value, System.Globalization.CultureInfo.InvariantCulture)}");
+    }
+
+    public static void AtLeast(long value, long min, string paramName)
+    {
+        if (value < min)
+            throw new ArgumentOutOfRangeException(paramName, value, $"{paramName} must be >= {min}, got {value}");
+    }
+
+    /// <summary>Checks that [offset, offset + length) lies inside [0, count) of a buffer.</summary>
+    public static void Range(long offset, long length, long count, string offsetName, string lengthName)
+    {
+        if (offset < 0)
+            throw new ArgumentOutOfRangeException(offsetName, offset, $"{offsetName} must be >= 0, got {offset}");
+        if (offset > count)
+            throw new ArgumentOutOfRangeException(offsetName, offset,
+                $"{offsetName} must be <= the buffer's Count ({count}), got {offset}");
+        if (length < 0)
+            throw new ArgumentOutOfRangeException(lengthName, length, $"{lengthName} must be >= 0, got {length}");
+        if (length > count - offset)
+            throw new ArgumentException(
+                $"{lengthName} covers {length} elements but the buffer has only {count - offset} from offset {offset} (Count {count})",
+                lengthName);
+    }
+}
