@@ -1,0 +1,13 @@
+namespace LlmNative.Cli;
+
+/// <summary>
+/// The verb table. A new verb (bench, verify, ...) is one entry here plus a class with a Run(Invocation)
+/// method; parsing of global options, --help, error reporting and exit codes are shared (Cli.cs).
+/// </summary>
+internal static class Verbs
+{
+    public static readonly Verb[] All =
+    {
+        new("info", "show the native library, its versions, the CPU backend and CUDA status", InfoVerb.Usage, InfoVerb.Run),
+    };
+}
