@@ -1,9 +1,17 @@
 // Dense baseline, AVX2 + FMA (+ F16C for f16 weights). Meant to be a fair opponent for the INT4
-// kernel, so it follows the same rules: one work item = one 64-column slab over all of K, K walked
-// in chunks of 256 rows that serve every row of X before the next chunk (W is read from memory once
-// per call for M <= 256), f32 accumulators held in registers inside a chunk (6 rows x 16 columns, or
-// 1 row x 64 columns at M = 1, where the kernel is a pure stream), fixed summation order (k
-// ascending, one FMA per term) whatever the thread count.
+// kernel, so it follows the same rules: one work item = one slab of columns over all of K, W read
+// from memory once per call (M <= 256), fixed summation order (k ascending, one FMA per term)
+// whatever the thread count.
+//
+// W is row-major [K, N], so a column slab is a strided walk: one row segment per k. Hardware
+// prefetchers stop at 4 KiB pages and N * 2 bytes is usually >= 4 KiB, so short segments (a 16- or
+// 64-column register tile per k) turn the walk into one DRAM latency per row (measured: ~3 GB/s at
+// M = 1). Slabs are therefore 512 columns wide (1-2 KiB contiguous per row) and
+//  * M <= 4: "axpy" form, acc[r][slab] in L1 updated 4 rows of W at a time (4 FMAs per acc
+//    load/store): a pure stream over W;
+//  * M > 4: chunks of 64 rows of the slab are first copied (row by row, contiguous) into an f32
+//    panel [16-column strip][64][16] in L2, then a 6 x 16 register-blocked kernel runs over it for
+//    every 6 rows of X.
 #include "gemm_dense_cpu.hpp"
 
 #include "../../cpu/cpu_runtime.hpp"
@@ -11,6 +19,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -18,8 +27,10 @@ namespace llmn::densecpu {
 
 namespace {
 
-constexpr int64_t kChunkK = 256;
+constexpr int64_t kChunkK = 64;
 constexpr int64_t kMaxRowsPerPass = 256;
+constexpr int64_t kAxpyMaxRows = 4;
+constexpr int64_t kPrefetchRows = 8;
 
 template <bool F16>
 inline __m256 load8(const void* w, int64_t i) {
@@ -27,46 +38,127 @@ inline __m256 load8(const void* w, int64_t i) {
     return _mm256_loadu_ps(static_cast<const float*>(w) + i);
 }
 
-// acc[r][0 .. 8*NV) += sum_{kk < kc} x[r][kk] * w[kk][0 .. 8*NV); acc row stride kSlabN.
-template <int MR, int NV, bool F16>
-void micro(const void* w, int64_t ldw, const float* x, int64_t ldx, int64_t kc, float* acc) {
-    __m256 c[MR][NV];
-    for (int r = 0; r < MR; ++r)
-        for (int v = 0; v < NV; ++v) c[r][v] = _mm256_loadu_ps(acc + r * kSlabN + 8 * v);
-    for (int64_t kk = 0; kk < kc; ++kk) {
-        __m256 wv[NV];
-        for (int v = 0; v < NV; ++v) wv[v] = load8<F16>(w, kk * ldw + 8 * v);
-        for (int r = 0; r < MR; ++r) {
-            const __m256 xb = _mm256_set1_ps(x[r * ldx + kk]);
-            for (int v = 0; v < NV; ++v) c[r][v] = _mm256_fmadd_ps(xb, wv[v], c[r][v]);
+template <bool F16>
+inline float load1(const void* w, int64_t i) {
+    if (F16) return _cvtsh_ss(static_cast<const uint16_t*>(w)[i]);
+    return static_cast<const float*>(w)[i];
+}
+
+// ---- M <= 4: stream rows of W through acc[r][kSlabN] ------------------------------------------
+
+template <bool F16>
+void axpy_slab(const Call& c, const float* xf, int64_t rows, int64_t n0, int64_t cols, float* acc) {
+    const int64_t K = c.k, N = c.n;
+    const int64_t vec = cols / 8 * 8;
+    int64_t k = 0;
+    const size_t esz = F16 ? 2 : 4;
+    for (; k + 4 <= K; k += 4) {
+        const void* w = c.w;
+        const int64_t base = k * N + n0;
+        // Rows kPrefetchRows ahead: each row segment is its own short stream (see the file comment).
+        if (k + kPrefetchRows + 4 <= K)
+            for (int64_t kk = 0; kk < 4; ++kk) {
+                const char* row = static_cast<const char*>(w) + (base + (kPrefetchRows + kk) * N) * esz;
+                for (int64_t i = 0; i < int64_t(cols * esz); i += 64) _mm_prefetch(row + i, _MM_HINT_T0);
+            }
+        for (int64_t r = 0; r < rows; ++r) {
+            const __m256 x0 = _mm256_set1_ps(xf[r * K + k]), x1 = _mm256_set1_ps(xf[r * K + k + 1]),
+                         x2 = _mm256_set1_ps(xf[r * K + k + 2]), x3 = _mm256_set1_ps(xf[r * K + k + 3]);
+            float* a = acc + r * kSlabN;
+            for (int64_t i = 0; i < vec; i += 8) {
+                __m256 v = _mm256_loadu_ps(a + i);
+                v = _mm256_fmadd_ps(x0, load8<F16>(w, base + i), v);
+                v = _mm256_fmadd_ps(x1, load8<F16>(w, base + N + i), v);
+                v = _mm256_fmadd_ps(x2, load8<F16>(w, base + 2 * N + i), v);
+                v = _mm256_fmadd_ps(x3, load8<F16>(w, base + 3 * N + i), v);
+                _mm256_storeu_ps(a + i, v);
+            }
+            for (int64_t i = vec; i < cols; ++i)
+                for (int64_t kk = 0; kk < 4; ++kk)
+                    a[i] = std::fma(xf[r * K + k + kk], load1<F16>(w, base + kk * N + i), a[i]);
         }
     }
-    for (int r = 0; r < MR; ++r)
-        for (int v = 0; v < NV; ++v) _mm256_storeu_ps(acc + r * kSlabN + 8 * v, c[r][v]);
+    for (; k < K; ++k) {
+        for (int64_t r = 0; r < rows; ++r) {
+            const __m256 x0 = _mm256_set1_ps(xf[r * K + k]);
+            float* a = acc + r * kSlabN;
+            for (int64_t i = 0; i < vec; i += 8)
+                _mm256_storeu_ps(a + i, _mm256_fmadd_ps(x0, load8<F16>(c.w, k * N + n0 + i), _mm256_loadu_ps(a + i)));
+            for (int64_t i = vec; i < cols; ++i) a[i] = std::fma(xf[r * K + k], load1<F16>(c.w, k * N + n0 + i), a[i]);
+        }
+    }
+}
+
+// ---- M > 4: packed 64-row chunks, 6 x 16 register blocks --------------------------------------
+
+// acc[r][0..16) (row stride kSlabN) += sum_{kk < kc} x[r][kk] * p[kk][0..16)
+template <int MR>
+void micro(const float* p, const float* x, int64_t ldx, int64_t kc, float* acc) {
+    __m256 c0[MR], c1[MR];
+    for (int r = 0; r < MR; ++r) {
+        c0[r] = _mm256_loadu_ps(acc + r * kSlabN);
+        c1[r] = _mm256_loadu_ps(acc + r * kSlabN + 8);
+    }
+    for (int64_t kk = 0; kk < kc; ++kk) {
+        const __m256 w0 = _mm256_load_ps(p + kk * 16), w1 = _mm256_load_ps(p + kk * 16 + 8);
+        for (int r = 0; r < MR; ++r) {
+            const __m256 xb = _mm256_set1_ps(x[r * ldx + kk]);
+            c0[r] = _mm256_fmadd_ps(xb, w0, c0[r]);
+            c1[r] = _mm256_fmadd_ps(xb, w1, c1[r]);
+        }
+    }
+    for (int r = 0; r < MR; ++r) {
+        _mm256_storeu_ps(acc + r * kSlabN, c0[r]);
+        _mm256_storeu_ps(acc + r * kSlabN + 8, c1[r]);
+    }
+}
+
+// Copies W[k0 .. k0+kc)[n0 .. n0+cols) into p[strip][kk][16] as f32, zero-padding the last strip.
+template <bool F16>
+void pack_chunk(const Call& c, int64_t k0, int64_t kc, int64_t n0, int64_t cols, float* p) {
+    const int64_t strips = (cols + 15) / 16, full = cols / 8 * 8;
+    const size_t esz = F16 ? 2 : 4;
+    for (int64_t kk = 0; kk < kc; ++kk) {
+        const int64_t base = (k0 + kk) * c.n + n0;
+        if (k0 + kk + kPrefetchRows < c.k) {
+            const char* row = static_cast<const char*>(c.w) + (base + kPrefetchRows * c.n) * esz;
+            for (int64_t i = 0; i < int64_t(cols * esz); i += 64) _mm_prefetch(row + i, _MM_HINT_T0);
+        }
+        for (int64_t i = 0; i < full; i += 8)
+            _mm256_store_ps(p + (i / 16) * kc * 16 + kk * 16 + (i % 16), load8<F16>(c.w, base + i));
+        for (int64_t i = full; i < strips * 16; ++i)
+            p[(i / 16) * kc * 16 + kk * 16 + (i % 16)] = i < cols ? load1<F16>(c.w, base + i) : 0.0f;
+    }
 }
 
 template <bool F16>
-void run_chunk(const void* w, int64_t ldw, int64_t rows, const float* x, int64_t ldx, int64_t kc, float* acc) {
-    if (rows == 1) {
-        micro<1, 8, F16>(w, ldw, x, ldx, kc, acc);
-        return;
-    }
-    const size_t esz = F16 ? 2 : 4;
-    for (int64_t v0 = 0; v0 < kSlabN; v0 += 16) {
-        const void* ws = static_cast<const char*>(w) + v0 * esz;
-        for (int64_t r0 = 0; r0 < rows; r0 += 6) {
-            const float* xr = x + r0 * ldx;
-            float* a = acc + r0 * kSlabN + v0;
-            switch (std::min<int64_t>(6, rows - r0)) {
-                case 1: micro<1, 2, F16>(ws, ldw, xr, ldx, kc, a); break;
-                case 2: micro<2, 2, F16>(ws, ldw, xr, ldx, kc, a); break;
-                case 3: micro<3, 2, F16>(ws, ldw, xr, ldx, kc, a); break;
-                case 4: micro<4, 2, F16>(ws, ldw, xr, ldx, kc, a); break;
-                case 5: micro<5, 2, F16>(ws, ldw, xr, ldx, kc, a); break;
-                default: micro<6, 2, F16>(ws, ldw, xr, ldx, kc, a); break;
+void blocked_slab(const Call& c, const float* xf, int64_t rows, int64_t n0, int64_t cols, float* acc, float* p) {
+    const int64_t K = c.k, strips = (cols + 15) / 16;
+    for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
+        const int64_t kc = std::min(kChunkK, K - k0);
+        pack_chunk<F16>(c, k0, kc, n0, cols, p);
+        for (int64_t s = 0; s < strips; ++s) {
+            const float* ps = p + s * kc * 16;
+            for (int64_t r0 = 0; r0 < rows; r0 += 6) {
+                const float* x = xf + r0 * K + k0;
+                float* a = acc + r0 * kSlabN + s * 16;
+                switch (std::min<int64_t>(6, rows - r0)) {
+                    case 1: micro<1>(ps, x, K, kc, a); break;
+                    case 2: micro<2>(ps, x, K, kc, a); break;
+                    case 3: micro<3>(ps, x, K, kc, a); break;
+                    case 4: micro<4>(ps, x, K, kc, a); break;
+                    case 5: micro<5>(ps, x, K, kc, a); break;
+                    default: micro<6>(ps, x, K, kc, a); break;
+                }
             }
         }
     }
+}
+
+template <class T>
+T* aligned_scratch(std::vector<T>& buf, size_t count) {
+    if (buf.size() < count + 16) buf.resize(count + 16);
+    return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
 }
 
 }  // namespace
@@ -79,7 +171,6 @@ void gemm_avx2(const Call& c) {
         Call sub = c;
         sub.y = c.f16 ? static_cast<void*>(static_cast<uint16_t*>(c.y) + m0 * N)
                       : static_cast<void*>(static_cast<float*>(c.y) + m0 * N);
-        // Activations as f32 (a copy also for f32 input: keeps one code path and is O(M*K)).
         std::vector<float> xf(static_cast<size_t>(rows * K));
         for (int64_t i = 0; i < rows * K; ++i)
             xf[static_cast<size_t>(i)] = c.f16 ? _cvtsh_ss(static_cast<const uint16_t*>(c.x)[m0 * K + i])
@@ -87,25 +178,16 @@ void gemm_avx2(const Call& c) {
 
         cpu::parallel_for(slabs, [&](int64_t s) {
             const int64_t n0 = s * kSlabN, cols = std::min(kSlabN, N - n0);
-            thread_local std::vector<float> acc_buf, pad_buf;
-            acc_buf.assign(static_cast<size_t>(rows * kSlabN), 0.0f);
-            float* acc = acc_buf.data();
-            for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
-                const int64_t kc = std::min(kChunkK, K - k0);
-                const float* x = xf.data() + k0;
-                if (cols == kSlabN) {
-                    if (c.f16) run_chunk<true>(static_cast<const uint16_t*>(c.w) + k0 * N + n0, N, rows, x, K, kc, acc);
-                    else run_chunk<false>(static_cast<const float*>(c.w) + k0 * N + n0, N, rows, x, K, kc, acc);
-                } else {  // ragged last slab: zero-padded f32 copy of the chunk
-                    pad_buf.assign(static_cast<size_t>(kc * kSlabN), 0.0f);
-                    for (int64_t kk = 0; kk < kc; ++kk)
-                        for (int64_t i = 0; i < cols; ++i) {
-                            const int64_t wi = (k0 + kk) * N + n0 + i;
-                            pad_buf[static_cast<size_t>(kk * kSlabN + i)] =
-                                c.f16 ? _cvtsh_ss(static_cast<const uint16_t*>(c.w)[wi]) : static_cast<const float*>(c.w)[wi];
-                        }
-                    run_chunk<false>(pad_buf.data(), kSlabN, rows, x, K, kc, acc);
-                }
+            thread_local std::vector<float> acc_buf, pack_buf;
+            float* acc = aligned_scratch(acc_buf, static_cast<size_t>(rows * kSlabN));
+            std::memset(acc, 0, static_cast<size_t>(rows * kSlabN) * sizeof(float));
+            if (rows <= kAxpyMaxRows) {
+                if (c.f16) axpy_slab<true>(c, xf.data(), rows, n0, cols, acc);
+                else axpy_slab<false>(c, xf.data(), rows, n0, cols, acc);
+            } else {
+                float* p = aligned_scratch(pack_buf, static_cast<size_t>(kChunkK * kSlabN));
+                if (c.f16) blocked_slab<true>(c, xf.data(), rows, n0, cols, acc, p);
+                else blocked_slab<false>(c, xf.data(), rows, n0, cols, acc, p);
             }
             store_slab(sub, 0, rows, n0, cols, acc);
         });

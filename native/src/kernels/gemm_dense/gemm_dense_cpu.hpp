@@ -4,7 +4,7 @@
 
 namespace llmn::densecpu {
 
-constexpr int64_t kSlabN = 64;  // columns per work item
+constexpr int64_t kSlabN = 512;  // columns per work item (see gemm_dense_avx2.cpp)
 
 struct Call {
     const void* x;     // [m, k]

@@ -39,6 +39,10 @@ namespace {
 constexpr int64_t kChunkBlocks = 32;  // 32 blocks x 4 tiles x 128 B = 16 KiB of weights per chunk
 constexpr int64_t kMaxRowsPerPass = 256;
 constexpr int kMaxMR = 4;  // rows per register block
+// Software prefetch distance inside a panel's byte stream. The hardware prefetchers alone left the
+// M = 1 kernel at about half the streaming-read bandwidth (they restart at every 4 KiB page and the
+// kernel issues few loads per byte); 4 KiB ahead recovers it.
+constexpr int kPrefetchBytes = 4096;
 
 // ---- activations -------------------------------------------------------------------------------
 
@@ -90,10 +94,32 @@ void quantize_row(const float* xf, int64_t nb, int8_t* q, float* s, int32_t* sum
     }
 }
 
+// gather_rows_f32 with F16C: without act-order the packed order is the natural one plus zero
+// padding at the end, so this is a straight conversion.
+void gather_row(const Call& c, int64_t r, float* out) {
+    const Packed& P = *c.w;
+    const int64_t kp = P.kp(), K = P.k;
+    if (!P.g_idx.empty()) {
+        gather_rows_f32(c, r, r + 1, out);
+        return;
+    }
+    int64_t j = 0;
+    if (c.f16) {
+        const uint16_t* x = static_cast<const uint16_t*>(c.x) + r * K;
+        for (; j + 8 <= K; j += 8)
+            _mm256_storeu_ps(out + j, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + j))));
+        for (; j < K; ++j) out[j] = _cvtsh_ss(x[j]);
+    } else {
+        std::memcpy(out, static_cast<const float*>(c.x) + r * K, static_cast<size_t>(K) * sizeof(float));
+        j = K;
+    }
+    for (; j < kp; ++j) out[j] = 0.0f;
+}
+
 struct ActInt8 {
     std::vector<int8_t> q;    // [rows][kp]
     std::vector<float> s;     // [rows][nb]
-    std::vector<int32_t> sum; // [rows][nb]
+    std::vector<int32_t> sum; // [rows][nb]: sum of the block's codes (times 8 for symmetric weights)
 };
 
 inline int32_t load_i32(const int8_t* p) {
@@ -129,6 +155,8 @@ void kernel_int8(const Packed& P, int64_t p, int64_t b0, int64_t b1, const int8_
         }
         const uint8_t* wb = wpanel + b * tp * kTileBlockBytes;
         const int8_t* xb = xq + b * kBlockK;
+        for (int i = 0; i < tp * kTileBlockBytes; i += 64)
+            _mm_prefetch(reinterpret_cast<const char*>(wb + kPrefetchBytes + i), _MM_HINT_T0);
         for (int t = 0; t < tp; ++t) {
             __m256i a[MR];
             for (int r = 0; r < MR; ++r) a[r] = _mm256_setzero_si256();
@@ -145,13 +173,88 @@ void kernel_int8(const Packed& P, int64_t p, int64_t b0, int64_t b1, const int8_
             }
             for (int r = 0; r < MR; ++r) {
                 __m256i d = _mm256_madd_epi16(a[r], ones);
-                const int32_t sx = xsum[r * nb + b];
-                d = _mm256_sub_epi32(d, SYM ? _mm256_set1_epi32(sx * 8) : _mm256_mullo_epi32(zv[t], _mm256_set1_epi32(sx)));
+                const __m256i sx = _mm256_set1_epi32(xsum[r * nb + b]);
+                d = _mm256_sub_epi32(d, SYM ? sx : _mm256_mullo_epi32(zv[t], sx));
                 const __m256 sc = _mm256_mul_ps(sv[t], _mm256_set1_ps(xs[r * nb + b]));
                 float* ap = acc + r * kPanelN + t * kTileN;
                 _mm256_store_ps(ap, _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), sc, _mm256_load_ps(ap)));
             }
         }
+    }
+}
+
+// MR <= 2 rows: the activation broadcasts of a 4-row step are shared by all tiles of the panel and
+// (MR = 1) the f32 accumulators stay in registers for the whole chunk.
+template <int MR, int TP, bool SYM>
+void kernel_int8_wide(const Packed& P, int64_t p, int64_t b0, int64_t b1, const int8_t* xq, const float* xs,
+                      const int32_t* xsum, float* acc) {
+    const int64_t kp = P.kp(), nb = P.nblocks;
+    const uint8_t* wpanel = P.panel_data(p);
+    const uint16_t* spanel = P.panel_scales(p);
+    const uint8_t* zpanel = P.panel_zeros(p);
+    const int32_t* bgroup = P.block_group.data();
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256 sv[TP] = {};
+    __m256i zv[TP] = {};
+    __m256 f[MR][TP];
+    for (int r = 0; r < MR; ++r)
+        for (int t = 0; t < TP; ++t) f[r][t] = _mm256_load_ps(acc + r * kPanelN + t * kTileN);
+    int32_t cur = -1;
+    for (int64_t b = b0; b < b1; ++b) {
+        const int32_t g = bgroup[b];
+        if (g != cur) {
+            for (int t = 0; t < TP; ++t) {
+                const int64_t o = (int64_t(g) * TP + t) * kTileN;
+                sv[t] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(spanel + o)));
+                if (!SYM) zv[t] = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(zpanel + o)));
+            }
+            cur = g;
+        }
+        const uint8_t* wb = wpanel + b * TP * kTileBlockBytes;
+        const int8_t* xb = xq + b * kBlockK;
+        for (int i = 0; i < TP * kTileBlockBytes; i += 64)
+            _mm_prefetch(reinterpret_cast<const char*>(wb + kPrefetchBytes + i), _MM_HINT_T0);
+        __m256i a[MR][TP];
+        for (int r = 0; r < MR; ++r)
+            for (int t = 0; t < TP; ++t) a[r][t] = _mm256_setzero_si256();
+        for (int L = 0; L < 4; ++L) {
+            __m256i x0[MR], x1[MR];
+            for (int r = 0; r < MR; ++r) {
+                x0[r] = _mm256_set1_epi32(load_i32(xb + r * kp + 8 * L));
+                x1[r] = _mm256_set1_epi32(load_i32(xb + r * kp + 8 * L + 4));
+            }
+            for (int t = 0; t < TP; ++t) {
+                const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(wb + t * kTileBlockBytes + L * 32));
+                const __m256i lo = _mm256_and_si256(v, m4);
+                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                for (int r = 0; r < MR; ++r) {
+                    a[r][t] = _mm256_add_epi16(a[r][t], _mm256_maddubs_epi16(lo, x0[r]));
+                    a[r][t] = _mm256_add_epi16(a[r][t], _mm256_maddubs_epi16(hi, x1[r]));
+                }
+            }
+        }
+        for (int r = 0; r < MR; ++r) {
+            const __m256i sx = _mm256_set1_epi32(xsum[r * nb + b]);
+            const __m256 xsc = _mm256_set1_ps(xs[r * nb + b]);
+            for (int t = 0; t < TP; ++t) {
+                __m256i d = _mm256_madd_epi16(a[r][t], ones);
+                d = _mm256_sub_epi32(d, SYM ? sx : _mm256_mullo_epi32(zv[t], sx));
+                f[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(sv[t], xsc), f[r][t]);
+            }
+        }
+    }
+    for (int r = 0; r < MR; ++r)
+        for (int t = 0; t < TP; ++t) _mm256_store_ps(acc + r * kPanelN + t * kTileN, f[r][t]);
+}
+
+template <int MR, bool SYM>
+void wide_dispatch(int tp, const Packed& P, int64_t p, int64_t b0, int64_t b1, const int8_t* xq, const float* xs,
+                   const int32_t* xsum, float* acc) {
+    switch (tp) {
+        case 1: kernel_int8_wide<MR, 1, SYM>(P, p, b0, b1, xq, xs, xsum, acc); break;
+        case 2: kernel_int8_wide<MR, 2, SYM>(P, p, b0, b1, xq, xs, xsum, acc); break;
+        case 3: kernel_int8_wide<MR, 3, SYM>(P, p, b0, b1, xq, xs, xsum, acc); break;
+        default: kernel_int8_wide<MR, 4, SYM>(P, p, b0, b1, xq, xs, xsum, acc); break;
     }
 }
 
@@ -165,8 +268,8 @@ void run_int8(const Packed& P, int64_t p, int64_t b0, int64_t b1, int64_t rows, 
         const int32_t* xsum = A.sum.data() + r0 * nb;
         float* a = acc + r0 * kPanelN;
         switch (mr) {
-            case 1: kernel_int8<1, SYM>(P, p, b0, b1, xq, xs, xsum, a); break;
-            case 2: kernel_int8<2, SYM>(P, p, b0, b1, xq, xs, xsum, a); break;
+            case 1: wide_dispatch<1, SYM>(P.tiles_in_panel(p), P, p, b0, b1, xq, xs, xsum, a); break;
+            case 2: wide_dispatch<2, SYM>(P.tiles_in_panel(p), P, p, b0, b1, xq, xs, xsum, a); break;
             case 3: kernel_int8<3, SYM>(P, p, b0, b1, xq, xs, xsum, a); break;
             default: kernel_int8<4, SYM>(P, p, b0, b1, xq, xs, xsum, a); break;
         }
@@ -262,26 +365,37 @@ void gemm_avx2(const Call& c, Compute mode) {
             A.sum.resize(static_cast<size_t>(rows * nb));
         }
         auto prep = [&](int64_t r) {
-            gather_rows_f32(sub, r, r + 1, xf.data() + r * kp);
-            if (mode == Compute::Int8)
-                quantize_row(xf.data() + r * kp, nb, A.q.data() + r * kp, A.s.data() + r * nb, A.sum.data() + r * nb);
+            gather_row(sub, r, xf.data() + r * kp);
+            if (mode == Compute::Int8) {
+                int32_t* sum = A.sum.data() + r * nb;
+                quantize_row(xf.data() + r * kp, nb, A.q.data() + r * kp, A.s.data() + r * nb, sum);
+                if (P.symmetric)
+                    for (int64_t b = 0; b < nb; ++b) sum[b] *= 8;  // the zero point folded in once
+            }
         };
         if (rows * kp >= (int64_t(1) << 16)) cpu::parallel_for(rows, prep);
         else for (int64_t r = 0; r < rows; ++r) prep(r);
 
-        cpu::parallel_for(P.npanels, [&](int64_t p) {
+        // Work items: contiguous runs of panels (one long sequential stream each, which is what the
+        // prefetchers need), a few per thread so a descheduled thread does not stall the call.
+        const int64_t items = std::min<int64_t>(P.npanels, int64_t(cpu::thread_count()) * 4);
+        cpu::parallel_for(items, [&](int64_t item) {
+            const int64_t p0 = P.npanels * item / items, p1 = P.npanels * (item + 1) / items;
             float* acc = scratch(rows * kPanelN);
-            for (int64_t b0 = 0; b0 < nb; b0 += kChunkBlocks) {
-                const int64_t b1 = std::min(nb, b0 + kChunkBlocks);
-                if (mode == Compute::Int8) {
-                    if (P.symmetric) run_int8<true>(P, p, b0, b1, rows, A, acc);
-                    else run_int8<false>(P, p, b0, b1, rows, A, acc);
-                } else {
-                    run_f32(P, p, b0, b1, rows, xf.data(), acc);
+            for (int64_t p = p0; p < p1; ++p) {
+                if (p > p0) std::memset(acc, 0, static_cast<size_t>(rows * kPanelN) * sizeof(float));
+                for (int64_t b0 = 0; b0 < nb; b0 += kChunkBlocks) {
+                    const int64_t b1 = std::min(nb, b0 + kChunkBlocks);
+                    if (mode == Compute::Int8) {
+                        if (P.symmetric) run_int8<true>(P, p, b0, b1, rows, A, acc);
+                        else run_int8<false>(P, p, b0, b1, rows, A, acc);
+                    } else {
+                        run_f32(P, p, b0, b1, rows, xf.data(), acc);
+                    }
                 }
+                const int64_t n0 = p * kPanelN;
+                store_panel(sub, 0, rows, n0, static_cast<int>(std::min<int64_t>(kPanelN, N - n0)), acc);
             }
-            const int64_t n0 = p * kPanelN;
-            store_panel(sub, 0, rows, n0, static_cast<int>(std::min<int64_t>(kPanelN, N - n0)), acc);
         });
     }
 }
