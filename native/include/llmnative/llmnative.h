@@ -223,7 +223,8 @@ typedef struct llmn_int4_weight_desc {
 } llmn_int4_weight_desc;
 
 /* Round-to-nearest quantization of a dense row-major host matrix w[K][N] (f32 or f16) per group.
- * Symmetric (GPTQ sym=True): scale = 2*max|w|/15, q = clamp(round(w/scale) + 8, 0, 15).
+ * Scales are rounded UP to fp16; round() is half away from zero; an all-zero group gets scale 0.
+ * Symmetric (GPTQ sym=True): scale = max(-min/8, max/7), q = clamp(round(w/scale) + 8, 0, 15).
  * Asymmetric: scale = (max - min)/15 (min <= 0 <= max), zero = round(-min/scale), q = clamp(round(w/scale) + zero).
  * NaN/Inf weights are rejected. desc->has_g_idx must be 0. */
 LLMN_API llmn_status llmn_int4_weight_quantize(llmn_context context, const llmn_int4_weight_desc* desc,
