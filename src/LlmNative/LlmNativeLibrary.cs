@@ -198,7 +198,8 @@ public static class LlmNativeLibrary
             return new[] { new Candidate(Resolve(environmentPath!, fileName), NativeLibrarySource.EnvironmentVariable) };
 
         var list = new List<Candidate>();
-        List<string> dirs = baseDirectories.Where(d => !string.IsNullOrEmpty(d)).Select(System.IO.Path.GetFullPath)
+        List<string> dirs = baseDirectories.Where(d => !string.IsNullOrEmpty(d))
+            .Select(d => System.IO.Path.GetFullPath(d).TrimEnd(System.IO.Path.DirectorySeparatorChar, System.IO.Path.AltDirectorySeparatorChar))
             .Distinct(PathComparer).ToList();
         foreach (string dir in dirs)
             list.Add(new Candidate(System.IO.Path.Combine(dir, "runtimes", rid, "native", fileName), NativeLibrarySource.RuntimesFolder));

@@ -26,6 +26,9 @@ internal static unsafe class OsLoader
             return h;
         }
         byte[] name = Utf8Z(pathOrName);
+        // Binds the dlerror stub now and clears stale state: binding it after a failed dlopen would run the
+        // runtime's own dlsym first and wipe the message we want.
+        _ = Dl.LastError();
         fixed (byte* p = name)
         {
             IntPtr h = Dl.Open(p, RTLD_NOW);
