@@ -118,7 +118,7 @@ using ItemFn = void (*)(const Item&);
 ItemFn select_kernel() {
 #if defined(__x86_64__) || defined(_M_X64)
     llmn_cpu_isa isa = cpu::active_isa();
-    if (isa == LLMN_CPU_ISA_AVX2 || isa == LLMN_CPU_ISA_AVX512) return attn_cpu::run_item_scalar;  // AVX2 kernel: next commit
+    if (isa == LLMN_CPU_ISA_AVX2 || isa == LLMN_CPU_ISA_AVX512) return attn_cpu::run_item_avx2;
 #endif
     return attn_cpu::run_item_scalar;
 }

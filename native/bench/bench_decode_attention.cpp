@@ -1,0 +1,204 @@
+// Decode attention on the CPU backend, Llama-3-8B attention shape (32 q heads, 8 kv heads,
+// head_dim 128, q_len 1, f16 KV, one layer), against the machine's streaming-read bandwidth measured
+// in the same binary with the same thread pool (BM_StreamRead: sum of a 1 GiB array).
+//
+// Counters: KV_GBps = K+V bytes of the batch / time; frac_of_stream = KV_GBps / streaming-read GB/s.
+// Every configuration rotates over enough independent copies of its batch that >= 256 MiB of KV is
+// touched between two visits of the same copy, so no run is served from the (16-32 MiB) L3 cache.
+// Run: build/<dir>/native/bench/llmnative_bench --benchmark_filter='StreamRead|DecodeAttention'
+#include <benchmark/benchmark.h>
+#include <llmnative/llmnative.h>
+
+#include "cpu/cpu_runtime.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <vector>
+
+namespace {
+
+constexpr int32_t kQHeads = 32, kKvHeads = 8, kHeadDim = 128, kBlock = 16;
+constexpr int64_t kKvBytesPerToken = int64_t(kKvHeads) * kHeadDim * 2 * 2;  // K + V, f16, one layer
+// Override with LLMNATIVE_BENCH_ROTATE_MIB (e.g. 0: one copy, cache-resident for small sizes, which
+// shows the kernel's compute-bound rate).
+int64_t rotate_bytes() {
+    const char* env = std::getenv("LLMNATIVE_BENCH_ROTATE_MIB");
+    return (env ? std::atoll(env) : 256) << 20;
+}
+
+// Sum of 64-bit words over fixed chunks handed to the pool; integer adds vectorise freely.
+double stream_read_once(const uint64_t* a, size_t words, uint64_t* sink) {
+    const int64_t chunks = 256;
+    std::vector<uint64_t> part(chunks);
+    auto t0 = std::chrono::steady_clock::now();
+    llmn::cpu::parallel_for(chunks, [&](int64_t c) {
+        const size_t b = words * size_t(c) / chunks, e = words * size_t(c + 1) / chunks;
+        uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        size_t i = b;
+        for (; i + 4 <= e; i += 4) {
+            s0 += a[i];
+            s1 += a[i + 1];
+            s2 += a[i + 2];
+            s3 += a[i + 3];
+        }
+        for (; i < e; ++i) s0 += a[i];
+        part[size_t(c)] = s0 + s1 + s2 + s3;
+    });
+    auto t1 = std::chrono::steady_clock::now();
+    for (uint64_t p : part) *sink += p;
+    return std::chrono::duration<double>(t1 - t0).count();
+}
+
+struct StreamArray {
+    size_t words = (size_t(1) << 30) / 8;
+    uint64_t* a = nullptr;
+    StreamArray() {
+        a = static_cast<uint64_t*>(std::aligned_alloc(64, words * 8));
+        llmn::cpu::parallel_for(64, [&](int64_t c) {
+            for (size_t i = words * size_t(c) / 64; i < words * size_t(c + 1) / 64; ++i) a[i] = i;
+        });
+    }
+    ~StreamArray() { std::free(a); }
+};
+
+// Best of a few passes, measured once per process (used by every attention benchmark's counter).
+double stream_read_gbps() {
+    static const double gbps = [] {
+        StreamArray s;
+        uint64_t sink = 0;
+        double best = 1e30;
+        for (int i = 0; i < 6; ++i) best = std::min(best, stream_read_once(s.a, s.words, &sink));
+        benchmark::DoNotOptimize(sink);
+        return double(s.words * 8) / best / 1e9;
+    }();
+    return gbps;
+}
+
+void BM_StreamRead(benchmark::State& state) {
+    StreamArray s;
+    uint64_t sink = 0;
+    for (auto _ : state) {
+        double secs = stream_read_once(s.a, s.words, &sink);
+        state.SetIterationTime(secs);
+    }
+    benchmark::DoNotOptimize(sink);
+    state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(s.words * 8));
+    state.counters["threads"] = llmn::cpu::thread_count();
+}
+
+struct AttentionSetup {
+    llmn_context ctx = nullptr;
+    llmn_kv_cache cache = nullptr;
+    llmn_buffer q = nullptr, out = nullptr;
+    std::vector<std::vector<int64_t>> sets;  // rotated batches
+    ~AttentionSetup() {
+        llmn_buffer_destroy(q);
+        llmn_buffer_destroy(out);
+        llmn_kv_cache_destroy(cache);
+        llmn_context_destroy(ctx);
+    }
+};
+
+bool build(AttentionSetup& s, int32_t batch, int64_t context, benchmark::State& state) {
+    const int64_t batch_bytes = int64_t(batch) * context * kKvBytesPerToken;
+    const int64_t copies = std::max<int64_t>(rotate_bytes() > 0 ? 2 : 1, (rotate_bytes() + batch_bytes - 1) / batch_bytes);
+    if (llmn_context_create(LLMN_BACKEND_CPU, 0, &s.ctx) != LLMN_STATUS_OK) return false;
+    llmn_kv_cache_desc d{};
+    d.num_layers = 1;
+    d.num_kv_heads = kKvHeads;
+    d.head_dim = kHeadDim;
+    d.block_size = kBlock;
+    d.k_format = d.v_format = LLMN_KV_F16;
+    d.max_batch = std::max(batch, 1);
+    d.capacity_tokens = copies * batch * (context + kBlock);
+    if (llmn_kv_cache_create(s.ctx, &d, &s.cache) != LLMN_STATUS_OK) {
+        state.SkipWithError("KV cache allocation failed");
+        return false;
+    }
+    // One chunk of random K/V reused for every append (values do not matter for the timing).
+    const int32_t chunk = 512;
+    std::mt19937 g(7);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<float> kv(size_t(chunk) * kKvHeads * kHeadDim);
+    for (auto& x : kv) x = nd(g);
+    llmn_buffer kb = nullptr;
+    llmn_buffer_create(s.ctx, LLMN_DTYPE_F32, int64_t(kv.size()), LLMN_MEMORY_DEVICE, &kb);
+    llmn_buffer_upload(kb, 0, kv.data(), int64_t(kv.size()));
+    s.sets.assign(size_t(copies), {});
+    for (auto& set : s.sets)
+        for (int32_t b = 0; b < batch; ++b) {
+            int64_t id = 0;
+            llmn_kv_cache_add_sequence(s.cache, &id);
+            set.push_back(id);
+        }
+    // Interleave the appends of all sequences so their blocks are scattered over the pool.
+    for (int64_t done = 0; done < context; done += chunk) {
+        const int32_t n = int32_t(std::min<int64_t>(chunk, context - done));
+        for (auto& set : s.sets)
+            for (int64_t id : set) llmn_kv_cache_append(s.cache, id, 0, kb, kb, n);
+    }
+    llmn_buffer_destroy(kb);
+    const int64_t qn = int64_t(batch) * kQHeads * kHeadDim;
+    std::vector<float> qv(static_cast<size_t>(qn));
+    for (auto& x : qv) x = nd(g);
+    llmn_buffer_create(s.ctx, LLMN_DTYPE_F32, qn, LLMN_MEMORY_DEVICE, &s.q);
+    llmn_buffer_create(s.ctx, LLMN_DTYPE_F32, qn, LLMN_MEMORY_DEVICE, &s.out);
+    llmn_buffer_upload(s.q, 0, qv.data(), qn);
+    return true;
+}
+
+// Args: batch, context, num_splits (0 = automatic).
+void BM_DecodeAttention(benchmark::State& state) {
+    const int32_t batch = int32_t(state.range(0));
+    const int64_t context = state.range(1);
+    const int32_t splits = int32_t(state.range(2));
+    const double stream = stream_read_gbps();
+    AttentionSetup s;
+    if (!build(s, batch, context, state)) return;
+    llmn_attention_params p{};
+    p.layer = 0;
+    p.num_q_heads = kQHeads;
+    p.q_len = 1;
+    p.num_splits = splits;
+    p.scale = 0.08838834764831845f;
+    size_t i = 0;
+    for (auto _ : state) {
+        const auto& ids = s.sets[i++ % s.sets.size()];
+        if (llmn_decode_attention(s.ctx, s.cache, ids.data(), batch, s.q, nullptr, s.out, &p) != LLMN_STATUS_OK) {
+            state.SkipWithError("llmn_decode_attention failed");
+            return;
+        }
+    }
+    const double kv_bytes = double(batch) * double(context) * double(kKvBytesPerToken);
+    state.SetBytesProcessed(int64_t(double(state.iterations()) * kv_bytes));
+    state.counters["KV_GBps"] =
+        benchmark::Counter(kv_bytes * 1e-9 * double(state.iterations()), benchmark::Counter::kIsRate);
+    state.counters["stream_GBps"] = stream;
+    state.counters["frac_of_stream"] =
+        benchmark::Counter(kv_bytes * 1e-9 * double(state.iterations()) / stream, benchmark::Counter::kIsRate);
+    state.counters["rotated_copies"] = double(s.sets.size());
+}
+
+}  // namespace
+
+BENCHMARK(BM_StreamRead)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(8);
+
+// batch x context; 32 x 32k (4 GiB of KV per layer, 8 GiB with the rotation) is left out on purpose.
+BENCHMARK(BM_DecodeAttention)
+    ->ArgNames({"batch", "ctx", "splits"})
+    ->Args({1, 1024, 0})
+    ->Args({1, 4096, 0})
+    ->Args({1, 32768, 0})
+    ->Args({8, 1024, 0})
+    ->Args({8, 4096, 0})
+    ->Args({8, 32768, 0})
+    ->Args({32, 1024, 0})
+    ->Args({32, 4096, 0})
+    ->Args({1, 32768, 1})
+    ->Args({1, 32768, 8})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
