@@ -164,6 +164,31 @@ public class ValidationTests
     }
 
     [Fact]
+    public void Kernel_argument_helpers_name_the_parameter()
+    {
+        using var a = LlmContext.Create(Backend.Cpu);
+        using var b = LlmContext.Create(Backend.Cpu);
+        using var x = LlmBuffer.Allocate(b, DType.F32, 4);
+        Argument.OnDeviceOf(x, a, "x");     // another context on the same device is fine
+        Argument.OnDeviceOf(null, a, "bias"); // optional argument
+        Argument.DTypeIn(x, "x", DType.F16, DType.F32);
+        var e = Assert.Throws<ArgumentException>(() => Argument.DTypeIn(x, "x", DType.F16, DType.BF16));
+        Assert.Equal("x", e.ParamName);
+        Assert.Contains("F32", e.Message);
+        Assert.Contains("F16 or BF16", e.Message);
+    }
+
+    [CudaFact]
+    public void Kernel_argument_on_another_device_is_rejected()
+    {
+        using var cpu = LlmContext.Create(Backend.Cpu);
+        using var gpu = LlmContext.Create(Backend.Cuda);
+        using var x = LlmBuffer.Allocate(cpu, DType.F32, 4);
+        var e = Assert.Throws<ArgumentException>(() => Argument.OnDeviceOf(x, gpu, "x"));
+        Assert.Equal("x", e.ParamName);
+    }
+
+    [Fact]
     public void Empty_wrap_is_rejected()
     {
         using var ctx = LlmContext.Create(Backend.Cpu);

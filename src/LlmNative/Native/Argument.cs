@@ -22,6 +22,28 @@ internal static class Argument
             throw new ArgumentOutOfRangeException(paramName, value, $"{paramName} must be >= {min}, got {value}");
     }
 
+    /// <summary>
+    /// Kernel inputs must live where the context's kernels run: same backend and device (the contexts may differ).
+    /// Null passes (optional arguments); a disposed buffer is reported when its lease is taken.
+    /// </summary>
+    public static void OnDeviceOf(LlmBuffer? buffer, LlmContext context, string paramName)
+    {
+        if (buffer is null) return;
+        LlmContext owner = buffer.Context;
+        if (owner.Backend != context.Backend || owner.Device != context.Device)
+            throw new ArgumentException(
+                $"{paramName} is on {owner.Backend} device {owner.Device}, but the operation runs on {context.Backend} " +
+                $"device {context.Device}", paramName);
+    }
+
+    /// <summary>The buffer's dtype must be one of <paramref name="allowed"/>. Null passes (optional arguments).</summary>
+    public static void DTypeIn(LlmBuffer? buffer, string paramName, params DType[] allowed)
+    {
+        if (buffer is null || Array.IndexOf(allowed, buffer.DType) >= 0) return;
+        throw new ArgumentException(
+            $"{paramName} has dtype {buffer.DType}; expected {string.Join(" or ", allowed)}", paramName);
+    }
+
     /// <summary>Checks that [offset, offset + length) lies inside [0, count) of a buffer.</summary>
     public static void Range(long offset, long length, long count, string offsetName, string lengthName)
     {
