@@ -784,6 +784,7 @@ TEST(Int4Gemm, SelectedShapesAllPaths) {
         {2, 33, 9, 0, false, false, true, false},
     };
     for (const GemmCase& c : cases) run_case(ctx.h, c, g);
+    if (!q) run_case(ctx.h, GemmCase{16, 4096, 4096, 128, true, false, true, true}, g);  // a real layer
 }
 
 TEST(Int4Gemm, EveryFormatCombination) {

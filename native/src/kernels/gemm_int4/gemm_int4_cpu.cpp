@@ -10,9 +10,11 @@
 #include "gemm_int4_cpu.hpp"
 
 #include "../../core/numeric.hpp"
+#include "../../core/log.hpp"
 #include "../../cpu/cpu_runtime.hpp"
 
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 
 namespace llmn {
@@ -22,7 +24,17 @@ using namespace int4cpu;
 namespace int4cpu {
 
 namespace {
-std::atomic<int> g_compute{static_cast<int>(Compute::Int8)};
+// Default Int8 (see gemm_int4_avx2.cpp for why); LLMNATIVE_INT4_CPU_COMPUTE=f32 selects the exact
+// inner loop for the whole process (e.g. to rule out activation rounding when chasing accuracy).
+int initial_compute() {
+    const char* env = std::getenv("LLMNATIVE_INT4_CPU_COMPUTE");
+    if (!env) return static_cast<int>(Compute::Int8);
+    if (std::strcmp(env, "f32") == 0) return static_cast<int>(Compute::F32);
+    if (std::strcmp(env, "int8") != 0)
+        log(LLMN_LOG_WARNING, 0, "ignoring LLMNATIVE_INT4_CPU_COMPUTE=%s (expected int8 or f32)", env);
+    return static_cast<int>(Compute::Int8);
+}
+std::atomic<int> g_compute{initial_compute()};
 }
 
 Compute compute_mode() { return static_cast<Compute>(g_compute.load(std::memory_order_relaxed)); }

@@ -37,6 +37,7 @@
 #include "int4_weight.hpp"
 
 #include "../../core/numeric.hpp"
+#include "../../cpu/cpu_runtime.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -150,21 +151,33 @@ Int4Canonical int4_quantize(const llmn_int4_weight_desc& desc, int32_t src_dtype
     const int64_t G = c.groups();
     const int64_t gs = c.group_size == 0 ? K : c.group_size;
 
-    // Pass 1: finiteness and per-(group, column) range.
+    // Finiteness first, serially, so the reported element is always the first bad one in row order.
+    for (int64_t i = 0; i < K * N; ++i) {
+        float w = load_float(weights, src_dtype, i);
+        if (!std::isfinite(w))
+            fail(LLMN_STATUS_INVALID_ARGUMENT, "weights[%lld][%lld] is %g; weights must be finite", (long long)(i / N),
+                 (long long)(i % N), double(w));
+    }
+
+    // The two passes below run over independent column ranges on the CPU pool (each element is
+    // computed the same way whatever the split: the result does not depend on the thread count).
+    const int64_t col_chunk = 256, chunks = (N + col_chunk - 1) / col_chunk;
+
+    // Pass 1: per-(group, column) range.
     std::vector<float> mn(static_cast<size_t>(G * N), std::numeric_limits<float>::infinity());
     std::vector<float> mx(static_cast<size_t>(G * N), -std::numeric_limits<float>::infinity());
-    for (int64_t k = 0; k < K; ++k) {
-        float* gmn = &mn[static_cast<size_t>((k / gs) * N)];
-        float* gmx = &mx[static_cast<size_t>((k / gs) * N)];
-        for (int64_t n = 0; n < N; ++n) {
-            float w = load_float(weights, src_dtype, k * N + n);
-            if (!std::isfinite(w))
-                fail(LLMN_STATUS_INVALID_ARGUMENT, "weights[%lld][%lld] is %g; weights must be finite", (long long)k,
-                     (long long)n, double(w));
-            gmn[n] = std::min(gmn[n], w);
-            gmx[n] = std::max(gmx[n], w);
+    cpu::parallel_for(chunks, [&](int64_t ch) {
+        const int64_t n0 = ch * col_chunk, n1 = std::min(N, n0 + col_chunk);
+        for (int64_t k = 0; k < K; ++k) {
+            float* gmn = &mn[static_cast<size_t>((k / gs) * N)];
+            float* gmx = &mx[static_cast<size_t>((k / gs) * N)];
+            for (int64_t n = n0; n < n1; ++n) {
+                float w = load_float(weights, src_dtype, k * N + n);
+                gmn[n] = std::min(gmn[n], w);
+                gmx[n] = std::max(gmx[n], w);
+            }
         }
-    }
+    });
 
     // Scales (rounded up to fp16) and zero points.
     c.scales.resize(static_cast<size_t>(G * N));
@@ -199,17 +212,20 @@ Int4Canonical int4_quantize(const llmn_int4_weight_desc& desc, int32_t src_dtype
 
     // Pass 2: codes.
     c.q.resize(static_cast<size_t>(K * N));
-    for (int64_t k = 0; k < K; ++k) {
-        const int64_t g = k / gs;
-        for (int64_t n = 0; n < N; ++n) {
-            size_t gi = static_cast<size_t>(g * N + n);
-            double s = f16_to_f32(c.scales[gi]);
-            int z = c.zeros[gi];
-            double w = load_float(weights, src_dtype, k * N + n);
-            c.q[static_cast<size_t>(k * N + n)] = s == 0 ? static_cast<uint8_t>(z)
-                                                         : static_cast<uint8_t>(clamp15(std::round(w / s) + z));
+    cpu::parallel_for(chunks, [&](int64_t ch) {
+        const int64_t n0 = ch * col_chunk, n1 = std::min(N, n0 + col_chunk);
+        for (int64_t k = 0; k < K; ++k) {
+            const int64_t g = k / gs;
+            for (int64_t n = n0; n < n1; ++n) {
+                size_t gi = static_cast<size_t>(g * N + n);
+                double s = f16_to_f32(c.scales[gi]);
+                int z = c.zeros[gi];
+                double w = load_float(weights, src_dtype, k * N + n);
+                c.q[static_cast<size_t>(k * N + n)] = s == 0 ? static_cast<uint8_t>(z)
+                                                             : static_cast<uint8_t>(clamp15(std::round(w / s) + z));
+            }
         }
-    }
+    });
     return c;
 }
 
