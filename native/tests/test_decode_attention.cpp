@@ -696,7 +696,7 @@ TEST(DecodeAttention, BadInputsFailWithoutWritingAnything) {
     Buf q(ctx.h, LLMN_DTYPE_F32, 4 * n), out(ctx.h, LLMN_DTYPE_F32, 4 * n), small(ctx.h, LLMN_DTYPE_F32, n - 1);
     Buf q16(ctx.h, LLMN_DTYPE_F16, n), qi(ctx.h, LLMN_DTYPE_I32, n), slopes_short(ctx.h, LLMN_DTYPE_F32, 7);
     Buf slopes_nan(ctx.h, LLMN_DTYPE_F32, 8);
-    std::vector<float> qv(static_cast<size_t>(n), 0.5f), sn(8, 0.1f);
+    std::vector<float> qv(static_cast<size_t>(4 * n), 0.5f), sn(8, 0.1f);
     sn[3] = std::nanf("");
     llmn_buffer_upload(q.h, 0, qv.data(), 4 * n);
     llmn_buffer_upload(slopes_nan.h, 0, sn.data(), 8);
@@ -775,8 +775,8 @@ TEST(DecodeAttention, BadInputsFailWithoutWritingAnything) {
         std::string msg = last_error();
         EXPECT_EQ(s, c.status) << c.what << ": " << msg;
         for (const auto& part : c.message) EXPECT_NE(msg.find(part), std::string::npos) << c.what << ": " << msg;
-        std::vector<float> o(static_cast<size_t>(n));
-        llmn_buffer_download(out.h, 0, o.data(), n);
+        std::vector<float> o(static_cast<size_t>(4 * n));
+        llmn_buffer_download(out.h, 0, o.data(), 4 * n);
         for (size_t i = 0; i < o.size(); ++i) ASSERT_EQ(o[i], marker) << c.what << ": out was written";
     }
     // The cache is unchanged (data, lengths, stats), and a good call still works afterwards.
