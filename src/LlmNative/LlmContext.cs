@@ -119,6 +119,7 @@ public sealed class LlmContext : IDisposable
                 Native.Check(llmn_context_create((int)backend, device, &raw));
                 handle.Initialize(raw, parent: null);
                 Native.Check(llmn_context_get_id(raw, &id));
+                handle.ContextId = id;
                 NativeLog.Register(id, logger);
             }
             return new LlmContext(handle, backend, device, id, logger);

@@ -1,5 +1,6 @@
 using System;
 using System.Linq;
+using System.Runtime.CompilerServices;
 using System.Threading;
 using System.Threading.Tasks;
 using Xunit;
@@ -79,6 +80,24 @@ public class LifetimeTests
         buf.Dispose();
         Assert.Equal(0, owner.PinCount);
         Assert.Equal(baseline + 1, LlmNativeRuntime.LiveObjectCount);
+    }
+
+    [Fact]
+    public void Forgotten_objects_are_released_by_the_finalizer_with_their_logger_registration()
+    {
+        long baseline = TestSetup.SettledLiveObjectCount();
+        int registered = NativeLog.RegisteredContextCount;
+        CreateAndForget();
+        Assert.Equal(registered + 1, NativeLog.RegisteredContextCount);
+        Assert.Equal(baseline, TestSetup.SettledLiveObjectCount());
+        Assert.Equal(registered, NativeLog.RegisteredContextCount);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void CreateAndForget()
+    {
+        var ctx = LlmContext.Create(Backend.Cpu, 0, new TestLogger(Microsoft.Extensions.Logging.LogLevel.Error));
+        LlmBuffer.Allocate(ctx, DType.F32, 64).Upload<float>(new float[64]);
     }
 
     [Fact]

@@ -121,9 +121,17 @@ internal abstract class NativeHandle : SafeHandle
 /// <summary>An <c>llmn_context</c>.</summary>
 internal sealed class ContextHandle : NativeHandle
 {
+    /// <summary>The native context id; its logger registration goes with the handle even when nobody called Dispose.</summary>
+    internal ulong ContextId { get; set; }
+
     internal override string ObjectName => nameof(LlmContext);
 
-    protected override llmn_status Destroy(IntPtr nativeHandle) => llmn_context_destroy(nativeHandle);
+    protected override llmn_status Destroy(IntPtr nativeHandle)
+    {
+        llmn_status status = llmn_context_destroy(nativeHandle);
+        NativeLog.Unregister(ContextId);
+        return status;
+    }
 }
 
 /// <summary>An <c>llmn_buffer</c>; its parent is the context's handle.</summary>
