@@ -163,13 +163,17 @@ public static class LlmNativeLibrary
     /// <summary>A place to try: a file path, or (for default probing) a bare library name.</summary>
     internal sealed class Candidate
     {
-        public Candidate(string path, NativeLibrarySource source)
+        public Candidate(string path, NativeLibrarySource source, string? configured = null)
         {
             Path = path;
             Source = source;
+            Configured = configured;
         }
 
         public string Path { get; }
+
+        /// <summary>The path as configured (SetLibraryPath / environment), before resolution; null when probed.</summary>
+        public string? Configured { get; }
 
         public NativeLibrarySource Source { get; }
 
@@ -193,9 +197,9 @@ public static class LlmNativeLibrary
         IEnumerable<string> baseDirectories, string rid, string fileName)
     {
         if (!string.IsNullOrWhiteSpace(explicitPath))
-            return new[] { new Candidate(Resolve(explicitPath!, fileName), NativeLibrarySource.ExplicitPath) };
+            return new[] { new Candidate(Resolve(explicitPath!, fileName), NativeLibrarySource.ExplicitPath, explicitPath) };
         if (!string.IsNullOrWhiteSpace(environmentPath))
-            return new[] { new Candidate(Resolve(environmentPath!, fileName), NativeLibrarySource.EnvironmentVariable) };
+            return new[] { new Candidate(Resolve(environmentPath!, fileName), NativeLibrarySource.EnvironmentVariable, environmentPath) };
 
         var list = new List<Candidate>();
         List<string> dirs = baseDirectories.Where(d => !string.IsNullOrEmpty(d))
@@ -295,6 +299,12 @@ public static class LlmNativeLibrary
         foreach (Attempt a in attempts) lines.Add($"  - {a.Candidate}: {a.Error}");
         bool explicitOnly = attempts.Count > 0 && attempts.All(a =>
             a.Candidate.Source is NativeLibrarySource.ExplicitPath or NativeLibrarySource.EnvironmentVariable);
+        foreach (Attempt a in attempts)
+        {
+            if (a.Candidate.Configured is string configured && !System.IO.Path.IsPathRooted(configured))
+                lines.Add($"Note: '{configured}' is a relative path, resolved against the current directory " +
+                          $"{Environment.CurrentDirectory}; use an absolute path.");
+        }
         lines.Add(explicitOnly
             ? "Fix: point the path at an existing build of the library (./build.sh builds it into build/native/lib/)."
             : $"Fix: build it with ./build.sh (output build/native/lib/{fileName}) and set {PathEnvironmentVariable} to that file, " +

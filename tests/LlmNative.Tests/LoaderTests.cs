@@ -76,6 +76,14 @@ public class LoaderTests
             LlmNativeLibrary.LoadFirst(candidates, LlmNativeLibrary.LibraryLoader.Default));
         Assert.Contains("/no/such/libllmnative.so", e.Message);
         Assert.Contains("SetLibraryPath", e.Message);
+        Assert.DoesNotContain("relative", e.Message);
+
+        candidates = LlmNativeLibrary.BuildCandidates(null, "no/such/lib.so", Array.Empty<string>(), "linux-x64", "libllmnative.so");
+        e = Assert.Throws<LlmNativeLibraryNotFoundException>(() =>
+            LlmNativeLibrary.LoadFirst(candidates, LlmNativeLibrary.LibraryLoader.Default));
+        Assert.Contains(LlmNativeLibrary.PathEnvironmentVariable, e.Message);
+        Assert.Contains("'no/such/lib.so' is a relative path", e.Message);
+        Assert.Contains(Environment.CurrentDirectory, e.Message);
     }
 
     [Fact]

@@ -1,4 +1,5 @@
 using System;
+using System.IO;
 using System.Runtime.CompilerServices;
 using LlmNative.Development;
 using Xunit;
@@ -10,9 +11,20 @@ namespace LlmNative.Tests;
 
 internal static class TestSetup
 {
-    /// <summary>Where the native library comes from when LLMNATIVE_LIBRARY_PATH is not set: the repository build.</summary>
+    /// <summary>
+    /// Where the native library comes from: LLMNATIVE_LIBRARY_PATH (a relative value is taken from the repository
+    /// root, where `dotnet test` is run, since the test host runs in bin/), else the repository build.
+    /// </summary>
     [ModuleInitializer]
-    internal static void PointAtRepositoryBuild() => DevLibraryLocator.UseRepositoryBuildIfUnconfigured(AppContext.BaseDirectory);
+    internal static void PointAtRepositoryBuild()
+    {
+        string? env = Environment.GetEnvironmentVariable(LlmNativeLibrary.PathEnvironmentVariable);
+        string? root = DevLibraryLocator.FindRepositoryRoot(AppContext.BaseDirectory);
+        if (!string.IsNullOrWhiteSpace(env) && !Path.IsPathRooted(env) && root != null)
+            LlmNativeLibrary.SetLibraryPath(Path.Combine(root, env));
+        else
+            DevLibraryLocator.UseRepositoryBuildIfUnconfigured(AppContext.BaseDirectory);
+    }
 
     /// <summary>A random generator with a fresh seed; tests put the seed into their assertion messages.</summary>
     internal static Random Random(out int seed)
