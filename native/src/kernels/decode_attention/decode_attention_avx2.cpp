@@ -97,7 +97,10 @@ inline void qk_block(const float* q, int D, const uint16_t* const* k, float* s, 
             __m256 kv[KT];
             for (int j = 0; j < KT; ++j) kv[j] = load_h8(k[j] + c);
             for (int r = 0; r < RT; ++r) {
-                const __m256 qv = _mm256_loadu_ps(q + size_t(r) * D + c);
+                __m256 qv = _mm256_loadu_ps(q + size_t(r) * D + c);
+                // Keep q in a register: folded into each FMA it would be loaded KT times, and the
+                // loop would be bound by the two load ports instead of the FMA units.
+                __asm__("" : "+x"(qv));
                 for (int j = 0; j < KT; ++j) acc[r * KT + j] = _mm256_fmadd_ps(qv, kv[j], acc[r * KT + j]);
             }
         }

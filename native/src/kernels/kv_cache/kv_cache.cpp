@@ -100,10 +100,17 @@ void stage_rows(const Buffer& b, const char* param, int32_t format, int64_t n, i
     const void* src = host_view(b, size_t(count) * dtype_size(b.dtype()), staging);
     out.resize(size_t(count));
     for (int64_t i = 0; i < count; ++i) {
-        float x = load_elem(src, b.dtype(), i);
-        uint16_t code = format == LLMN_KV_BF16 ? f32_to_bf16(x) : f32_to_f16(x);
-        float back = format == LLMN_KV_BF16 ? bf16_to_f32(code) : f16_to_f32(code);
-        if (!std::isfinite(back)) {
+        const float x = load_elem(src, b.dtype(), i);
+        uint16_t code;
+        bool ok;
+        if (format == LLMN_KV_BF16) {
+            code = f32_to_bf16(x);
+            ok = std::isfinite(bf16_to_f32(code));
+        } else {
+            code = f32_to_f16(x);
+            ok = std::fabs(x) < 65520.0f;  // false for NaN/Inf; >= 65520 rounds to f16 Inf
+        }
+        if (!ok) {
             int64_t t = i / (int64_t(heads) * dim), h = (i / dim) % heads, d = i % dim;
             if (std::isnan(x))
                 fail(LLMN_STATUS_INVALID_ARGUMENT, "%s[token %lld, head %lld, channel %lld] is NaN; the KV cache stores finite values only",
