@@ -56,13 +56,13 @@ function Build-Native {
 }
 
 function Build-Managed {
-    Need dotnet "Install the .NET SDK 8 or newer (https://dot.net)."
+    Need dotnet "Install the .NET SDK 10 (https://dot.net; see global.json)."
     Say "managed: build"
     Invoke-Checked dotnet @("build", (Join-Path $Root "LlmNative.sln"), "-c", $Config, "-nologo", "-v", "quiet")
 }
 
 function Invoke-BindingGen([string]$mode) {
-    Need dotnet "Install the .NET SDK 8 or newer (https://dot.net)."
+    Need dotnet "Install the .NET SDK 10 (https://dot.net; see global.json)."
     Invoke-Checked dotnet @("run", "--project", (Join-Path $Root "bindings/LlmNative.BindingGen"), "-c", $Config, "--",
         $mode, (Join-Path $Root "native/include/llmnative/llmnative.h"), (Join-Path $Root "bindings/generated/NativeMethods.g.cs"))
 }

@@ -45,7 +45,7 @@ check_native_prereqs() {
 }
 
 check_dotnet() {
-  need dotnet "Install the .NET SDK 8 or newer (https://dot.net, or Debian: the Microsoft package feed)."
+  need dotnet "Install the .NET SDK 10 (https://dot.net; see global.json)."
 }
 
 generator_args() {
