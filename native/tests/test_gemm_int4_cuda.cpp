@@ -1281,4 +1281,37 @@ TEST(GemmInt4CudaGpu, RejectsF32Activations) {
     for (float v : by.get()) EXPECT_TRUE(std::isnan(v)) << "y was written by a rejected call";
 }
 
+
+// ---- dense baseline (gemm_dense.cu) ----
+TEST(GemmDenseCudaGpu, MatchesFloat64) {
+    LLMN_REQUIRE_CUDA();
+    Ctx gctx(LLMN_BACKEND_CUDA);
+    auto g = rng(301);
+    const Shape shapes[] = {{64, 64}, {200, 72}, {77, 33}, {130, 100}, {520, 264}, {1024, 4096}};
+    for (const Shape& sh : shapes)
+        for (bool bf16 : {false, true})
+            for (int64_t m : {int64_t(1), int64_t(3), int64_t(16), int64_t(17), int64_t(64), int64_t(65), int64_t(200)}) {
+                if (sh.k * sh.n * m > 300000000) continue;
+                SCOPED_TRACE(testing::Message() << "k=" << sh.k << " n=" << sh.n << " m=" << m << " bf16=" << bf16);
+                const int32_t dt = bf16 ? LLMN_DTYPE_BF16 : LLMN_DTYPE_F16;
+                const std::vector<float> x = random_x(g, m * sh.k, bf16);
+                std::vector<float> w = random_x(g, sh.k * sh.n, bf16);
+                for (auto& v : w) v = bf16 ? bf16r(v * 0.03f) : f16r(v * 0.03f);
+                const std::vector<float> bias = random_x(g, sh.n, bf16);
+                const bool with_bias = m % 2 == 1;
+                Buf bx(gctx.h, dt, m * sh.k), bw(gctx.h, dt, sh.k * sh.n), bb(gctx.h, dt, sh.n), by(gctx.h, dt, m * sh.n + 16);
+                bx.put(x);
+                bw.put(w);
+                bb.put(bias);
+                by.poison(m * sh.n);
+                LLMN_ASSERT_OK(llmn_gemm_dense(gctx.h, bx.h, bw.h, with_bias ? bb.h : nullptr, by.h, m, sh.k, sh.n));
+                std::vector<float> y = by.get();
+                for (int64_t i = m * sh.n; i < m * sh.n + 16; ++i) EXPECT_EQ(y[size_t(i)], 1234.0f) << "sentinel";
+                y.resize(size_t(m * sh.n));
+                const Reference ref = dense_reference(w, x, m, sh.k, sh.n, with_bias ? &bias : nullptr);
+                EXPECT_EQ(check_against(y, ref, sh.n, "dense CUDA", [&](size_t i) {
+                              return fast_bound(ref.y[i], ref.s[i], sh.k + 16, false, bf16);
+                          }), 0);
+            }
+}
 }  // namespace

@@ -1,0 +1,936 @@
+// W4A16 GEMM on CUDA: Y[m,N] = X[m,K] * dequant(W)[K,N] (+ bias), X/Y/bias fp16 or bf16, fp32 accumulation.
+//
+// Why it looks the way it does (a Marlin-style design, written for this library):
+//
+// The problem is memory bound for small m. At m = 1..32 the 4-bit weights are ~90% of all bytes moved,
+// so the kernel's job is to stream W from DRAM at full bandwidth exactly once and hide everything else
+// (dequantization, tensor-core math, reduction) under that stream. Every trick below serves that.
+//
+// 1. Pre-permuted weights (gemm_int4_cuda_layout.hpp). At pack time the nibbles are reordered so that
+//    one lane's 16-byte load from shared memory is exactly its mma.m16n8k16 B fragments for 64
+//    columns x 16 rows: no shuffles, no ldmatrix for B, no bank conflicts (a warp reads 512 consecutive
+//    bytes). Inside each 32-bit word the nibble order is chosen for the dequantization below.
+//
+// 2. lop3 dequantization. OR-ing a nibble v into the mantissa of fp16 1024.0 gives the half 1024 + v;
+//    one LOP3 ((w & mask) | magic) builds a whole half2 register, and one HSUB2 of (1024 + zero)
+//    leaves the exact integer v - zero. The second nibble of each byte is used in place (1024 + 16v)
+//    with an HFMA2 by 1/16 instead of a shift. For bf16 the magic is 128.0 (7 mantissa bits, so every
+//    nibble is first shifted to bits 0..3). The zero point (8 for symmetric weights, a per-(group,
+//    column) nibble otherwise) is folded into that subtraction, so asymmetric weights cost only the
+//    zero-point bookkeeping. Grouped scales then multiply the half2 weights (HMUL2). Per-column
+//    scales are applied once to the fp32 accumulators at the end instead (exact and cheaper). bf16
+//    activations use the fp16 scales converted to bf16 (the mma takes both operands in one type).
+//
+// 3. Tensor cores: mma.sync m16n8k16 with fp32 accumulators; A (activations) comes from shared memory
+//    via ldmatrix.x4, whose per-lane addresses produce the A fragment directly. A is stored XOR-swizzled
+//    (chunk ^ row%8) so those ldmatrix reads are conflict-free without padding.
+//
+// 4. Multi-stage cp.async pipeline (4 stages): global->shared copies of A, B, scales and zero points for
+//    tile t+3 are issued before tile t is computed, so DRAM latency is hidden behind math. Weight
+//    copies carry an L2 evict-first policy: each weight byte is read exactly once, and should not push
+//    the (re-read) activations and partial sums out of L2.
+//
+// 5. Persistent striped grid. One block per SM; the k x n tile space (times the row problems of this
+//    launch) is numbered slice by slice (a slice = all k tiles of one output tile) and cut into equal
+//    consecutive stripes, one per block. Every SM therefore streams the same number of weight bytes
+//    whatever the shape, which matters most when n/tile is small compared with the SM count (small
+//    layers or large SM counts): there split-k happens automatically, without a separate reduction
+//    kernel.
+//
+// 6. Reductions. Inside a block the 8 warps split a k tile into k groups; their partial sums are added
+//    through shared memory (reusing the pipeline stage just consumed). Across blocks, a slice shared by
+//    several blocks is reduced serially in block order through an fp32 slot in a workspace, ordered by
+//    a lock (acquire/release at gpu scope). The last block adds bias and per-column scales and writes Y;
+//    it also resets the lock, so the workspace is always zero between launches ("self-resetting") and
+//    never needs a memset per call. The slot and lock are those of the slice's first block, which is
+//    unique per shared slice (see slice_share), so the workspace is sized by the SM count only and is
+//    allocated once per context (shared by its weights), never per call: a gemm call performs no
+//    allocation and no host synchronisation, which keeps it CUDA-graph capturable.
+//
+// 7. Shapes. Any m: a launch handles up to kMaxProblems problems of 64 rows and one remainder problem
+//    of 16/32/48/64 rows (rows past m are zero-filled by predicated cp.async and never stored). Any K and
+//    N: pack time pads K to a multiple of 128 and N to a multiple of 64 with weights that dequantize to
+//    exactly 0; A loads beyond K are predicated to zero; stores beyond N are skipped.
+//
+// 8. Act-order (g_idx). Rows are sorted by group at pack time (gemm_int4_cuda_layout.cpp), so the main
+//    kernel never sees g_idx. The activations are gathered through the stored permutation into a
+//    per-context staging buffer by a small kernel before the GEMM (a chunk of rows at a time, so the
+//    buffer has a fixed size allocated at pack time). The same path handles K % 8 != 0, where rows of X
+//    are not 16-byte aligned for cp.async. We chose a separate gather over gathering in the load path
+//    because cp.async cannot move single 2-byte elements: a gathered load path would lose the async
+//    pipeline, while the gather kernel costs one extra pass over X (small next to W for typical m).
+//
+// 9. A reference kernel (one thread per output, dequantize and dot in fp32, reading the same packed
+//    layout) serves GPUs below sm_80, and is the GPU-side cross-check of the fast kernel in the tests.
+//
+// The fast kernel needs sm_80 (cp.async, bf16 mma, createpolicy); the code is compiled only for
+// __CUDA_ARCH__ >= 800 so builds with older architectures still compile, and the host picks the
+// reference kernel on such devices.
+#include "gemm_int4_cuda_layout.hpp"
+#include "int4_weight.hpp"
+
+#include "../../core/error.hpp"
+#include "../../core/log.hpp"
+#include "../../cuda/cuda_runtime.hpp"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+
+namespace llmn {
+
+namespace {
+
+using namespace int4cuda;
+
+constexpr int kSlotFloats = 64 * 256;       // one reduction slot: the largest output tile
+constexpr size_t kStageBufferBytes = size_t(16) << 20;  // act-order / unaligned-K staging of X
+
+void check_launch(const char* kernel) {
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess)
+        fail(LLMN_STATUS_BACKEND_ERROR, "CUDA kernel %s failed to launch: %s (%s)", kernel, cudaGetErrorString(err),
+             cudaGetErrorName(err));
+}
+
+void check_cuda(cudaError_t err, const char* what) {
+    if (err != cudaSuccess) {
+        cudaGetLastError();
+        fail(err == cudaErrorMemoryAllocation ? LLMN_STATUS_OUT_OF_MEMORY : LLMN_STATUS_BACKEND_ERROR,
+             "CUDA error in %s: %s (%s)", what, cudaGetErrorString(err), cudaGetErrorName(err));
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Device helpers: PTX wrappers
+// ------------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte async copy; when `valid` is false nothing is read and the destination is zero-filled.
+__device__ __forceinline__ void cp_async16_zfill(void* smem, const void* gmem, bool valid) {
+    const int src_bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem), "r"(src_bytes));
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(smem)), "l"(gmem));
+}
+
+// 16-byte async copy with an L2 cache policy (used with evict_first for the streamed weights).
+__device__ __forceinline__ void cp_async16_policy(void* smem, const void* gmem, uint64_t policy) {
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
+                 "l"(policy));
+}
+
+__device__ __forceinline__ uint64_t evict_first_policy() {
+    uint64_t policy;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+    return policy;
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(smem)));
+}
+
+template <bool kBf16>
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    if constexpr (kBf16) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%0, %1, %2, %3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%0, %1, %2, %3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+}
+
+// (a & b) | c in one instruction; the compiler does not always fuse it on its own.
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
+    uint32_t r;
+    asm volatile("lop3.b32 %0, %1, %2, %3, %4;\n" : "=r"(r) : "r"(a), "r"(b), "r"(c), "n"((0xf0 & 0xcc) | 0xaa));
+    return r;
+}
+
+__device__ __forceinline__ uint32_t f16x2_sub(uint32_t a, uint32_t b) {
+    uint32_t r;
+    asm("sub.rn.f16x2 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+__device__ __forceinline__ uint32_t f16x2_fma(uint32_t a, uint32_t b, uint32_t c) {
+    uint32_t r;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+__device__ __forceinline__ uint32_t f16x2_mul(uint32_t a, uint32_t b) {
+    uint32_t r;
+    asm("mul.rn.f16x2 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+// bf16x2 add/mul are sm_90 instructions; fma.rn.bf16x2 exists from sm_80, so both are expressed as fma.
+__device__ __forceinline__ uint32_t bf16x2_fma(uint32_t a, uint32_t b, uint32_t c) {
+    uint32_t r;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+// Lock of a reduction slot: thread 0 spins until it reads `value` with gpu-scope acquire semantics.
+__device__ __forceinline__ void lock_wait(const int* lock, int value) {
+    int v;
+    do {
+        asm volatile("ld.global.acquire.gpu.b32 %0, [%1];\n" : "=r"(v) : "l"(lock) : "memory");
+    } while (v != value);
+}
+__device__ __forceinline__ void lock_release(int* lock, int value) {
+    asm volatile("st.global.release.gpu.b32 [%0], %1;\n" ::"l"(lock), "r"(value) : "memory");
+}
+
+template <bool kBf16>
+__device__ __forceinline__ float to_f32(uint16_t bits) {
+    if constexpr (kBf16) return __bfloat162float(__ushort_as_bfloat16(bits));
+    else return __half2float(__ushort_as_half(bits));
+}
+template <bool kBf16>
+__device__ __forceinline__ uint16_t from_f32(float v) {
+    if constexpr (kBf16) return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+    else return __half_as_ushort(__float2half_rn(v));
+}
+
+// ------------------------------------------------------------------------------------------------
+// Dequantization of one weight word (two n8 fragments, b0/b1 each) — see the header comment, item 2,
+// and q_nibble() for the nibble order. z0/z1: zero points of fragments 2j and 2j+1 (0..15).
+// ------------------------------------------------------------------------------------------------
+template <bool kBf16>
+__device__ __forceinline__ void dequant_word(uint32_t w, uint32_t z0, uint32_t z1, uint32_t (&b)[2][2]) {
+    if constexpr (!kBf16) {
+        const uint32_t magic = splat16(kF16Magic);
+        const uint32_t lo0 = and_or(w, kLoMask, magic);  // {1024 + q(k), 1024 + q(k+1)} of fragment 2j, b0
+        const uint32_t hi0 = and_or(w, kHiMask, magic);  // {1024 + 16 q(k+8), ...} of fragment 2j, b1
+        w >>= 8;
+        const uint32_t lo1 = and_or(w, kLoMask, magic);
+        const uint32_t hi1 = and_or(w, kHiMask, magic);
+        const uint32_t sixteenth = splat16(kF16HiScale);
+        b[0][0] = f16x2_sub(lo0, f16_lo_zero(z0));
+        b[0][1] = f16x2_fma(hi0, sixteenth, f16_hi_zero(z0));
+        b[1][0] = f16x2_sub(lo1, f16_lo_zero(z1));
+        b[1][1] = f16x2_fma(hi1, sixteenth, f16_hi_zero(z1));
+    } else {
+        const uint32_t magic = splat16(kBf16Magic);
+        const uint32_t one = splat16(0x3f80u);
+        b[0][0] = bf16x2_fma(and_or(w, kLoMask, magic), one, bf16_neg_zero(z0));
+        b[0][1] = bf16x2_fma(and_or(w >> 4, kLoMask, magic), one, bf16_neg_zero(z0));
+        b[1][0] = bf16x2_fma(and_or(w >> 8, kLoMask, magic), one, bf16_neg_zero(z1));
+        b[1][1] = bf16x2_fma(and_or(w >> 12, kLoMask, magic), one, bf16_neg_zero(z1));
+    }
+}
+
+template <bool kBf16>
+__device__ __forceinline__ uint32_t scale_mul(uint32_t w2, uint32_t s2) {
+    if constexpr (kBf16) return bf16x2_fma(w2, s2, 0x80008000u);  // + (-0.0): exact product, sign kept
+    else return f16x2_mul(w2, s2);
+}
+
+// ------------------------------------------------------------------------------------------------
+// The fast kernel
+// ------------------------------------------------------------------------------------------------
+struct FastParams {
+    const uint16_t* x;   // first row of this launch
+    int64_t x_stride;    // elements between rows of x (multiple of 8)
+    int32_t x_k;         // columns of x that exist; cp.async beyond are zero-filled
+    int32_t m;           // valid rows from x / y
+    const uint4* w;
+    const uint16_t* scales;
+    const uint32_t* zeros;
+    const uint16_t* bias;  // [n] or null
+    uint16_t* y;
+    int64_t y_stride;
+    int32_t n;             // valid columns of y
+    int32_t k_pad, n_pad;
+    int32_t problems;      // row problems of m_blocks*16 rows in this launch
+    int32_t group_shift;   // log2(group_size / 16) when grouped
+    int32_t iters;         // tiles per block (make_partition)
+    float* red;            // [gridDim.x][kSlotFloats]
+    int* locks;            // [gridDim.x], zero between launches
+};
+
+// Scales/zero points converted for the bf16 mma: fp16 scale bits -> bf16 bits (round to nearest).
+template <bool kBf16>
+__device__ __forceinline__ uint32_t scale_pair(uint32_t word, bool high) {
+    const uint32_t s2 = __byte_perm(word, 0, high ? 0x3232 : 0x1010);
+    if constexpr (kBf16) {
+        const float s = __half2float(__ushort_as_half(static_cast<uint16_t>(s2 & 0xffff)));
+        const uint32_t b = __bfloat16_as_ushort(__float2bfloat16_rn(s));
+        return splat16(b);
+    } else {
+        return s2;
+    }
+}
+
+template <bool kBf16, int kMB, int kKB, int kNB, bool kGrouped, bool kZp>
+__global__ void __launch_bounds__(kThreads, 1) gemm_int4_fast_kernel(FastParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    constexpr TileConfig cfg{kMB, kKB, kNB};
+    constexpr int kStrips = strips_of(cfg);
+    constexpr int kKGroups = k_groups_of(cfg);
+    constexpr int kSteps = kKB / kKGroups;  // k16 steps per warp per tile
+    static_assert(kSteps >= 1 && kKB % kKGroups == 0, "tile too shallow for its k groups");
+    constexpr int kRows = kMB * 16, kTK = kKB * 16, kTN = kNB * 16;
+    constexpr int kAChunks = kTK / 8;  // 16-byte chunks per A row
+    static_assert(kAChunks >= 8, "the A swizzle needs at least 8 chunks per row");
+    constexpr int kAVec = kRows * kAChunks;
+    constexpr int kBVec = kKB * kStrips * 32;
+    constexpr int kSRowVec = kTN / 8;   // uint4 of scales per row
+    constexpr int kZRowVec = kTN / 32;  // uint4 of zero words per row
+    constexpr int kSVec = (kGrouped ? kKB / 2 : 0) * kSRowVec;
+    constexpr int kZVec = (kZp ? (kGrouped ? kKB / 2 : 1) : 0) * kZRowVec;
+    constexpr int kStageVec = kAVec + kBVec + kSVec + kZVec;
+    static_assert(kStageVec * 16 == stage_bytes(cfg, kGrouped, kZp), "stage layout and stage_bytes disagree");
+    static_assert(kStageVec * 16 >= kReduceBytes, "a stage must hold one block-reduction chunk");
+
+    extern __shared__ uint4 smem[];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int strip = warp % kStrips, kgroup = warp / kStrips;
+
+    const int k_tiles = p.k_pad / kTK, n_tiles = p.n_pad / kTN;
+    const int total = k_tiles * n_tiles * p.problems;
+    const int t_begin = blockIdx.x * p.iters;
+    const int t_end = min(total, t_begin + p.iters);
+    const int s_rows = kGrouped ? scale_rows_per_stage(kKB, 1 << p.group_shift) : 1;
+    const int64_t strips_total = p.n_pad / kStrip;
+    const uint64_t policy = evict_first_policy();
+
+    float acc[kMB][8][4];
+#pragma unroll
+    for (int mb = 0; mb < kMB; ++mb)
+#pragma unroll
+        for (int f = 0; f < 8; ++f)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[mb][f][i] = 0.f;
+
+    // Issue the copies of tile t into pipeline stage `stage` (always commits a group, maybe empty, so
+    // the wait_group arithmetic stays uniform).
+    auto fetch = [&](int t, int stage) {
+        if (t < t_end) {
+            const int slice = t / k_tiles, kt = t - slice * k_tiles;
+            const int prob = slice / n_tiles, nt = slice - prob * n_tiles;
+            uint4* sa = smem + stage * kStageVec;
+            uint4* sb = sa + kAVec;
+            uint4* ss = sb + kBVec;
+            uint4* sz = ss + kSVec;
+            // A: rows of this problem, predicated on m and x_k (zero-fill).
+            const int row0 = prob * kRows;
+#pragma unroll
+            for (int i = 0; i < (kAVec + kThreads - 1) / kThreads; ++i) {
+                const int c = tid + i * kThreads;
+                if (kAVec % kThreads == 0 || c < kAVec) {
+                    const int r = c / kAChunks, ch = c % kAChunks;
+                    const int row = row0 + r, kc = kt * kTK + ch * 8;
+                    const bool ok = row < p.m && kc < p.x_k;
+                    const uint16_t* src = ok ? p.x + int64_t(row) * p.x_stride + kc : p.x;
+                    cp_async16_zfill(sa + a_smem_chunk(r, ch, kAChunks), src, ok);
+                }
+            }
+            // B: k16 rows of the tile, each (strips x 32 lanes) contiguous in global memory.
+#pragma unroll
+            for (int i = 0; i < (kBVec + kThreads - 1) / kThreads; ++i) {
+                const int c = tid + i * kThreads;
+                if (kBVec % kThreads == 0 || c < kBVec) {
+                    const int kb = c / (kStrips * 32), rest = c % (kStrips * 32);
+                    const uint4* src = p.w + (int64_t(kt) * kKB + kb) * strips_total * 32 + int64_t(nt) * kStrips * 32 + rest;
+                    cp_async16_policy(sb + c, src, policy);
+                }
+            }
+            const int g0 = kGrouped ? ((kt * kKB) >> p.group_shift) : 0;
+            if constexpr (kGrouped) {
+                if (tid < s_rows * kSRowVec) {
+                    const int r = tid / kSRowVec, cc = tid % kSRowVec;
+                    const uint16_t* src = p.scales + int64_t(g0 + r) * p.n_pad + int64_t(nt) * kTN + cc * 8;
+                    cp_async16(ss + tid, src);
+                }
+            }
+            if constexpr (kZp) {
+                if (tid < s_rows * kZRowVec) {
+                    const int r = tid / kZRowVec, cc = tid % kZRowVec;
+                    const uint32_t* src = p.zeros + int64_t(g0 + r) * (p.n_pad / 8) + int64_t(nt) * (kTN / 8) + cc * 4;
+                    cp_async16(sz + tid, src);
+                }
+            }
+        }
+        cp_async_commit();
+    };
+
+    // Tensor-core work of one stage: this warp's k16 steps of the tile, all m blocks, its 64 columns.
+    auto compute = [&](int stage) {
+        const uint4* sa = smem + stage * kStageVec;
+        const uint4* sb = sa + kAVec;
+        const uint4* ss = sb + kBVec;
+        const uint32_t* sz = reinterpret_cast<const uint32_t*>(ss + kSVec);
+#pragma unroll
+        for (int j = 0; j < kSteps; ++j) {
+            const int kk = j * kKGroups + kgroup;
+            uint32_t a[kMB][4];
+#pragma unroll
+            for (int mb = 0; mb < kMB; ++mb)
+                ldmatrix_x4(a[mb], sa + a_smem_chunk(a_ldsm_row(mb, lane), a_ldsm_chunk(kk, lane), kAChunks));
+            const uint4 bq = sb[(kk * kStrips + strip) * 32 + lane];
+            const uint32_t words[4] = {bq.x, bq.y, bq.z, bq.w};
+            const int srow = kGrouped ? (kk >> p.group_shift) : 0;
+            uint32_t swords[4] = {0, 0, 0, 0};
+            if constexpr (kGrouped) {
+                const uint4 sv = ss[srow * kSRowVec + strip * 8 + (lane >> 2)];
+                swords[0] = sv.x; swords[1] = sv.y; swords[2] = sv.z; swords[3] = sv.w;
+            }
+            uint32_t zw = 0x88888888u;
+            if constexpr (kZp) zw = sz[srow * (kTN / 8) + strip * 8 + (lane >> 2)];
+#pragma unroll
+            for (int jw = 0; jw < 4; ++jw) {
+                uint32_t b[2][2];
+                dequant_word<kBf16>(words[jw], (zw >> (8 * jw)) & 0xfu, (zw >> (8 * jw + 4)) & 0xfu, b);
+                if constexpr (kGrouped) {
+                    const uint32_t s_lo = scale_pair<kBf16>(swords[jw], false);  // fragment 2jw
+                    const uint32_t s_hi = scale_pair<kBf16>(swords[jw], true);   // fragment 2jw + 1
+                    b[0][0] = scale_mul<kBf16>(b[0][0], s_lo);
+                    b[0][1] = scale_mul<kBf16>(b[0][1], s_lo);
+                    b[1][0] = scale_mul<kBf16>(b[1][0], s_hi);
+                    b[1][1] = scale_mul<kBf16>(b[1][1], s_hi);
+                }
+#pragma unroll
+                for (int mb = 0; mb < kMB; ++mb) {
+                    mma_16816<kBf16>(acc[mb][2 * jw], a[mb], b[0][0], b[0][1]);
+                    mma_16816<kBf16>(acc[mb][2 * jw + 1], a[mb], b[1][0], b[1][1]);
+                }
+            }
+        }
+    };
+
+    // End of a slice segment: block reduction over k groups, cross-block reduction, write-out.
+    auto finish = [&](int t, int stage) {
+        const int slice = t / k_tiles;
+        const int prob = slice / n_tiles, nt = slice - prob * n_tiles;
+        const int rows_valid = min(kRows, p.m - prob * kRows);  // >= 1: problems never start past m
+        // (1) k groups -> k group 0, through the stage just consumed, 4 fragments per round.
+        float4* red_sh = reinterpret_cast<float4*>(smem + stage * kStageVec);
+#pragma unroll
+        for (int mb = 0; mb < kMB; ++mb) {
+            if (mb * 16 >= rows_valid) break;  // block-uniform
+#pragma unroll
+            for (int fh = 0; fh < 2; ++fh) {
+#pragma unroll
+                for (int half = kKGroups / 2; half >= 1; half /= 2) {
+                    __syncthreads();
+                    if (kgroup >= half && kgroup < 2 * half) {
+#pragma unroll
+                        for (int fi = 0; fi < 4; ++fi) {
+                            const float* v = acc[mb][fh * 4 + fi];
+                            red_sh[((fi * half + (kgroup - half)) * kStrips + strip) * 32 + lane] =
+                                make_float4(v[0], v[1], v[2], v[3]);
+                        }
+                    }
+                    __syncthreads();
+                    if (kgroup < half) {
+#pragma unroll
+                        for (int fi = 0; fi < 4; ++fi) {
+                            const float4 v = red_sh[((fi * half + kgroup) * kStrips + strip) * 32 + lane];
+                            float* d = acc[mb][fh * 4 + fi];
+                            d[0] += v.x; d[1] += v.y; d[2] += v.z; d[3] += v.w;
+                        }
+                    }
+                }
+            }
+        }
+        // (2) blocks sharing the slice: serial, in block order, through the first block's fp32 slot.
+        const SliceShare share = slice_share(t, k_tiles, p.iters, blockIdx.x);
+        bool write = true;
+        if (share.count > 1) {
+            float4* slot = reinterpret_cast<float4*>(p.red + int64_t(share.first_block) * kSlotFloats);
+            int* lock = p.locks + share.first_block;
+            if (tid == 0) lock_wait(lock, share.index);
+            __syncthreads();
+            const bool last = share.index == share.count - 1;
+            if (kgroup == 0) {
+#pragma unroll
+                for (int mb = 0; mb < kMB; ++mb) {
+                    if (mb * 16 >= rows_valid) break;
+#pragma unroll
+                    for (int f = 0; f < 8; ++f) {
+                        float4* cell = slot + ((mb * 8 + f) * kStrips + strip) * 32 + lane;
+                        float* d = acc[mb][f];
+                        if (share.index > 0) {
+                            const float4 v = __ldcg(cell);
+                            d[0] += v.x; d[1] += v.y; d[2] += v.z; d[3] += v.w;
+                        }
+                        if (!last) __stcg(cell, make_float4(d[0], d[1], d[2], d[3]));
+                    }
+                }
+            }
+            if (!last) {
+                __threadfence();
+                __syncthreads();
+                if (tid == 0) lock_release(lock, share.index + 1);
+                write = false;
+            } else {
+                __syncthreads();
+                if (tid == 0) *reinterpret_cast<volatile int*>(lock) = 0;  // self-reset for the next launch
+            }
+        }
+        // (3) write-out by k group 0: per-column scales, bias, conversion, bounds.
+        if (write && kgroup == 0) {
+#pragma unroll
+            for (int mb = 0; mb < kMB; ++mb) {
+                if (mb * 16 >= rows_valid) break;
+#pragma unroll
+                for (int f = 0; f < 8; ++f) {
+#pragma unroll
+                    for (int i = 0; i < 4; i += 2) {
+                        const int row = c_row(mb, lane, i);
+                        const int col = nt * kTN + strip * kStrip + c_col(f, lane, i);
+                        float v0 = acc[mb][f][i], v1 = acc[mb][f][i + 1];
+                        if constexpr (!kGrouped) {
+                            v0 *= __half2float(__ushort_as_half(p.scales[scale_index(p.n_pad, 0, col)]));
+                            v1 *= __half2float(__ushort_as_half(p.scales[scale_index(p.n_pad, 0, col + 1)]));
+                        }
+                        if (p.bias) {
+                            if (col < p.n) v0 += to_f32<kBf16>(p.bias[col]);
+                            if (col + 1 < p.n) v1 += to_f32<kBf16>(p.bias[col + 1]);
+                        }
+                        if (row >= rows_valid) continue;
+                        uint16_t* out = p.y + int64_t(prob * kRows + row) * p.y_stride + col;
+                        const uint16_t h0 = from_f32<kBf16>(v0), h1 = from_f32<kBf16>(v1);
+                        if (col + 1 < p.n && (p.y_stride % 2) == 0) {
+                            *reinterpret_cast<uint32_t*>(out) = uint32_t(h0) | (uint32_t(h1) << 16);
+                        } else {
+                            if (col < p.n) out[0] = h0;
+                            if (col + 1 < p.n) out[1] = h1;
+                        }
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int mb = 0; mb < kMB; ++mb)
+#pragma unroll
+            for (int f = 0; f < 8; ++f)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) acc[mb][f][i] = 0.f;
+    };
+
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) fetch(t_begin + s, s);
+    for (int t = t_begin; t < t_end; ++t) {
+        const int i = t - t_begin;
+        cp_async_wait<kStages - 2>();  // tile t has landed (for this thread's copies)...
+        __syncthreads();               // ...and for everyone's; stage (i-1) is free again
+        fetch(t + kStages - 1, (i + kStages - 1) % kStages);
+        compute(i % kStages);
+        const int kt = t % k_tiles;
+        if (kt == k_tiles - 1 || t == t_end - 1) finish(t, i % kStages);
+    }
+    cp_async_wait<0>();
+#endif
+}
+
+// ------------------------------------------------------------------------------------------------
+// X gather for act-order and K % 8 != 0: out[r][v] = x[r][row_src[v]] (0 for padding), [rows][k_pad].
+// ------------------------------------------------------------------------------------------------
+__global__ void gather_x_kernel(const uint16_t* __restrict__ x, int64_t k, const int32_t* __restrict__ row_src,
+                                int64_t k_pad, int64_t rows, uint16_t* __restrict__ out) {
+    const int64_t total = rows * k_pad;
+    for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+         idx += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t r = idx / k_pad, v = idx - r * k_pad;
+        const int64_t src = row_src ? row_src[v] : (v < k ? v : -1);
+        out[idx] = src >= 0 ? x[r * k + src] : uint16_t(0);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Reference kernel: one thread per output, the canonical formula in fp32, on the packed layout.
+// Slow and obviously correct; used below sm_80 and as the fast kernel's cross-check.
+// ------------------------------------------------------------------------------------------------
+struct RefParams {
+    const uint16_t* x;  // [m][k]
+    const uint32_t* qweight;
+    const uint16_t* scales;
+    const uint32_t* zeros;     // null when symmetric
+    const int32_t* row_src;    // null when the identity
+    const uint16_t* bias;
+    uint16_t* y;               // [m][n]
+    int64_t m, k, n, k_pad, n_pad;
+    int32_t group_size;
+};
+
+template <bool kBf16>
+__global__ void gemm_int4_reference_kernel(RefParams p) {
+    const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+    if (idx >= p.m * p.n) return;
+    const int64_t row = idx / p.n, col = idx - row * p.n;
+    float acc = 0.f;
+    for (int64_t v = 0; v < p.k_pad; ++v) {
+        const int64_t src = p.row_src ? p.row_src[v] : (v < p.k ? v : -1);
+        if (src < 0) continue;
+        const QPos qp = q_position(p.n_pad, v, col);
+        const float q = float((p.qweight[qp.word] >> (4 * qp.nibble)) & 0xfu);
+        const int64_t g = p.group_size > 0 ? v / p.group_size : 0;
+        const float s = __half2float(__ushort_as_half(p.scales[scale_index(p.n_pad, g, col)]));
+        const float z = p.zeros ? float((p.zeros[zero_word_index(p.n_pad, g, col)] >> (4 * zero_nibble(col))) & 0xfu)
+                                : 8.f;
+        acc += to_f32<kBf16>(p.x[row * p.k + src]) * ((q - z) * s);
+    }
+    if (p.bias) acc += to_f32<kBf16>(p.bias[col]);
+    p.y[idx] = from_f32<kBf16>(acc);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Kernel table
+// ------------------------------------------------------------------------------------------------
+using FastKernel = void (*)(FastParams);
+
+// The configurations choose_tile() can return, in one list so the attribute setup covers them all.
+constexpr TileConfig kConfigs[] = {
+    {1, 8, 8}, {1, 8, 4},
+    {2, 4, 16}, {2, 4, 8}, {2, 8, 4},
+    {3, 4, 16}, {3, 4, 8}, {3, 8, 4},
+    {4, 4, 16}, {4, 4, 8}, {4, 8, 4},
+};
+
+template <bool B, bool G, bool Z>
+FastKernel pick_kernel(const TileConfig& c) {
+#define LLMN_INT4_CFG(MB, KB, NB) \
+    if (c.m_blocks == MB && c.k_blocks == KB && c.n_blocks == NB) return &gemm_int4_fast_kernel<B, MB, KB, NB, G, Z>;
+    LLMN_INT4_CFG(1, 8, 8) LLMN_INT4_CFG(1, 8, 4)
+    LLMN_INT4_CFG(2, 4, 16) LLMN_INT4_CFG(2, 4, 8) LLMN_INT4_CFG(2, 8, 4)
+    LLMN_INT4_CFG(3, 4, 16) LLMN_INT4_CFG(3, 4, 8) LLMN_INT4_CFG(3, 8, 4)
+    LLMN_INT4_CFG(4, 4, 16) LLMN_INT4_CFG(4, 4, 8) LLMN_INT4_CFG(4, 8, 4)
+#undef LLMN_INT4_CFG
+    return nullptr;
+}
+
+FastKernel pick_kernel(bool bf16, bool grouped, bool zp, const TileConfig& c) {
+    if (bf16) {
+        if (grouped) return zp ? pick_kernel<true, true, true>(c) : pick_kernel<true, true, false>(c);
+        return zp ? pick_kernel<true, false, true>(c) : pick_kernel<true, false, false>(c);
+    }
+    if (grouped) return zp ? pick_kernel<false, true, true>(c) : pick_kernel<false, true, false>(c);
+    return zp ? pick_kernel<false, false, true>(c) : pick_kernel<false, false, false>(c);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Per-context workspace: reduction slots + locks (sized by the SM count) and the X staging buffer.
+// Shared by every weight of the context (operations of one context never run concurrently), created
+// and grown at pack time only.
+// ------------------------------------------------------------------------------------------------
+struct Workspace {
+    int32_t device = 0;
+    int32_t sm_count = 0;
+    bool fast_ok = false;          // sm_80+ and enough opt-in shared memory
+    std::string fast_reason;       // why not, for the log
+    float* red = nullptr;
+    int* locks = nullptr;
+    uint16_t* stage = nullptr;
+    size_t stage_bytes = 0;
+
+    Workspace() = default;
+    Workspace(const Workspace&) = delete;
+    Workspace& operator=(const Workspace&) = delete;
+    ~Workspace() {
+        cuda::free_device(device, red);
+        cuda::free_device(device, locks);
+        cuda::free_device(device, stage);
+    }
+};
+
+std::mutex g_ws_mutex;
+std::unordered_map<uint64_t, std::weak_ptr<Workspace>> g_workspaces;  // by context id
+
+std::shared_ptr<Workspace> context_workspace(const Context& ctx, bool need_stage) {
+    std::lock_guard<std::mutex> lock(g_ws_mutex);
+    for (auto it = g_workspaces.begin(); it != g_workspaces.end();) {
+        if (it->second.expired()) it = g_workspaces.erase(it);
+        else ++it;
+    }
+    std::shared_ptr<Workspace> ws = g_workspaces[ctx.id()].lock();
+    if (!ws) {
+        ws = std::make_shared<Workspace>();
+        ws->device = ctx.device();
+        check_cuda(cudaSetDevice(ctx.device()), "cudaSetDevice");
+        ws->sm_count = cuda::sm_count(ctx.device());
+        int major = 0, optin = 0;
+        check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ctx.device()),
+                   "cudaDeviceGetAttribute(compute capability)");
+        check_cuda(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, ctx.device()),
+                   "cudaDeviceGetAttribute(max shared memory per block)");
+        int need = 0;
+        for (const TileConfig& c : kConfigs) need = std::max(need, smem_bytes(c, true, true));
+        if (major < 8) ws->fast_reason = format("compute capability %d.x < 8.0", major);
+        else if (optin < need) ws->fast_reason = format("%d bytes of shared memory per block < %d", optin, need);
+        ws->fast_ok = ws->fast_reason.empty();
+        if (ws->fast_ok) {
+            // Opt in to the dynamic shared memory of every instantiation once, here, so gemm calls
+            // (and CUDA graph captures of them) never touch function attributes.
+            for (const TileConfig& c : kConfigs)
+                for (int bits = 0; bits < 8; ++bits) {
+                    const bool bf16 = bits & 1, grouped = bits & 2, zp = bits & 4;
+                    FastKernel k = pick_kernel(bf16, grouped, zp, c);
+                    check_cuda(cudaFuncSetAttribute(reinterpret_cast<const void*>(k),
+                                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                    smem_bytes(c, grouped, zp)),
+                               "cudaFuncSetAttribute(gemm_int4_fast_kernel)");
+                }
+            const size_t red_bytes = size_t(ws->sm_count) * kSlotFloats * sizeof(float);
+            ws->red = static_cast<float*>(cuda::alloc_device(ctx.device(), red_bytes));
+            ws->locks = static_cast<int*>(cuda::alloc_device(ctx.device(), size_t(ws->sm_count) * sizeof(int)));
+            auto stream = static_cast<cudaStream_t>(ctx.stream());
+            check_cuda(cudaMemsetAsync(ws->locks, 0, size_t(ws->sm_count) * sizeof(int), stream), "cudaMemsetAsync(locks)");
+            check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+        } else {
+            log(LLMN_LOG_INFO, ctx.id(), "gemm_int4 CUDA: using the reference kernel (%s)", ws->fast_reason.c_str());
+        }
+        g_workspaces[ctx.id()] = ws;
+    }
+    if (need_stage && ws->fast_ok && ws->stage_bytes < kStageBufferBytes) {
+        ws->stage = static_cast<uint16_t*>(cuda::alloc_device(ctx.device(), kStageBufferBytes));
+        ws->stage_bytes = kStageBufferBytes;
+    }
+    return ws;
+}
+
+// ------------------------------------------------------------------------------------------------
+// The packed weight
+// ------------------------------------------------------------------------------------------------
+struct CudaInt4Packed final : Int4Packed {
+    int32_t device = 0;
+    Int4CudaImage meta;  // shape and host-side bookkeeping; qweight/scales/zeros vectors left empty
+    int64_t bytes = 0;
+    uint32_t* qweight = nullptr;
+    uint16_t* scales = nullptr;
+    uint32_t* zeros = nullptr;
+    int32_t* row_src = nullptr;
+    std::shared_ptr<Workspace> ws;
+
+    ~CudaInt4Packed() override {
+        cuda::free_device(device, qweight);
+        cuda::free_device(device, scales);
+        cuda::free_device(device, zeros);
+        cuda::free_device(device, row_src);
+    }
+    int64_t size_bytes() const override { return bytes; }
+    bool needs_stage() const { return needs_x_stage(row_src != nullptr, meta.k); }
+};
+
+const CudaInt4Packed& as_cuda(const Int4Packed& p) {
+    auto* c = dynamic_cast<const CudaInt4Packed*>(&p);
+    if (!c) fail(LLMN_STATUS_INTERNAL, "int4 weight is not packed for the CUDA backend");
+    return *c;
+}
+
+KernelPath env_path() {
+    static const KernelPath path = [] {
+        const char* e = std::getenv("LLMNATIVE_INT4_CUDA_PATH");
+        if (e && std::strcmp(e, "reference") == 0) return KernelPath::Reference;
+        if (e && std::strcmp(e, "fast") == 0) return KernelPath::Fast;
+        return KernelPath::Auto;
+    }();
+    return path;
+}
+std::atomic<int> g_forced_path{static_cast<int>(KernelPath::Auto)};
+
+template <class T>
+T* upload(const Context& ctx, const std::vector<T>& v) {
+    if (v.empty()) return nullptr;
+    void* d = alloc_bytes(ctx, LLMN_MEMORY_DEVICE, v.size() * sizeof(T));
+    try {
+        copy_to_device(ctx, d, v.data(), v.size() * sizeof(T));
+    } catch (...) {
+        free_bytes(ctx, LLMN_MEMORY_DEVICE, d);
+        throw;
+    }
+    return static_cast<T*>(d);
+}
+
+int log2_int(int v) {
+    int s = 0;
+    while ((1 << s) < v) ++s;
+    return s;
+}
+
+void launch_reference(const Context& ctx, const CudaInt4Packed& pk, const GemmInt4Args& a, bool bf16) {
+    RefParams rp{};
+    rp.x = static_cast<const uint16_t*>(a.x->data());
+    rp.qweight = pk.qweight;
+    rp.scales = pk.scales;
+    rp.zeros = pk.zeros;
+    rp.row_src = pk.row_src;
+    rp.bias = a.bias ? static_cast<const uint16_t*>(a.bias->data()) : nullptr;
+    rp.y = static_cast<uint16_t*>(a.y->data());
+    rp.m = a.m;
+    rp.k = pk.meta.k;
+    rp.n = pk.meta.n;
+    rp.k_pad = pk.meta.k_pad;
+    rp.n_pad = pk.meta.n_pad;
+    rp.group_size = pk.meta.group_size;
+    const int64_t outputs = a.m * pk.meta.n;
+    const int threads = 128;
+    const int64_t blocks = (outputs + threads - 1) / threads;
+    if (blocks > 0x7fffffff) fail(LLMN_STATUS_UNSUPPORTED, "gemm_int4 reference kernel: m*n = %lld is too large", (long long)outputs);
+    auto stream = static_cast<cudaStream_t>(ctx.stream());
+    if (bf16) gemm_int4_reference_kernel<true><<<unsigned(blocks), threads, 0, stream>>>(rp);
+    else gemm_int4_reference_kernel<false><<<unsigned(blocks), threads, 0, stream>>>(rp);
+    check_launch("gemm_int4_reference_kernel");
+}
+
+// One launch of the fast kernel over `problems` problems of cfg.m_blocks*16 rows (valid rows: m).
+void launch_fast(const CudaInt4Packed& pk, cudaStream_t stream, bool bf16, const TileConfig& cfg, int problems,
+                 FastParams fp) {
+    const bool grouped = pk.meta.group_size > 0;
+    const bool zp = !pk.meta.symmetric;
+    FastKernel kernel = pick_kernel(bf16, grouped, zp, cfg);
+    if (!kernel) fail(LLMN_STATUS_INTERNAL, "gemm_int4: no kernel for tile %dx%dx%d", cfg.m_blocks, cfg.k_blocks, cfg.n_blocks);
+    const int64_t tiles = int64_t(pk.meta.k_pad / (cfg.k_blocks * 16)) * (pk.meta.n_pad / (cfg.n_blocks * 16)) * problems;
+    if (tiles > 0x7fffffff) fail(LLMN_STATUS_UNSUPPORTED, "gemm_int4: %lld tiles exceed the kernel's index range", (long long)tiles);
+    const Partition part = make_partition(tiles, pk.ws->sm_count);
+    fp.problems = problems;
+    fp.iters = part.iters;
+    kernel<<<part.blocks, kThreads, smem_bytes(cfg, grouped, zp), stream>>>(fp);
+    check_launch("gemm_int4_fast_kernel");
+}
+
+}  // namespace
+
+namespace int4cuda {
+void set_kernel_path(KernelPath path) { g_forced_path.store(static_cast<int>(path)); }
+}  // namespace int4cuda
+
+std::unique_ptr<Int4Packed> int4_pack_cuda(const Context& ctx, const Int4Canonical& c) {
+    Int4CudaImage im = build_image(c);
+    auto pk = std::make_unique<CudaInt4Packed>();
+    pk->device = ctx.device();
+    pk->bytes = im.device_bytes();
+    pk->qweight = upload(ctx, im.qweight);
+    pk->scales = upload(ctx, im.scales);
+    pk->zeros = upload(ctx, im.zeros);
+    pk->row_src = upload(ctx, im.row_src);
+    im.qweight = {};
+    im.scales = {};
+    im.zeros = {};
+    const bool has_row_src = !im.row_src.empty();
+    im.row_src = {};
+    pk->meta = std::move(im);
+    pk->ws = context_workspace(ctx, needs_x_stage(has_row_src, c.k));
+    log(LLMN_LOG_DEBUG, ctx.id(), "int4 weight packed for CUDA: k=%lld n=%lld -> %lld x %lld%s, %lld bytes",
+        (long long)c.k, (long long)c.n, (long long)pk->meta.k_pad, (long long)pk->meta.n_pad,
+        has_row_src ? " (act-order: rows sorted by group)" : "", (long long)pk->bytes);
+    return pk;
+}
+
+Int4Canonical int4_unpack_cuda(const Context& ctx, const Int4Packed& packed) {
+    const CudaInt4Packed& pk = as_cuda(packed);
+    Int4CudaImage im = pk.meta;
+    im.qweight.resize(static_cast<size_t>(im.k_pad * im.n_pad / 8));
+    im.scales.resize(static_cast<size_t>(im.groups_pad * im.n_pad));
+    if (!im.symmetric) im.zeros.resize(static_cast<size_t>(im.groups_pad * im.n_pad / 8));
+    copy_to_host(ctx, im.qweight.data(), pk.qweight, im.qweight.size() * 4);
+    copy_to_host(ctx, im.scales.data(), pk.scales, im.scales.size() * 2);
+    if (!im.symmetric) copy_to_host(ctx, im.zeros.data(), pk.zeros, im.zeros.size() * 4);
+    if (pk.row_src) {
+        im.row_src.resize(static_cast<size_t>(im.k_pad));
+        copy_to_host(ctx, im.row_src.data(), pk.row_src, im.row_src.size() * 4);
+    }
+    return unpack_image(im);
+}
+
+void gemm_int4_cuda(const Context& ctx, const Int4Weight& w, const GemmInt4Args& a) {
+    const CudaInt4Packed& pk = as_cuda(w.packed());
+    const llmn_dtype dt = a.x->dtype();
+    if (dt != LLMN_DTYPE_F16 && dt != LLMN_DTYPE_BF16)
+        fail(LLMN_STATUS_UNSUPPORTED, "llmn_gemm_int4 on CUDA supports f16 and bf16 activations, not %s", dtype_name(dt));
+    if (a.y->dtype() != dt || (a.bias && a.bias->dtype() != dt))
+        fail(LLMN_STATUS_INVALID_ARGUMENT, "llmn_gemm_int4: x, y and bias must share one dtype (x is %s, y is %s%s%s)",
+             dtype_name(dt), dtype_name(a.y->dtype()), a.bias ? ", bias is " : "", a.bias ? dtype_name(a.bias->dtype()) : "");
+    if (a.m <= 0) return;
+    const bool bf16 = dt == LLMN_DTYPE_BF16;
+    check_cuda(cudaSetDevice(ctx.device()), "cudaSetDevice");
+
+    KernelPath path = static_cast<KernelPath>(g_forced_path.load());
+    if (path == KernelPath::Auto) path = env_path();
+    if (path == KernelPath::Fast && !pk.ws->fast_ok)
+        fail(LLMN_STATUS_UNSUPPORTED, "gemm_int4: the fast CUDA kernel is unavailable on this device (%s)",
+             pk.ws->fast_reason.c_str());
+    if (path == KernelPath::Reference || !pk.ws->fast_ok) {
+        launch_reference(ctx, pk, a, bf16);
+        return;
+    }
+
+    const Int4CudaImage& meta = pk.meta;
+    auto stream = static_cast<cudaStream_t>(ctx.stream());
+    const auto* x = static_cast<const uint16_t*>(a.x->data());
+    auto* y = static_cast<uint16_t*>(a.y->data());
+    const bool staged = pk.needs_stage();
+    if (staged && !pk.ws->stage) fail(LLMN_STATUS_INTERNAL, "gemm_int4: staging buffer missing");
+    const int64_t chunk = staged ? stage_chunk_rows(int64_t(pk.ws->stage_bytes), meta.k_pad) : a.m;
+    if (chunk < 16)
+        fail(LLMN_STATUS_UNSUPPORTED, "gemm_int4: K = %lld is too large for the CUDA staging buffer", (long long)meta.k);
+
+    FastParams base{};
+    base.w = reinterpret_cast<const uint4*>(pk.qweight);
+    base.scales = pk.scales;
+    base.zeros = pk.zeros;
+    base.bias = a.bias ? static_cast<const uint16_t*>(a.bias->data()) : nullptr;
+    base.y_stride = meta.n;
+    base.n = static_cast<int32_t>(meta.n);
+    base.k_pad = static_cast<int32_t>(meta.k_pad);
+    base.n_pad = static_cast<int32_t>(meta.n_pad);
+    base.group_shift = meta.group_size > 0 ? log2_int(meta.group_size / 16) : 0;
+    base.red = pk.ws->red;
+    base.locks = pk.ws->locks;
+
+    for (int64_t r0 = 0; r0 < a.m; r0 += chunk) {
+        const int64_t rows = std::min(chunk, a.m - r0);
+        FastParams fp = base;
+        if (staged) {
+            const int64_t total = rows * meta.k_pad;
+            const int blocks = static_cast<int>(std::min<int64_t>((total + 255) / 256, int64_t(pk.ws->sm_count) * 16));
+            gather_x_kernel<<<blocks, 256, 0, stream>>>(x + r0 * meta.k, meta.k, pk.row_src, meta.k_pad, rows, pk.ws->stage);
+            check_launch("gather_x_kernel");
+            fp.x = pk.ws->stage;
+            fp.x_stride = meta.k_pad;
+            fp.x_k = static_cast<int32_t>(meta.k_pad);
+        } else {
+            fp.x = x + r0 * meta.k;
+            fp.x_stride = meta.k;
+            fp.x_k = static_cast<int32_t>(meta.k);
+        }
+        fp.y = y + r0 * meta.n;
+        for_each_launch(rows, [&](int64_t first, int m_blocks, int problems, int valid) {
+            FastParams q = fp;
+            q.x = fp.x + first * fp.x_stride;
+            q.y = fp.y + first * meta.n;
+            q.m = valid;
+            launch_fast(pk, stream, bf16, choose_tile(m_blocks, meta.n_pad), problems, q);
+        });
+    }
+}
+
+}  // namespace llmn
