@@ -1,18 +1,808 @@
-// CUDA decode attention: placeholder until the CUDA kernels land. The contract they implement is in
-// decode_attention.hpp (semantics, split partition, LSE merge) and ../kv_cache/kv_layout.hpp (pool
-// byte layout: per layer [num_blocks][num_kv_heads][head tile], K then V rows, f16/bf16 token-major
-// rows of head_dim). Suggested shape, following the CPU design: one CTA per (sequence, kv_head,
-// split) processing all group * q_len query rows so each K/V row is loaded once per group; block
-// tables mirrored to the device when KvCache::tables_version() changes (keep the mirror and the
-// split workspace, sized from desc().max_batch, in KvCache::backend_state()).
+// CUDA decode attention over the paged KV cache (split-KV / FlashDecoding family).
+//
+// WHY IT IS BUILT THIS WAY
+//
+// Decode attention reads every visible K/V row once and does a handful of FLOPs per byte, so the
+// kernel exists to stream the pool at full bandwidth and keep everything else off that path.
+//
+// 1. Work item = one CTA = (sequence, kv head, split, row chunk). The CTA holds ALL query rows that
+//    use its kv head: the GQA group (1..16 heads) times the sequence's new tokens (q_len 1..8), so a
+//    K/V element crosses the memory bus once per group, not once per query head. Only when group x
+//    q_len exceeds the largest compiled row bucket (32 rows, 16 for head_dim 256) are query
+//    positions spread over several "row chunks"; those CTAs get adjacent indices, so they run
+//    together and their repeated K/V reads mostly hit L2. (A tensor-core path would lift that cap;
+//    the row counts of plain decode never reach it.)
+//
+// 2. Memory hierarchy. K and V rows of a tile of 32 keys (16 for head_dim 256) are copied
+//    global -> shared with 16-byte cp.async (L2 only: the data is used once), in a 3-stage ring, so
+//    two tiles are in flight while one is computed; physical block ids come from the device mirror
+//    of the block table per 16-byte chunk (L1-resident). Queries (pre-multiplied by the softmax
+//    scale, f32), the online-softmax state (m, l) and the output accumulators live in registers for
+//    the whole CTA; only the few-KB merge of key slots reuses the stage buffers at the end.
+//
+// 3. Thread layout (see Geometry in decode_attention_cuda_plan.cuh). x = a 16-byte chunk of a row
+//    (head_dim / 8 of them, padded to 8/16/32 lanes), y = a query row slot, z = a key slot. A q.k dot
+//    product is 8 FMAs per lane plus a xor-butterfly over the lanes (every lane ends with the same
+//    bits, so all lanes of a row run identical softmax updates). With few rows (plain decode,
+//    small groups) the spare slots become key slots: Z groups take interleaved keys of every tile
+//    with private softmax states, merged in a fixed order after the loop.
+//
+// 4. Stages as functions: load_tile (cp.async of K and V) -> score (dot, butterfly, soft-cap,
+//    ALiBi, masks) -> online softmax (state_raise_max / state_add, per sub-tile of <= 8 keys) ->
+//    slot merge -> finish (direct f16/bf16 output when the sequence has one split, else f32 partial
+//    + LSE into the workspace) -> merge_kernel (the LSE combine of decode_attention.hpp:
+//    w_s = e^{lse_s - M} / sum, empty partials weigh 0, all-empty rows become zeros, n = 1 never
+//    reaches it). All the index math and per-element arithmetic are host+device functions in
+//    decode_attention_cuda_plan.cuh, shared with the CPU-run unit tests.
+//
+// 5. Compile-time dispatch happens in ONE place (select_kernel): head_dim (64/80/96/128/256) x cache
+//    element type (f16/bf16) x row bucket (1/4/8/16/32). Query/output dtype, group size, q_len,
+//    soft-cap, window and ALiBi are runtime values: they cost nothing in the streaming loop.
+//
+// 6. Split policy (num_splits = 0, make_plan): no split when batch x kv heads x row chunks already
+//    fills one wave (SMs x resident CTAs from the occupancy API); otherwise pieces of at least 256
+//    keys sized so the batch becomes ~2 waves of CTAs: long sequences get many splits, short ones
+//    none. Forced n is honoured up to the visible block count (like the CPU) and the workspace.
+//    The partition of a sequence depends only on (length, n), each CTA's arithmetic only on its
+//    item, and the merges run in fixed order: results are bitwise reproducible run to run.
+//
+// 7. No allocation and no host synchronisation per call (CUDA-graph friendly). Kept in the cache's
+//    backend_state(), created on the first call and sized from desc().max_batch and num_kv_heads:
+//    the f32 partial workspace, a device mirror of the batch's block tables (rebuilt only when
+//    KvCache::tables_version() or the batch's sequences changed), and a ring of 16 pinned + device
+//    metadata slots (the per-call work list and ALiBi slopes, one cudaMemcpyAsync per call). A slot
+//    is reused only after the event recorded behind its call's kernels fired, so the host blocks
+//    only when it runs 16 calls ahead of the GPU.
+//    Graph-capture caveat: a captured call records the copy FROM ITS PINNED SLOT; replaying the
+//    graph re-reads whatever that slot holds at replay time (later calls overwrite it), and lengths
+//    are captured as of the capture. Replays are therefore only valid for identical batches and
+//    lengths (e.g. benchmarks). Warm up one call outside capture (first-call allocation) and
+//    synchronise before capturing; during capture the ring does not wait on or record events, and a
+//    block-table mirror that would have to grow fails with UNSUPPORTED. api.cpp copies ALiBi slopes
+//    to the host (a synchronising copy) before this runs: ALiBi calls are not capturable today.
+//    Calls on one cache are assumed to come through one stream (the table mirror is updated in
+//    stream order).
 #include "decode_attention.hpp"
+#include "decode_attention_cuda_plan.cuh"
+
+#include "../../core/error.hpp"
+#include "../../core/log.hpp"
+#include "../../cuda/cuda_runtime.hpp"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <utility>
+#include <vector>
 
 namespace llmn {
 
-void decode_attention_cuda(const Context& ctx, const DecodeAttentionArgs& args) {
-    (void)args;
-    fail(LLMN_STATUS_UNSUPPORTED,
-         "llmn_decode_attention is not implemented for CUDA yet (context device %d); use a CPU context", ctx.device());
+namespace {
+
+using namespace attn_cuda;
+
+static_assert(kMaxSplitsMerge == kMaxAttentionSplits, "merge scratch must hold every split");
+static_assert(kMaxGqaGroup <= 16 && kMaxQueryLen <= 8, "row buckets assume group <= 16, q_len <= 8");
+
+void check(cudaError_t err, const char* what) {
+    if (err != cudaSuccess) {
+        cudaGetLastError();
+        fail(err == cudaErrorMemoryAllocation ? LLMN_STATUS_OUT_OF_MEMORY : LLMN_STATUS_BACKEND_ERROR,
+             "CUDA error in decode attention (%s): %s (%s, code %d)", what, cudaGetErrorString(err), cudaGetErrorName(err),
+             int(err));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernel parameters (passed by value; everything a CTA needs)
+// ---------------------------------------------------------------------------------------------
+
+struct Params {
+    const uint8_t* layer_base;  // pool + layer * layer_stride
+    int64_t block_stride, head_stride, k_off, v_off;
+    int32_t block_shift;        // log2(block_size)
+    const int32_t* tables;      // flattened block tables of the batch
+    const SeqWork* work;        // [num_seqs] schedule order
+    int32_t num_seqs;
+    int32_t q_len, group, num_q_heads, num_kv_heads, head_dim;
+    int32_t rows;               // group * q_len
+    int32_t q_per_chunk, chunks;
+    int32_t window;
+    float scale, softcap;
+    const float* slopes;        // [num_q_heads] or null (no ALiBi)
+    const void* q;
+    void* out;
+    int32_t io_bf16;            // q/out element type: 0 f16, 1 bf16
+    float* ws_o;                // [ws_rows][head_dim]
+    float* ws_lse;              // [ws_rows]
+};
+
+// ---------------------------------------------------------------------------------------------
+// Device helpers: element conversion, 16-byte async copies, butterfly sums
+// ---------------------------------------------------------------------------------------------
+
+struct KvF16 {
+    static __device__ __forceinline__ void to_float(const uint4& raw, float* f) {
+        const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float2 v = __half22float2(h[i]);
+            f[2 * i] = v.x;
+            f[2 * i + 1] = v.y;
+        }
+    }
+};
+
+struct KvBf16 {
+    static __device__ __forceinline__ void to_float(const uint4& raw, float* f) {
+        const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {  // element 2i in the low half (little endian); bf16 -> f32 is exact
+            f[2 * i] = __uint_as_float(w[i] << 16);
+            f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        }
+    }
+};
+
+__device__ __forceinline__ uint4 pack_out(const float* f, bool bf16) {
+    uint32_t w[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        if (bf16) {
+            const __nv_bfloat162 v = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+            w[i] = *reinterpret_cast<const uint32_t*>(&v);
+        } else {
+            const __half2 v = __floats2half2_rn(f[2 * i], f[2 * i + 1]);
+            w[i] = *reinterpret_cast<const uint32_t*>(&v);
+        }
+    }
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+__device__ __forceinline__ uint16_t out_elem(float v, bool bf16) {
+    return bf16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v)) : __half_as_ushort(__float2half_rn(v));
+}
+
+// 16 bytes global -> shared; valid = false writes zeros and reads nothing.
+__device__ __forceinline__ void cp_async16(uint4* smem, const void* gmem, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    const int bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes) : "memory");
+#else
+    *smem = valid ? *static_cast<const uint4*>(gmem) : make_uint4(0, 0, 0, 0);
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// Sum over the `lanes` lanes of a row group (aligned groups inside one warp). Every lane executes
+// this unconditionally, so the full-warp mask is always right.
+template <int LANES>
+__device__ __forceinline__ float lanes_sum(float v) {
+#pragma unroll
+    for (int off = LANES / 2; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Split kernel stages
+// ---------------------------------------------------------------------------------------------
+
+// Per-CTA constants of the K/V stream.
+struct Stream {
+    const uint8_t* head_base;  // layer_base + kv_head * head_stride
+    const int32_t* table;      // this sequence's physical block ids
+    int64_t block_stride, k_off, v_off;
+    int32_t block_shift, block_mask;
+    int64_t key_end;
+};
+
+// Stage 1: copy K and V rows of keys [t0, t0 + tile_keys) into stage buffer `dst` (K rows, then V
+// rows, each row = chunks x 16 bytes). Keys at or past key_end are zero-filled, never read.
+template <int D, int ROWS>
+__device__ __forceinline__ void load_tile(uint4* dst, const Stream& st, int64_t t0) {
+    constexpr Geometry g = geometry(D, ROWS);
+    constexpr int per_kv = g.tile_keys * g.chunks;
+    for (int idx = threadIdx.x; idx < 2 * per_kv; idx += kThreads) {
+        const int kv = idx >= per_kv ? 1 : 0;
+        const int rem = idx - kv * per_kv;
+        const int j = rem / g.chunks, c = rem - j * g.chunks;
+        const int64_t t = t0 + j;
+        const bool valid = t < st.key_end;
+        const uint8_t* src = st.head_base;
+        if (valid) {
+            const int64_t blk = __ldg(st.table + (t >> st.block_shift));
+            src = st.head_base + kv_chunk_offset(blk, st.block_stride, kv ? st.v_off : st.k_off, t, st.block_mask, D, c);
+        }
+        cp_async16(dst + idx, src, valid);
+    }
+}
+
+// Per-thread query rows: scaled queries, masks, ALiBi slopes.
+template <int RPT>
+struct Rows {
+    float q[RPT][kVec];
+    int64_t hi[RPT], lo[RPT];  // visible keys [lo, hi]; hi = -1 for padding rows
+    float slope[RPT];
+};
+
+// Stages 2 + 3 for one tile in shared memory: scores of this thread's keys, then the online softmax
+// and the P.V accumulation, per row and per sub-tile of ksub keys.
+template <int D, int ROWS, class KvT>
+__device__ __forceinline__ void compute_tile(const uint4* tile, int64_t t0, int64_t key_end, const Rows<geometry(D, ROWS).rpt>& rw,
+                                             State* st, int x, int z, float softcap, bool alibi) {
+    constexpr Geometry g = geometry(D, ROWS);
+    const uint4* ks = tile;
+    const uint4* vs = tile + g.tile_keys * g.chunks;
+    const bool lane_on = x < g.chunks;
+#pragma unroll
+    for (int k = 0; k < g.rpt; ++k) {
+#pragma unroll 1
+        for (int sb = 0; sb < g.kpt / g.ksub; ++sb) {  // not unrolled: keeps register pressure flat
+            float sc[g.ksub];
+            uint32_t vis = 0;
+            float tmax = neg_inf();
+#pragma unroll
+            for (int jj = 0; jj < g.ksub; ++jj) {
+                const int tt = geo_tile_key(g, z, sb * g.ksub + jj);
+                const int64_t t = t0 + tt;
+                float part = 0.0f;
+                if (lane_on) {
+                    float kf[kVec];
+                    KvT::to_float(ks[tt * g.chunks + x], kf);
+#pragma unroll
+                    for (int e = 0; e < kVec; ++e) part = fmaf(rw.q[k][e], kf[e], part);
+                }
+                const float dot = lanes_sum<g.lanes>(part);
+                const float s = score_transform(dot, softcap, alibi, rw.slope[k], t, rw.hi[k]);
+                sc[jj] = s;
+                if (t < key_end && t >= rw.lo[k] && t <= rw.hi[k]) {
+                    vis |= 1u << jj;
+                    tmax = fmaxf(tmax, s);
+                }
+            }
+            if (tmax > st[k].m) state_raise_max(st[k], tmax);
+#pragma unroll
+            for (int jj = 0; jj < g.ksub; ++jj) {
+                if (!((vis >> jj) & 1u)) continue;
+                const int tt = geo_tile_key(g, z, sb * g.ksub + jj);
+                float vf[kVec];
+                if (lane_on) {
+                    KvT::to_float(vs[tt * g.chunks + x], vf);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < kVec; ++e) vf[e] = 0.0f;
+                }
+                state_add(st[k], sc[jj], vf);
+            }
+        }
+    }
+}
+
+template <int D, int ROWS, class KvT>
+__global__ void __launch_bounds__(kThreads) split_kernel(const Params p) {
+    constexpr Geometry g = geometry(D, ROWS);
+    static_assert(g.y * g.rpt == ROWS && g.y * g.z == g.slots && g.kpt * g.z == g.tile_keys, "geometry");
+    static_assert(g.kpt % g.ksub == 0 && g.ksub <= 32, "sub-tiles");
+    static_assert(zmerge_floats(g) * 4 <= g.smem_bytes, "slot merge scratch must fit in the stage buffers");
+    static_assert(g.smem_bytes <= 48 * 1024, "no opt-in shared memory needed");
+    extern __shared__ uint4 smem[];
+
+    const int tid = threadIdx.x;
+    const int x = tid % g.lanes;
+    const int y = (tid / g.lanes) % g.y;
+    const int z = tid / (g.lanes * g.y);
+    const bool lane_on = x < g.chunks;
+
+    // Work item -> (sequence, kv head, split, row chunk).
+    const Item it = decode_item(p.work, p.num_seqs, p.chunks, int(blockIdx.x));
+    const SeqWork w = p.work[it.pos];
+    const int64_t L = w.length;
+    const int h = it.head;
+    const int i0 = it.chunk * p.q_per_chunk;
+    const int nq = min(p.q_per_chunk, p.q_len - i0);
+    const int rows = nq * p.group;
+    int64_t kb, ke;
+    split_keys(L, p.q_len, p.window, 1 << p.block_shift, w.n_splits, it.split, &kb, &ke);
+    chunk_keys(L, p.q_len, p.window, i0, nq, &kb, &ke);
+
+    // Query rows owned by this thread (row r = query i0 + r / group, head h * group + r % group).
+    Rows<g.rpt> rw;
+#pragma unroll
+    for (int k = 0; k < g.rpt; ++k) {
+        const int r = geo_row(g, y, k);
+        rw.hi[k] = -1;
+        rw.lo[k] = 0;
+        rw.slope[k] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) rw.q[k][e] = 0.0f;
+        if (r < rows) {
+            const int qi = i0 + r / p.group, hq = h * p.group + r % p.group;
+            rw.hi[k] = query_pos(L, p.q_len, qi);
+            rw.lo[k] = first_key(rw.hi[k], p.window);
+            if (p.slopes) rw.slope[k] = p.slopes[hq];
+            if (lane_on) {
+                const uint16_t* src = static_cast<const uint16_t*>(p.q) +
+                                      qo_offset(w.batch_index, qi, hq, p.q_len, p.num_q_heads, D) + x * kVec;
+                const uint4 raw = *reinterpret_cast<const uint4*>(src);
+                if (p.io_bf16) KvBf16::to_float(raw, rw.q[k]);
+                else KvF16::to_float(raw, rw.q[k]);
+#pragma unroll
+                for (int e = 0; e < kVec; ++e) rw.q[k][e] *= p.scale;
+            }
+        }
+    }
+
+    Stream ss;
+    ss.head_base = p.layer_base + int64_t(h) * p.head_stride;
+    ss.table = p.tables + w.table_off;
+    ss.block_stride = p.block_stride;
+    ss.k_off = p.k_off;
+    ss.v_off = p.v_off;
+    ss.block_shift = p.block_shift;
+    ss.block_mask = (1 << p.block_shift) - 1;
+    ss.key_end = ke;
+
+    State st[g.rpt];
+#pragma unroll
+    for (int k = 0; k < g.rpt; ++k) state_init(st[k]);
+
+    // cp.async ring: tiles i+1 .. i+kStages-1 are in flight while tile i is computed.
+    const int64_t span = ke > kb ? ke - kb : 0;
+    const int ntiles = int((span + g.tile_keys - 1) / g.tile_keys);
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+        if (s < ntiles) load_tile<D, ROWS>(smem + s * g.stage_vec, ss, kb + int64_t(s) * g.tile_keys);
+        cp_async_commit();
+    }
+    const bool alibi = p.slopes != nullptr;
+    for (int i = 0; i < ntiles; ++i) {
+        const int nxt = i + kStages - 1;
+        if (nxt < ntiles) load_tile<D, ROWS>(smem + (nxt % kStages) * g.stage_vec, ss, kb + int64_t(nxt) * g.tile_keys);
+        cp_async_commit();
+        cp_async_wait<kStages - 1>();
+        __syncthreads();
+        compute_tile<D, ROWS, KvT>(smem + (i % kStages) * g.stage_vec, kb + int64_t(i) * g.tile_keys, ke, rw, st, x, z,
+                                   p.softcap, alibi);
+        __syncthreads();  // the next iteration's copies overwrite this stage
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // Merge the key slots' states (fixed order), reusing the stage buffers as scratch:
+    // m[z][row], l[z][row], o[z][row][head_dim].
+    if constexpr (g.z > 1) {
+        float* ms = reinterpret_cast<float*>(smem);
+        float* ls = ms + g.z * ROWS;
+        float* os = ls + g.z * ROWS;
+        const int r = geo_row(g, y, 0);  // rpt == 1 whenever z > 1
+        const int idx = z * ROWS + r;
+        if (x == 0) {
+            ms[idx] = st[0].m;
+            ls[idx] = st[0].l;
+        }
+        if (lane_on) {
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) os[idx * D + x * kVec + e] = st[0].o[e];
+        }
+        __syncthreads();
+        if (z == 0 && lane_on) merge_slots(g.z, ms + r, ls + r, ROWS, os + r * D + x * kVec, ROWS * D, st[0]);
+    }
+
+    // Finish: final output for unsplit sequences, f32 partial + LSE otherwise.
+    if (z != 0 || !lane_on) return;
+#pragma unroll
+    for (int k = 0; k < g.rpt; ++k) {
+        const int r = geo_row(g, y, k);
+        if (r >= rows) continue;
+        float o[kVec];
+        const float lse = state_finish(st[k], o);
+        const int qi = i0 + r / p.group, hq = h * p.group + r % p.group;
+        if (w.n_splits == 1) {
+            uint16_t* dst = static_cast<uint16_t*>(p.out) + qo_offset(w.batch_index, qi, hq, p.q_len, p.num_q_heads, D) + x * kVec;
+            *reinterpret_cast<uint4*>(dst) = pack_out(o, p.io_bf16 != 0);
+        } else {
+            const int64_t row = ws_row(w.ws_row_base, h, w.n_splits, it.split, p.rows, i0 * p.group + r);
+            float4* dst = reinterpret_cast<float4*>(p.ws_o + row * D + x * kVec);
+            dst[0] = make_float4(o[0], o[1], o[2], o[3]);
+            dst[1] = make_float4(o[4], o[5], o[6], o[7]);
+            if (x == 0) p.ws_lse[row] = lse;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Merge kernel: one CTA per (split sequence, kv head); each warp combines whole rows.
+// ---------------------------------------------------------------------------------------------
+
+__global__ void __launch_bounds__(kThreads) merge_kernel(const Params p) {
+    constexpr int kWarps = kThreads / 32;
+    __shared__ float wts[kWarps][kMaxSplitsMerge];
+    const int H = p.num_kv_heads;
+    const int pos = int(blockIdx.x) / H, h = int(blockIdx.x) % H;
+    const SeqWork w = p.work[pos];
+    const int n = w.n_splits, R = p.rows, D = p.head_dim;
+    const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+    float* wt = wts[warp];
+    const bool bf16 = p.io_bf16 != 0;
+    for (int r = warp; r < R; r += kWarps) {
+        const int64_t base = ws_row(w.ws_row_base, h, n, 0, R, r);  // split s at base + s * R
+        const float* lse = p.ws_lse + base;
+        float M = neg_inf();
+        for (int s = lane; s < n; s += 32) M = fmaxf(M, lse[int64_t(s) * R]);
+        M = warp_max(M);  // max is exact in any order
+        const bool any = M != neg_inf();
+        if (any)
+            for (int s = lane; s < n; s += 32) wt[s] = merge_raw_weight(lse[int64_t(s) * R], M);
+        __syncwarp();
+        float sum = 0.0f;
+        if (any && lane == 0)
+            for (int s = 0; s < n; ++s) sum += wt[s];  // split order, as merge_weights
+        sum = __shfl_sync(0xffffffffu, sum, 0);
+        if (any)
+            for (int s = lane; s < n; s += 32) wt[s] = wt[s] == 0.0f ? 0.0f : wt[s] / sum;
+        __syncwarp();
+        const int qi = r / p.group, hq = h * p.group + r % p.group;
+        uint16_t* dst = static_cast<uint16_t*>(p.out) + qo_offset(w.batch_index, qi, hq, p.q_len, p.num_q_heads, D);
+        const float* o = p.ws_o + base * D;
+        for (int d = lane; d < D; d += 32) {
+            const float v = any ? merge_channel(n, wt, o + d, int64_t(R) * D) : 0.0f;
+            dst[d] = out_elem(v, bf16);
+        }
+        __syncwarp();  // wt is rewritten for the next row
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compile-time dispatch, in one place
+// ---------------------------------------------------------------------------------------------
+
+struct KernelInfo {
+    void (*launch)(unsigned grid, int smem, cudaStream_t stream, const Params& p);
+    const void* fn;
+    int smem;
+    int rows;
+};
+
+template <int D, int ROWS, class KvT>
+void launch_split(unsigned grid, int smem, cudaStream_t stream, const Params& p) {
+    split_kernel<D, ROWS, KvT><<<grid, kThreads, smem, stream>>>(p);
+}
+
+template <int D, int ROWS, class KvT>
+KernelInfo kernel_info() {
+    return KernelInfo{&launch_split<D, ROWS, KvT>, reinterpret_cast<const void*>(&split_kernel<D, ROWS, KvT>),
+                      geometry(D, ROWS).smem_bytes, ROWS};
+}
+
+template <int D, class KvT>
+KernelInfo by_rows(int bucket) {
+    switch (bucket) {
+        case 1: return kernel_info<D, 1, KvT>();
+        case 4: return kernel_info<D, 4, KvT>();
+        case 8: return kernel_info<D, 8, KvT>();
+        case 16: return kernel_info<D, 16, KvT>();
+        case 32:
+            if constexpr (max_rows_bucket(D) >= 32) return kernel_info<D, 32, KvT>();
+            break;
+    }
+    fail(LLMN_STATUS_INTERNAL, "decode attention: no kernel for head_dim %d with %d rows", D, bucket);
+}
+
+template <class KvT>
+KernelInfo by_head_dim(int head_dim, int bucket) {
+    switch (head_dim) {
+        case 64: return by_rows<64, KvT>(bucket);
+        case 80: return by_rows<80, KvT>(bucket);
+        case 96: return by_rows<96, KvT>(bucket);
+        case 128: return by_rows<128, KvT>(bucket);
+        case 256: return by_rows<256, KvT>(bucket);
+    }
+    fail(LLMN_STATUS_UNSUPPORTED, "decode attention (CUDA): head_dim %d is not compiled (64, 80, 96, 128, 256)", head_dim);
+}
+
+KernelInfo select_kernel(int head_dim, int kv_format, int bucket) {
+    return kv_format == LLMN_KV_BF16 ? by_head_dim<KvBf16>(head_dim, bucket) : by_head_dim<KvF16>(head_dim, bucket);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-cache device state (KvCache::backend_state())
+// ---------------------------------------------------------------------------------------------
+
+constexpr int kRingSlots = 16;
+
+size_t align256(size_t v) { return (v + 255) / 256 * 256; }
+
+class CudaAttnState final : public KvBackendState {
+public:
+    explicit CudaAttnState(int32_t device) : device_(device) {}
+    ~CudaAttnState() override {
+        cudaSetDevice(device_);
+        for (int i = 0; i < kRingSlots; ++i) {
+            if (ring_event[i]) {
+                if (ring_pending[i]) cudaEventSynchronize(ring_event[i]);
+                cudaEventDestroy(ring_event[i]);
+            }
+        }
+        if (table_event) {
+            if (table_pending) cudaEventSynchronize(table_event);
+            cudaEventDestroy(table_event);
+        }
+        cudaGetLastError();
+        cuda::free_device(device_, ws_o);
+        cuda::free_device(device_, ws_lse);
+        cuda::free_device(device_, d_tables);
+        cuda::free_pinned(h_tables);
+        cuda::free_device(device_, d_ring);
+        cuda::free_pinned(h_ring);
+    }
+
+    int32_t device_;
+    int32_t sm_count = 0;
+    int32_t head_dim = 0;
+    // split workspace
+    float* ws_o = nullptr;
+    float* ws_lse = nullptr;
+    int64_t ws_rows = 0;
+    // block-table mirror of the last batch
+    int32_t* d_tables = nullptr;
+    int32_t* h_tables = nullptr;
+    int64_t table_cap = 0;
+    cudaEvent_t table_event = nullptr;
+    bool table_pending = false;
+    bool tables_valid = false;
+    uint64_t tables_version = 0;
+    std::vector<const KvSequence*> table_seqs;
+    std::vector<int32_t> table_off;
+    // per-call metadata ring
+    uint8_t* h_ring = nullptr;
+    uint8_t* d_ring = nullptr;
+    size_t slot_bytes = 0, slopes_off = 0;
+    cudaEvent_t ring_event[kRingSlots] = {};
+    bool ring_pending[kRingSlots] = {};
+    int ring_next = 0;
+    // occupancy per kernel
+    std::vector<std::pair<const void*, int>> occupancy;
+};
+
+CudaAttnState& state_for(KvCache& cache, const Context& ctx) {
+    std::unique_ptr<KvBackendState>& slot = cache.backend_state();
+    if (slot) {
+        auto* s = dynamic_cast<CudaAttnState*>(slot.get());
+        if (!s)
+            fail(LLMN_STATUS_INTERNAL,
+                 "decode attention (CUDA): the KV cache's backend state belongs to another component");
+        return *s;
+    }
+    const llmn_kv_cache_desc& d = cache.desc();
+    const KvLayout& L = cache.layout();
+    auto s = std::make_unique<CudaAttnState>(ctx.device());
+    s->sm_count = cuda::sm_count(ctx.device());
+    s->head_dim = L.head_dim;
+    s->ws_rows = workspace_rows(d.max_batch, d.num_kv_heads);
+    s->ws_o = static_cast<float*>(cuda::alloc_device(ctx.device(), size_t(s->ws_rows) * L.head_dim * sizeof(float)));
+    s->ws_lse = static_cast<float*>(cuda::alloc_device(ctx.device(), size_t(s->ws_rows) * sizeof(float)));
+    // Without sharing, the tables of any batch hold at most num_blocks entries; forks that share
+    // blocks can exceed that, and the mirror then grows (once, outside the steady state).
+    s->table_cap = L.num_blocks + 64;
+    s->d_tables = static_cast<int32_t*>(cuda::alloc_device(ctx.device(), size_t(s->table_cap) * sizeof(int32_t)));
+    s->h_tables = static_cast<int32_t*>(cuda::alloc_pinned(size_t(s->table_cap) * sizeof(int32_t)));
+    check(cudaEventCreateWithFlags(&s->table_event, cudaEventDisableTiming), "cudaEventCreate");
+    s->slopes_off = align256(size_t(d.max_batch) * sizeof(SeqWork));
+    s->slot_bytes = align256(s->slopes_off + size_t(kMaxGqaGroup) * d.num_kv_heads * sizeof(float));
+    s->h_ring = static_cast<uint8_t*>(cuda::alloc_pinned(s->slot_bytes * kRingSlots));
+    s->d_ring = static_cast<uint8_t*>(cuda::alloc_device(ctx.device(), s->slot_bytes * kRingSlots));
+    for (int i = 0; i < kRingSlots; ++i)
+        check(cudaEventCreateWithFlags(&s->ring_event[i], cudaEventDisableTiming), "cudaEventCreate");
+    log(LLMN_LOG_DEBUG, ctx.id(),
+        "decode attention (CUDA): allocated per-cache state on first use: workspace %lld rows x %d (%.1f MiB), "
+        "block-table mirror %lld entries, metadata ring %d x %zu bytes",
+        (long long)s->ws_rows, L.head_dim, double(s->ws_rows) * (L.head_dim + 1) * 4 / 1048576.0, (long long)s->table_cap,
+        kRingSlots, s->slot_bytes);
+    slot = std::move(s);
+    return *static_cast<CudaAttnState*>(slot.get());
+}
+
+int occupancy_for(CudaAttnState& s, const KernelInfo& k) {
+    for (const auto& e : s.occupancy)
+        if (e.first == k.fn) return e.second;
+    // Opt in to the kernel's dynamic shared memory explicitly: 48 KiB is at the default limit, and
+    // sm_90 also reserves 1 KiB of static shared memory per CTA.
+    check(cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, k.smem),
+          "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+    int blocks = 0;
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, k.fn, kThreads, size_t(k.smem)),
+          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    blocks = std::max(blocks, 1);
+    s.occupancy.emplace_back(k.fn, blocks);
+    return blocks;
+}
+
+// Uploads the batch's block tables when they (or the batch) changed since the last upload.
+void refresh_tables(CudaAttnState& s, const KvCache& cache, const DecodeAttentionArgs& a, const Context& ctx,
+                    cudaStream_t stream, bool capturing) {
+    const int32_t B = a.batch;
+    if (s.tables_valid && s.tables_version == cache.tables_version() && s.table_seqs == a.seqs) return;
+    auto get = [&](int32_t b) -> const std::vector<int32_t>& { return a.seqs[size_t(b)]->blocks; };
+    std::vector<int32_t> offs;
+    const int64_t need = flatten_tables(B, get, offs, nullptr, 0);
+    if (need > std::numeric_limits<int32_t>::max())
+        fail(LLMN_STATUS_UNSUPPORTED, "decode attention (CUDA): the batch's block tables hold %lld entries (more than 2^31-1)",
+             (long long)need);
+    if (need > s.table_cap) {
+        if (capturing)
+            fail(LLMN_STATUS_UNSUPPORTED,
+                 "decode attention (CUDA): the block-table mirror must grow to %lld entries, which allocates; run this "
+                 "batch once outside CUDA graph capture first",
+                 (long long)need);
+        const int64_t cap = std::max<int64_t>(need, 2 * s.table_cap);
+        log(LLMN_LOG_DEBUG, ctx.id(), "decode attention (CUDA): block-table mirror grows from %lld to %lld entries (shared blocks)",
+            (long long)s.table_cap, (long long)cap);
+        check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");  // in-flight kernels may read the old mirror
+        if (s.table_pending) check(cudaEventSynchronize(s.table_event), "cudaEventSynchronize");
+        s.table_pending = false;
+        s.tables_valid = false;
+        cuda::free_device(s.device_, s.d_tables);
+        s.d_tables = nullptr;
+        cuda::free_pinned(s.h_tables);
+        s.h_tables = nullptr;
+        s.table_cap = 0;
+        s.d_tables = static_cast<int32_t*>(cuda::alloc_device(s.device_, size_t(cap) * sizeof(int32_t)));
+        s.h_tables = static_cast<int32_t*>(cuda::alloc_pinned(size_t(cap) * sizeof(int32_t)));
+        s.table_cap = cap;
+    }
+    if (s.table_pending && !capturing) check(cudaEventSynchronize(s.table_event), "cudaEventSynchronize");
+    s.table_pending = false;
+    s.tables_valid = false;
+    flatten_tables(B, get, offs, s.h_tables, s.table_cap);
+    check(cudaMemcpyAsync(s.d_tables, s.h_tables, size_t(need) * sizeof(int32_t), cudaMemcpyHostToDevice, stream),
+          "cudaMemcpyAsync(block tables)");
+    if (!capturing) {
+        check(cudaEventRecord(s.table_event, stream), "cudaEventRecord");
+        s.table_pending = true;
+    }
+    s.table_off = std::move(offs);
+    s.table_seqs = a.seqs;
+    s.tables_version = cache.tables_version();
+    s.tables_valid = true;
+}
+
+int log2_exact(int v) {
+    int s = 0;
+    while ((1 << s) < v) ++s;
+    return s;
+}
+
+}  // namespace
+
+void decode_attention_cuda(const Context& ctx, const DecodeAttentionArgs& a) {
+    const KvCache& cache = *a.cache;
+    const KvLayout& L = cache.layout();
+    const llmn_attention_params& P = a.params;
+    if (L.k_format != L.v_format || (L.k_format != LLMN_KV_F16 && L.k_format != LLMN_KV_BF16))
+        fail(LLMN_STATUS_UNSUPPORTED,
+             "llmn_decode_attention (CUDA) reads caches with k_format == v_format, LLMN_KV_F16 or LLMN_KV_BF16; this "
+             "cache has k_format %s and v_format %s",
+             kv_format_name(L.k_format), kv_format_name(L.v_format));
+    const int32_t D = L.head_dim, H = L.num_kv_heads, G = a.group, Q = P.q_len, B = a.batch;
+    LLMN_CHECK_ARG(a.q->dtype() == LLMN_DTYPE_F16 || a.q->dtype() == LLMN_DTYPE_BF16, "q must be f16 or bf16 on CUDA, got %s",
+                   dtype_name(a.q->dtype()));
+    check(cudaSetDevice(ctx.device()), "cudaSetDevice");
+    auto stream = static_cast<cudaStream_t>(ctx.stream());
+    cudaStreamCaptureStatus cap_status = cudaStreamCaptureStatusNone;
+    check(cudaStreamIsCapturing(stream, &cap_status), "cudaStreamIsCapturing");
+    const bool capturing = cap_status != cudaStreamCaptureStatusNone;
+
+    KvCache& mutable_cache = const_cast<KvCache&>(cache);  // the API layer holds the cache's mutex
+    if (!mutable_cache.backend_state() && capturing)
+        fail(LLMN_STATUS_UNSUPPORTED,
+             "decode attention (CUDA): the first call on a cache allocates its device state; make one call outside "
+             "CUDA graph capture first");
+    CudaAttnState& s = state_for(mutable_cache, ctx);
+    if (B > cache.desc().max_batch)
+        fail(LLMN_STATUS_INTERNAL, "decode attention (CUDA): batch %d exceeds max_batch %d", B, cache.desc().max_batch);
+    refresh_tables(s, cache, a, ctx, stream, capturing);
+
+    const RowPlan rp = row_plan(D, G, Q);
+    const KernelInfo ki = select_kernel(D, L.k_format, rp.bucket);
+
+    PlanInput in;
+    in.batch = B;
+    in.lengths = a.lengths.data();
+    in.table_off = s.table_off.data();
+    in.q_len = Q;
+    in.window = P.window;
+    in.block_size = L.block_size;
+    in.num_kv_heads = H;
+    in.rows = G * Q;
+    in.chunks = rp.chunks;
+    in.num_splits = P.num_splits;
+    in.wave_ctas = int64_t(s.sm_count) * occupancy_for(s, ki);
+    in.ws_rows = s.ws_rows;
+    const Plan plan = make_plan(in);
+    if (plan.num_items > std::numeric_limits<int32_t>::max())
+        fail(LLMN_STATUS_UNSUPPORTED, "decode attention (CUDA): %lld work items exceed the grid limit",
+             (long long)plan.num_items);
+    if (plan.split_cap > 0 && log_enabled(LLMN_LOG_DEBUG))
+        log(LLMN_LOG_DEBUG, ctx.id(), "decode attention (CUDA): split counts capped at %d by the workspace (%lld rows)",
+            plan.split_cap, (long long)s.ws_rows);
+
+    // Per-call metadata through the next ring slot.
+    const int slot = s.ring_next;
+    s.ring_next = (slot + 1) % kRingSlots;
+    if (s.ring_pending[slot] && !capturing) check(cudaEventSynchronize(s.ring_event[slot]), "cudaEventSynchronize");
+    s.ring_pending[slot] = false;
+    uint8_t* h_slot = s.h_ring + size_t(slot) * s.slot_bytes;
+    uint8_t* d_slot = s.d_ring + size_t(slot) * s.slot_bytes;
+    std::memcpy(h_slot, plan.work.data(), plan.work.size() * sizeof(SeqWork));
+    size_t bytes = plan.work.size() * sizeof(SeqWork);
+    const bool alibi = !a.alibi_slopes.empty();
+    if (alibi) {
+        std::memcpy(h_slot + s.slopes_off, a.alibi_slopes.data(), a.alibi_slopes.size() * sizeof(float));
+        bytes = s.slopes_off + a.alibi_slopes.size() * sizeof(float);
+    }
+    check(cudaMemcpyAsync(d_slot, h_slot, bytes, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync(call metadata)");
+
+    Params prm{};
+    prm.layer_base = cache.pool() + int64_t(P.layer) * L.layer_stride;
+    prm.block_stride = L.block_stride;
+    prm.head_stride = L.head_stride;
+    prm.k_off = L.k_data_off;
+    prm.v_off = L.v_data_off;
+    prm.block_shift = log2_exact(L.block_size);
+    prm.tables = s.d_tables;
+    prm.work = reinterpret_cast<const SeqWork*>(d_slot);
+    prm.num_seqs = B;
+    prm.q_len = Q;
+    prm.group = G;
+    prm.num_q_heads = P.num_q_heads;
+    prm.num_kv_heads = H;
+    prm.head_dim = D;
+    prm.rows = G * Q;
+    prm.q_per_chunk = rp.q_per_chunk;
+    prm.chunks = rp.chunks;
+    prm.window = P.window;
+    prm.scale = P.scale;
+    prm.softcap = P.softcap;
+    prm.slopes = alibi ? reinterpret_cast<const float*>(d_slot + s.slopes_off) : nullptr;
+    prm.q = a.q->data();
+    prm.out = a.out->data();
+    prm.io_bf16 = a.q->dtype() == LLMN_DTYPE_BF16 ? 1 : 0;
+    prm.ws_o = s.ws_o;
+    prm.ws_lse = s.ws_lse;
+
+    ki.launch(unsigned(plan.num_items), ki.smem, stream, prm);
+    check(cudaGetLastError(), "split kernel launch");
+    if (plan.num_split_seqs > 0) {
+        merge_kernel<<<unsigned(plan.num_split_seqs) * unsigned(H), kThreads, 0, stream>>>(prm);
+        check(cudaGetLastError(), "merge kernel launch");
+    }
+    if (!capturing) {
+        check(cudaEventRecord(s.ring_event[slot], stream), "cudaEventRecord");
+        s.ring_pending[slot] = true;
+    }
 }
 
 }  // namespace llmn
