@@ -184,33 +184,58 @@ int spec_c_col(int lane, int i) { return 2 * (lane % 4) + (i % 2); }
 
 uint16_t half_of(uint32_t w, int e) { return uint16_t(w >> (16 * e)); }
 
+uint32_t from_halves(uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); }
+uint32_t prmt_splat(uint32_t v, int half) { return splat16(half_of(v, half)); }
+
+// Bit-level emulation of gemm_int4.cu zero_consts(): the constants of weight word j from zero word zw.
+void emulate_zero_consts(uint32_t zw, int j, bool bf16, bool zp, uint32_t zc[2][2]) {
+    if (!zp) {
+        zc[0][0] = zc[1][0] = bf16 ? bf16_neg_zero(8) : f16_lo_zero(8);
+        zc[0][1] = zc[1][1] = bf16 ? bf16_neg_zero(8) : f16_hi_zero(8);
+    } else if (bf16) {
+        const uint32_t p = (((zw >> (4 * j)) & kLoMask) | splat16(kBf16Magic)) ^ kSignBits;
+        zc[0][0] = zc[0][1] = prmt_splat(p, 0);
+        zc[1][0] = zc[1][1] = prmt_splat(p, 1);
+    } else {
+        const uint32_t p = ((zw >> (4 * j)) & kLoMask) | splat16(kF16Magic);
+        uint16_t q[2];
+        for (int e = 0; e < 2; ++e)  // fma.rn.f16x2(p, -1, 960)
+            q[e] = llmn::f32_to_f16(float(double(llmn::f16_to_f32(half_of(p, e))) * llmn::f16_to_f32(uint16_t(kF16MinusOne)) +
+                                          llmn::f16_to_f32(uint16_t(kF16_960))));
+        const uint32_t qq = from_halves(q[0], q[1]);
+        zc[0][0] = prmt_splat(p, 0);
+        zc[1][0] = prmt_splat(p, 1);
+        zc[0][1] = prmt_splat(qq, 0);
+        zc[1][1] = prmt_splat(qq, 1);
+    }
+}
+
 // Bit-level emulation of gemm_int4.cu dequant_word(): returns b[h][r][e] as floats.
-void emulate_dequant(uint32_t w, uint32_t z0, uint32_t z1, bool bf16, float out[2][2][2]) {
+void emulate_dequant(uint32_t w, const uint32_t zc[2][2], bool bf16, float out[2][2][2]) {
     if (!bf16) {
         const uint32_t magic = splat16(kF16Magic);
         const uint32_t lo0 = (w & kLoMask) | magic, hi0 = (w & kHiMask) | magic;
         const uint32_t w8 = w >> 8;
         const uint32_t lo1 = (w8 & kLoMask) | magic, hi1 = (w8 & kHiMask) | magic;
-        const uint32_t lo[2] = {lo0, lo1}, hi[2] = {hi0, hi1}, z[2] = {z0, z1};
+        const uint32_t lo[2] = {lo0, lo1}, hi[2] = {hi0, hi1};
         for (int h = 0; h < 2; ++h)
             for (int e = 0; e < 2; ++e) {
                 const float l = llmn::f16_to_f32(half_of(lo[h], e));
-                const float lz = llmn::f16_to_f32(half_of(f16_lo_zero(z[h]), e));
+                const float lz = llmn::f16_to_f32(half_of(zc[h][0], e));
                 out[h][0][e] = f16r(l - lz);  // sub.rn.f16x2
                 const double hv = llmn::f16_to_f32(half_of(hi[h], e));
                 const double sc = llmn::f16_to_f32(uint16_t(kF16HiScale));
-                const double hz = llmn::f16_to_f32(half_of(f16_hi_zero(z[h]), e));
+                const double hz = llmn::f16_to_f32(half_of(zc[h][1], e));
                 out[h][1][e] = f16r(float(hv * sc + hz));  // fma.rn.f16x2 (exact here)
             }
     } else {
         const uint32_t magic = splat16(kBf16Magic);
-        const uint32_t z[2] = {z0, z1};
         for (int i = 0; i < 4; ++i) {
             const uint32_t t = ((w >> (4 * i)) & kLoMask) | magic;
             const int h = i >> 1, r = i & 1;
             for (int e = 0; e < 2; ++e) {
                 const double tv = llmn::bf16_to_f32(half_of(t, e));
-                const double nz = llmn::bf16_to_f32(half_of(bf16_neg_zero(z[h]), e));
+                const double nz = llmn::bf16_to_f32(half_of(zc[h][r], e));
                 out[h][r][e] = bf16r(float(tv * 1.0 + nz));  // fma.rn.bf16x2 by 1.0
             }
         }
@@ -330,12 +355,13 @@ TEST(GemmInt4CudaLayout, WeightLoadsAreMmaBFragmentsAfterDequant) {
                         for (int j = 0; j < 4; ++j) {
                             const uint32_t w = im.qweight[size_t(q_word_index(im.n_pad, kb, strip, lane, j))];
                             // zero points of this lane's fragments 2j, 2j+1 come from the zero word
-                            uint32_t zw = 0x88888888u;
+                            uint32_t zw = 0;
                             const int64_t grp = kb * 16 / 64;
                             if (!sym) zw = im.zeros[size_t(zero_word_index(im.n_pad, grp, strip * kStrip + lane / 4))];
-                            const uint32_t z0 = (zw >> (8 * j)) & 0xf, z1 = (zw >> (8 * j + 4)) & 0xf;
+                            uint32_t zc[2][2];
+                            emulate_zero_consts(zw, j, bf16, !sym, zc);
                             float b[2][2][2];
-                            emulate_dequant(w, z0, z1, bf16, b);
+                            emulate_dequant(w, zc, bf16, b);
                             for (int h = 0; h < 2; ++h) {
                                 const int f = 2 * j + h;
                                 const int64_t n = strip * kStrip + 8 * f + spec_b_n(lane);
@@ -362,11 +388,16 @@ TEST(GemmInt4CudaLayout, DequantIsExactForEveryNibbleAndZero) {
             for (uint32_t q = 0; q < 16; ++q)
                 for (int slot = 0; slot < 8; ++slot) {
                     const uint32_t w = 0x5a5a5a5au & ~(0xfu << (4 * slot)) | (q << (4 * slot));
-                    float b[2][2][2];
-                    emulate_dequant(w, z, z, bf16, b);
+                    for (bool zp : {false, true}) {
+                        if (!zp && z != 8) continue;
+                        uint32_t zc[2][2];
+                        emulate_zero_consts(z * 0x11111111u, slot % 4 / 2, bf16, zp, zc);
+                        float b[2][2][2];
+                        emulate_dequant(w, zc, bf16, b);
                     const int e = slot / 4, h = (slot % 4) / 2, r = slot % 2;
                     ASSERT_EQ(q_nibble(h, r, e), slot);
-                    ASSERT_EQ(b[h][r][e], float(int(q) - int(z))) << "bf16=" << bf16 << " q=" << q << " z=" << z;
+                        ASSERT_EQ(b[h][r][e], float(int(q) - int(z))) << "bf16=" << bf16 << " q=" << q << " z=" << z;
+                    }
                 }
 }
 
@@ -383,7 +414,13 @@ TEST(GemmInt4CudaLayout, ScaleAndZeroVectorsFollowFragmentColumns) {
                 for (int f = 0; f < 8; ++f) {
                     const int64_t n = strip * kStrip + 8 * f + spec_b_n(lane);
                     ASSERT_EQ(im.scales[size_t(base + f)], c.scales[size_t(grp * c.n + n)]) << "lane " << lane << " f " << f;
-                    ASSERT_EQ((zw >> (4 * f)) & 0xf, c.zeros[size_t(grp * c.n + n)]);
+                    ASSERT_EQ((zw >> (4 * zero_slot(f))) & 0xf, c.zeros[size_t(grp * c.n + n)]);
+                }
+                // the kernel's pair extraction for weight word j: halves hold fragments 2j, 2j+1
+                for (int j = 0; j < 4; ++j) {
+                    const uint32_t pair = (zw >> (4 * j)) & kLoMask;
+                    ASSERT_EQ(pair & 0xf, c.zeros[size_t(grp * c.n + strip * kStrip + 8 * (2 * j) + lane / 4)]);
+                    ASSERT_EQ(pair >> 16, c.zeros[size_t(grp * c.n + strip * kStrip + 8 * (2 * j + 1) + lane / 4)]);
                 }
             }
 }
@@ -600,7 +637,7 @@ private:
             std::fill(acc.begin(), acc.end(), 0.f);
             for (int t = t_begin; t < t_end; ++t) {
                 const int slice = t / k_tiles, kt = t - slice * k_tiles;
-                const int prob = slice / n_tiles, nt = slice - prob * n_tiles;
+                const int nt = slice / problems, prob = slice - nt * problems;
                 // ---- fetch
                 const int row0 = prob * kRows;
                 for (int c = 0; c < kAVec; ++c) {
@@ -649,9 +686,10 @@ private:
                             uint32_t zw = 0x88888888u;
                             if (zp) zw = sZ[size_t(srow * (kTN / 8) + strip * 8 + (lane >> 2))];
                             for (int jw = 0; jw < 4; ++jw) {
+                                uint32_t zc[2][2];
+                                emulate_zero_consts(zw, jw, bf16_, zp, zc);
                                 float d[2][2][2];
-                                emulate_dequant(sB[size_t(bi * 4 + jw)], (zw >> (8 * jw)) & 0xfu, (zw >> (8 * jw + 4)) & 0xfu,
-                                                bf16_, d);
+                                emulate_dequant(sB[size_t(bi * 4 + jw)], zc, bf16_, d);
                                 for (int h = 0; h < 2; ++h) {
                                     float s = 1.f;
                                     if (grouped) {
@@ -1264,6 +1302,17 @@ TEST(GemmInt4CudaGpu, SeveralContextsAndWeightsInterleaved) {
                           return fast_bound(ref.y[j], ref.s[j], 2 * w[i].k + 256, w[i].gs > 0, true);
                       }), 0) << "weight " << i << " rep " << rep;
         }
+    // A weight may run on any context of its device: each context uses its own workspace.
+    for (int i = 0; i < 4; ++i) {
+        const int64_t m = 33;
+        llmn_context other = owner[i] == a.h ? b.h : a.h;
+        const std::vector<float> x = random_x(g, m * w[i].k, false);
+        const std::vector<float> y = run_gemm(other, w[i].gpu.h, LLMN_DTYPE_F16, x, nullptr, m, w[i].n);
+        const Reference ref = dense_reference(w[i].w, x, m, w[i].k, w[i].n, nullptr);
+        EXPECT_EQ(check_against(y, ref, w[i].n, "CUDA, other context", [&](size_t j) {
+                      return fast_bound(ref.y[j], ref.s[j], 2 * w[i].k + 256, w[i].gs > 0, false);
+                  }), 0) << "weight " << i;
+    }
 }
 
 TEST(GemmInt4CudaGpu, RejectsF32Activations) {

@@ -27,8 +27,11 @@
 //
 // 4. Multi-stage cp.async pipeline (4 stages): global->shared copies of A, B, scales and zero points for
 //    tile t+3 are issued before tile t is computed, so DRAM latency is hidden behind math. Weight
-//    copies carry an L2 evict-first policy: each weight byte is read exactly once, and should not push
-//    the (re-read) activations and partial sums out of L2.
+//    copies carry an L2 evict-first policy when each weight byte is read exactly once (one row problem
+//    per launch, i.e. m <= 64 or the remainder): they should not push the re-read activations and
+//    partial sums out of L2. Launches with several 64-row problems re-read the weights once per
+//    problem, so there the default policy applies, and the tile order puts the problems of one n tile
+//    next to each other so that those re-reads come from L2.
 //
 // 5. Persistent striped grid. One block per SM; the k x n tile space (times the row problems of this
 //    launch) is numbered slice by slice (a slice = all k tiles of one output tile) and cut into equal
@@ -82,7 +85,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <string>
 #include <unordered_map>
+#include <vector>
 
 namespace llmn {
 
@@ -171,7 +176,7 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4],
 // (a & b) | c in one instruction; the compiler does not always fuse it on its own.
 __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
     uint32_t r;
-    asm volatile("lop3.b32 %0, %1, %2, %3, %4;\n" : "=r"(r) : "r"(a), "r"(b), "r"(c), "n"((0xf0 & 0xcc) | 0xaa));
+    asm("lop3.b32 %0, %1, %2, %3, %4;\n" : "=r"(r) : "r"(a), "r"(b), "r"(c), "n"((0xf0 & 0xcc) | 0xaa));
     return r;
 }
 
@@ -219,12 +224,36 @@ __device__ __forceinline__ uint16_t from_f32(float v) {
     else return __half_as_ushort(__float2half_rn(v));
 }
 
+__device__ __forceinline__ uint32_t splat_lo(uint32_t v) { return __byte_perm(v, 0, 0x1010); }
+__device__ __forceinline__ uint32_t splat_hi(uint32_t v) { return __byte_perm(v, 0, 0x3232); }
+
 // ------------------------------------------------------------------------------------------------
-// Dequantization of one weight word (two n8 fragments, b0/b1 each) — see the header comment, item 2,
-// and q_nibble() for the nibble order. z0/z1: zero points of fragments 2j and 2j+1 (0..15).
+// Dequantization of one weight word j (fragments 2j and 2j+1, registers b0/b1 each) — see the header
+// comment, item 2, q_nibble() for the nibble order and zero_slot() for the zero points.
+// zc[h][r]: the constant register r of fragment 2j+h is combined with: fp16 {1024+z, -(64+z)}, bf16
+// {-(128+z), -(128+z)}.
 // ------------------------------------------------------------------------------------------------
+template <bool kBf16, bool kZp>
+__device__ __forceinline__ void zero_consts(uint32_t zw, int j, uint32_t (&zc)[2][2]) {
+    if constexpr (!kZp) {  // symmetric: compile-time constants for zero point 8
+        zc[0][0] = zc[1][0] = kBf16 ? bf16_neg_zero(8) : f16_lo_zero(8);
+        zc[0][1] = zc[1][1] = kBf16 ? bf16_neg_zero(8) : f16_hi_zero(8);
+    } else if constexpr (kBf16) {
+        const uint32_t p = and_or(zw >> (4 * j), kLoMask, splat16(kBf16Magic)) ^ kSignBits;  // -(128 + z) pair
+        zc[0][0] = zc[0][1] = splat_lo(p);
+        zc[1][0] = zc[1][1] = splat_hi(p);
+    } else {
+        const uint32_t p = and_or(zw >> (4 * j), kLoMask, splat16(kF16Magic));             // 1024 + z pair
+        const uint32_t q = f16x2_fma(p, splat16(kF16MinusOne), splat16(kF16_960));        // -(64 + z) pair
+        zc[0][0] = splat_lo(p);
+        zc[1][0] = splat_hi(p);
+        zc[0][1] = splat_lo(q);
+        zc[1][1] = splat_hi(q);
+    }
+}
+
 template <bool kBf16>
-__device__ __forceinline__ void dequant_word(uint32_t w, uint32_t z0, uint32_t z1, uint32_t (&b)[2][2]) {
+__device__ __forceinline__ void dequant_word(uint32_t w, const uint32_t (&zc)[2][2], uint32_t (&b)[2][2]) {
     if constexpr (!kBf16) {
         const uint32_t magic = splat16(kF16Magic);
         const uint32_t lo0 = and_or(w, kLoMask, magic);  // {1024 + q(k), 1024 + q(k+1)} of fragment 2j, b0
@@ -233,23 +262,42 @@ __device__ __forceinline__ void dequant_word(uint32_t w, uint32_t z0, uint32_t z
         const uint32_t lo1 = and_or(w, kLoMask, magic);
         const uint32_t hi1 = and_or(w, kHiMask, magic);
         const uint32_t sixteenth = splat16(kF16HiScale);
-        b[0][0] = f16x2_sub(lo0, f16_lo_zero(z0));
-        b[0][1] = f16x2_fma(hi0, sixteenth, f16_hi_zero(z0));
-        b[1][0] = f16x2_sub(lo1, f16_lo_zero(z1));
-        b[1][1] = f16x2_fma(hi1, sixteenth, f16_hi_zero(z1));
+        b[0][0] = f16x2_sub(lo0, zc[0][0]);
+        b[0][1] = f16x2_fma(hi0, sixteenth, zc[0][1]);
+        b[1][0] = f16x2_sub(lo1, zc[1][0]);
+        b[1][1] = f16x2_fma(hi1, sixteenth, zc[1][1]);
     } else {
         const uint32_t magic = splat16(kBf16Magic);
         const uint32_t one = splat16(0x3f80u);
-        b[0][0] = bf16x2_fma(and_or(w, kLoMask, magic), one, bf16_neg_zero(z0));
-        b[0][1] = bf16x2_fma(and_or(w >> 4, kLoMask, magic), one, bf16_neg_zero(z0));
-        b[1][0] = bf16x2_fma(and_or(w >> 8, kLoMask, magic), one, bf16_neg_zero(z1));
-        b[1][1] = bf16x2_fma(and_or(w >> 12, kLoMask, magic), one, bf16_neg_zero(z1));
+        b[0][0] = bf16x2_fma(and_or(w, kLoMask, magic), one, zc[0][0]);
+        b[0][1] = bf16x2_fma(and_or(w >> 4, kLoMask, magic), one, zc[0][1]);
+        b[1][0] = bf16x2_fma(and_or(w >> 8, kLoMask, magic), one, zc[1][0]);
+        b[1][1] = bf16x2_fma(and_or(w >> 12, kLoMask, magic), one, zc[1][1]);
+    }
+}
+
+// The two scales of word j's fragments (halves of one 32-bit word of the 16-byte scale load) as
+// splatted half2 registers; bf16 activations convert them (both in one cvt.rn.bf16x2.f32).
+template <bool kBf16>
+__device__ __forceinline__ void scale_pairs(uint32_t word, uint32_t& s0, uint32_t& s1) {
+    if constexpr (kBf16) {
+        __half2 h;
+        memcpy(&h, &word, 4);
+        const float2 f = __half22float2(h);
+        const __nv_bfloat162 b = __floats2bfloat162_rn(f.x, f.y);
+        uint32_t bits;
+        memcpy(&bits, &b, 4);
+        s0 = splat_lo(bits);
+        s1 = splat_hi(bits);
+    } else {
+        s0 = splat_lo(word);
+        s1 = splat_hi(word);
     }
 }
 
 template <bool kBf16>
 __device__ __forceinline__ uint32_t scale_mul(uint32_t w2, uint32_t s2) {
-    if constexpr (kBf16) return bf16x2_fma(w2, s2, 0x80008000u);  // + (-0.0): exact product, sign kept
+    if constexpr (kBf16) return bf16x2_fma(w2, s2, kSignBits);  // + (-0.0): exact product, sign kept
     else return f16x2_mul(w2, s2);
 }
 
@@ -275,19 +323,6 @@ struct FastParams {
     float* red;            // [gridDim.x][kSlotFloats]
     int* locks;            // [gridDim.x], zero between launches
 };
-
-// Scales/zero points converted for the bf16 mma: fp16 scale bits -> bf16 bits (round to nearest).
-template <bool kBf16>
-__device__ __forceinline__ uint32_t scale_pair(uint32_t word, bool high) {
-    const uint32_t s2 = __byte_perm(word, 0, high ? 0x3232 : 0x1010);
-    if constexpr (kBf16) {
-        const float s = __half2float(__ushort_as_half(static_cast<uint16_t>(s2 & 0xffff)));
-        const uint32_t b = __bfloat16_as_ushort(__float2bfloat16_rn(s));
-        return splat16(b);
-    } else {
-        return s2;
-    }
-}
 
 template <bool kBf16, int kMB, int kKB, int kNB, bool kGrouped, bool kZp>
 __global__ void __launch_bounds__(kThreads, 1) gemm_int4_fast_kernel(FastParams p) {
@@ -315,11 +350,15 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_fast_kernel(FastParams 
     const int strip = warp % kStrips, kgroup = warp / kStrips;
 
     const int k_tiles = p.k_pad / kTK, n_tiles = p.n_pad / kTN;
-    const int total = k_tiles * n_tiles * p.problems;
+    const int problems = p.problems;
+    const int total = k_tiles * n_tiles * problems;
     const int t_begin = blockIdx.x * p.iters;
     const int t_end = min(total, t_begin + p.iters);
     const int s_rows = kGrouped ? scale_rows_per_stage(kKB, 1 << p.group_shift) : 1;
     const int64_t strips_total = p.n_pad / kStrip;
+    // Weights are read once when this launch has one row problem: stream them with evict_first. With
+    // several problems every weight tile is re-read once per problem, so it should stay in L2.
+    const bool stream_weights = problems == 1;
     const uint64_t policy = evict_first_policy();
 
     float acc[kMB][8][4];
@@ -335,7 +374,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_fast_kernel(FastParams 
     auto fetch = [&](int t, int stage) {
         if (t < t_end) {
             const int slice = t / k_tiles, kt = t - slice * k_tiles;
-            const int prob = slice / n_tiles, nt = slice - prob * n_tiles;
+            const int nt = slice / problems, prob = slice - nt * problems;
             uint4* sa = smem + stage * kStageVec;
             uint4* sb = sa + kAVec;
             uint4* ss = sb + kBVec;
@@ -360,7 +399,8 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_fast_kernel(FastParams 
                 if (kBVec % kThreads == 0 || c < kBVec) {
                     const int kb = c / (kStrips * 32), rest = c % (kStrips * 32);
                     const uint4* src = p.w + (int64_t(kt) * kKB + kb) * strips_total * 32 + int64_t(nt) * kStrips * 32 + rest;
-                    cp_async16_policy(sb + c, src, policy);
+                    if (stream_weights) cp_async16_policy(sb + c, src, policy);
+                    else cp_async16(sb + c, src);
                 }
             }
             const int g0 = kGrouped ? ((kt * kKB) >> p.group_shift) : 0;
@@ -407,11 +447,12 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_fast_kernel(FastParams 
             if constexpr (kZp) zw = sz[srow * (kTN / 8) + strip * 8 + (lane >> 2)];
 #pragma unroll
             for (int jw = 0; jw < 4; ++jw) {
-                uint32_t b[2][2];
-                dequant_word<kBf16>(words[jw], (zw >> (8 * jw)) & 0xfu, (zw >> (8 * jw + 4)) & 0xfu, b);
+                uint32_t zc[2][2], b[2][2];
+                zero_consts<kBf16, kZp>(zw, jw, zc);
+                dequant_word<kBf16>(words[jw], zc, b);
                 if constexpr (kGrouped) {
-                    const uint32_t s_lo = scale_pair<kBf16>(swords[jw], false);  // fragment 2jw
-                    const uint32_t s_hi = scale_pair<kBf16>(swords[jw], true);   // fragment 2jw + 1
+                    uint32_t s_lo, s_hi;  // fragments 2jw and 2jw + 1
+                    scale_pairs<kBf16>(swords[jw], s_lo, s_hi);
                     b[0][0] = scale_mul<kBf16>(b[0][0], s_lo);
                     b[0][1] = scale_mul<kBf16>(b[0][1], s_lo);
                     b[1][0] = scale_mul<kBf16>(b[1][0], s_hi);
@@ -429,7 +470,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_fast_kernel(FastParams 
     // End of a slice segment: block reduction over k groups, cross-block reduction, write-out.
     auto finish = [&](int t, int stage) {
         const int slice = t / k_tiles;
-        const int prob = slice / n_tiles, nt = slice - prob * n_tiles;
+        const int nt = slice / problems, prob = slice - nt * problems;
         const int rows_valid = min(kRows, p.m - prob * kRows);  // >= 1: problems never start past m
         // (1) k groups -> k group 0, through the stage just consumed, 4 fragments per round.
         float4* red_sh = reinterpret_cast<float4*>(smem + stage * kStageVec);
@@ -665,14 +706,19 @@ struct Workspace {
 std::mutex g_ws_mutex;
 std::unordered_map<uint64_t, std::weak_ptr<Workspace>> g_workspaces;  // by context id
 
+// Returns the workspace of ctx, creating it (or its staging buffer) when missing. Called at pack time
+// for the weight's context; a gemm call only allocates here when it runs a weight on another context
+// of the same device for the first time (see CudaInt4Packed::keep).
 std::shared_ptr<Workspace> context_workspace(const Context& ctx, bool need_stage) {
     std::lock_guard<std::mutex> lock(g_ws_mutex);
-    for (auto it = g_workspaces.begin(); it != g_workspaces.end();) {
-        if (it->second.expired()) it = g_workspaces.erase(it);
-        else ++it;
-    }
-    std::shared_ptr<Workspace> ws = g_workspaces[ctx.id()].lock();
+    std::shared_ptr<Workspace> ws;
+    auto found = g_workspaces.find(ctx.id());
+    if (found != g_workspaces.end()) ws = found->second.lock();
     if (!ws) {
+        for (auto it = g_workspaces.begin(); it != g_workspaces.end();) {
+            if (it->second.expired()) it = g_workspaces.erase(it);
+            else ++it;
+        }
         ws = std::make_shared<Workspace>();
         ws->device = ctx.device();
         check_cuda(cudaSetDevice(ctx.device()), "cudaSetDevice");
@@ -728,7 +774,18 @@ struct CudaInt4Packed final : Int4Packed {
     uint16_t* scales = nullptr;
     uint32_t* zeros = nullptr;
     int32_t* row_src = nullptr;
-    std::shared_ptr<Workspace> ws;
+    // Workspaces of the contexts this weight was packed on or ran on. The API lets any context of the
+    // weight's device run it, and each context needs its own workspace (contexts run concurrently on
+    // their own streams); the weights that use a workspace keep it alive.
+    mutable std::mutex ws_mutex;
+    mutable std::vector<std::shared_ptr<Workspace>> workspaces;
+
+    void keep(const std::shared_ptr<Workspace>& ws) const {
+        std::lock_guard<std::mutex> lock(ws_mutex);
+        for (const auto& w : workspaces)
+            if (w == ws) return;
+        workspaces.push_back(ws);
+    }
 
     ~CudaInt4Packed() override {
         cuda::free_device(device, qweight);
@@ -802,15 +859,15 @@ void launch_reference(const Context& ctx, const CudaInt4Packed& pk, const GemmIn
 }
 
 // One launch of the fast kernel over `problems` problems of cfg.m_blocks*16 rows (valid rows: m).
-void launch_fast(const CudaInt4Packed& pk, cudaStream_t stream, bool bf16, const TileConfig& cfg, int problems,
-                 FastParams fp) {
+void launch_fast(const CudaInt4Packed& pk, const Workspace& ws, cudaStream_t stream, bool bf16, const TileConfig& cfg,
+                 int problems, FastParams fp) {
     const bool grouped = pk.meta.group_size > 0;
     const bool zp = !pk.meta.symmetric;
     FastKernel kernel = pick_kernel(bf16, grouped, zp, cfg);
     if (!kernel) fail(LLMN_STATUS_INTERNAL, "gemm_int4: no kernel for tile %dx%dx%d", cfg.m_blocks, cfg.k_blocks, cfg.n_blocks);
     const int64_t tiles = int64_t(pk.meta.k_pad / (cfg.k_blocks * 16)) * (pk.meta.n_pad / (cfg.n_blocks * 16)) * problems;
     if (tiles > 0x7fffffff) fail(LLMN_STATUS_UNSUPPORTED, "gemm_int4: %lld tiles exceed the kernel's index range", (long long)tiles);
-    const Partition part = make_partition(tiles, pk.ws->sm_count);
+    const Partition part = make_partition(tiles, ws.sm_count);
     fp.problems = problems;
     fp.iters = part.iters;
     kernel<<<part.blocks, kThreads, smem_bytes(cfg, grouped, zp), stream>>>(fp);
@@ -838,7 +895,7 @@ std::unique_ptr<Int4Packed> int4_pack_cuda(const Context& ctx, const Int4Canonic
     const bool has_row_src = !im.row_src.empty();
     im.row_src = {};
     pk->meta = std::move(im);
-    pk->ws = context_workspace(ctx, needs_x_stage(has_row_src, c.k));
+    pk->keep(context_workspace(ctx, needs_x_stage(has_row_src, c.k)));
     log(LLMN_LOG_DEBUG, ctx.id(), "int4 weight packed for CUDA: k=%lld n=%lld -> %lld x %lld%s, %lld bytes",
         (long long)c.k, (long long)c.n, (long long)pk->meta.k_pad, (long long)pk->meta.n_pad,
         has_row_src ? " (act-order: rows sorted by group)" : "", (long long)pk->bytes);
@@ -873,25 +930,31 @@ void gemm_int4_cuda(const Context& ctx, const Int4Weight& w, const GemmInt4Args&
     const bool bf16 = dt == LLMN_DTYPE_BF16;
     check_cuda(cudaSetDevice(ctx.device()), "cudaSetDevice");
 
+    const std::shared_ptr<Workspace> ws = context_workspace(ctx, pk.needs_stage());
+    pk.keep(ws);
     KernelPath path = static_cast<KernelPath>(g_forced_path.load());
     if (path == KernelPath::Auto) path = env_path();
-    if (path == KernelPath::Fast && !pk.ws->fast_ok)
-        fail(LLMN_STATUS_UNSUPPORTED, "gemm_int4: the fast CUDA kernel is unavailable on this device (%s)",
-             pk.ws->fast_reason.c_str());
-    if (path == KernelPath::Reference || !pk.ws->fast_ok) {
+    const Int4CudaImage& meta = pk.meta;
+    const bool staged = pk.needs_stage();
+    const int64_t chunk = staged ? stage_chunk_rows(int64_t(ws->stage_bytes), meta.k_pad) : a.m;
+    // Shapes the fast kernel cannot index (the tile count of a launch must fit in int) or stage (rows of
+    // K beyond the staging buffer) go to the reference kernel, as does any device below sm_80.
+    std::string why_not;
+    if (!ws->fast_ok) why_not = ws->fast_reason;
+    else if (staged && chunk < 16) why_not = format("K = %lld is too large for the activation staging buffer", (long long)meta.k);
+    else if ((meta.k_pad / 64) * (meta.n_pad / 64) * kMaxProblems > 0x7fffffffLL)
+        why_not = format("K x N = %lld x %lld is too large for the tile index", (long long)meta.k, (long long)meta.n);
+    if (path == KernelPath::Fast && !why_not.empty())
+        fail(LLMN_STATUS_UNSUPPORTED, "gemm_int4: the fast CUDA kernel cannot run this call (%s)", why_not.c_str());
+    if (path == KernelPath::Reference || !why_not.empty()) {
         launch_reference(ctx, pk, a, bf16);
         return;
     }
 
-    const Int4CudaImage& meta = pk.meta;
     auto stream = static_cast<cudaStream_t>(ctx.stream());
     const auto* x = static_cast<const uint16_t*>(a.x->data());
     auto* y = static_cast<uint16_t*>(a.y->data());
-    const bool staged = pk.needs_stage();
-    if (staged && !pk.ws->stage) fail(LLMN_STATUS_INTERNAL, "gemm_int4: staging buffer missing");
-    const int64_t chunk = staged ? stage_chunk_rows(int64_t(pk.ws->stage_bytes), meta.k_pad) : a.m;
-    if (chunk < 16)
-        fail(LLMN_STATUS_UNSUPPORTED, "gemm_int4: K = %lld is too large for the CUDA staging buffer", (long long)meta.k);
+    if (staged && !ws->stage) fail(LLMN_STATUS_INTERNAL, "gemm_int4: staging buffer missing");
 
     FastParams base{};
     base.w = reinterpret_cast<const uint4*>(pk.qweight);
@@ -903,18 +966,18 @@ void gemm_int4_cuda(const Context& ctx, const Int4Weight& w, const GemmInt4Args&
     base.k_pad = static_cast<int32_t>(meta.k_pad);
     base.n_pad = static_cast<int32_t>(meta.n_pad);
     base.group_shift = meta.group_size > 0 ? log2_int(meta.group_size / 16) : 0;
-    base.red = pk.ws->red;
-    base.locks = pk.ws->locks;
+    base.red = ws->red;
+    base.locks = ws->locks;
 
     for (int64_t r0 = 0; r0 < a.m; r0 += chunk) {
         const int64_t rows = std::min(chunk, a.m - r0);
         FastParams fp = base;
         if (staged) {
             const int64_t total = rows * meta.k_pad;
-            const int blocks = static_cast<int>(std::min<int64_t>((total + 255) / 256, int64_t(pk.ws->sm_count) * 16));
-            gather_x_kernel<<<blocks, 256, 0, stream>>>(x + r0 * meta.k, meta.k, pk.row_src, meta.k_pad, rows, pk.ws->stage);
+            const int blocks = static_cast<int>(std::min<int64_t>((total + 255) / 256, int64_t(ws->sm_count) * 16));
+            gather_x_kernel<<<blocks, 256, 0, stream>>>(x + r0 * meta.k, meta.k, pk.row_src, meta.k_pad, rows, ws->stage);
             check_launch("gather_x_kernel");
-            fp.x = pk.ws->stage;
+            fp.x = ws->stage;
             fp.x_stride = meta.k_pad;
             fp.x_k = static_cast<int32_t>(meta.k_pad);
         } else {
@@ -928,7 +991,7 @@ void gemm_int4_cuda(const Context& ctx, const Int4Weight& w, const GemmInt4Args&
             q.x = fp.x + first * fp.x_stride;
             q.y = fp.y + first * meta.n;
             q.m = valid;
-            launch_fast(pk, stream, bf16, choose_tile(m_blocks, meta.n_pad), problems, q);
+            launch_fast(pk, *ws, stream, bf16, choose_tile(m_blocks, meta.n_pad), problems, q);
         });
     }
 }

@@ -66,11 +66,15 @@ constexpr int64_t scale_index(int64_t n_pad, int64_t g, int64_t n) {
     const int nc = static_cast<int>(n % kStrip);
     return g * n_pad + strip * kStrip + (nc % 8) * 8 + nc / 8;
 }
-// Zero point of (g, n): nibble f of word g*(n_pad/8) + strip*8 + c (same c, f as the scales).
+// Zero point of (g, n): word g*(n_pad/8) + strip*8 + c (same c and f as the scales); fragment f's
+// nibble sits at zero_slot(f) = {0,4,1,5,2,6,3,7}[f], so (word >> 4j) & 0x000f000f holds the zero
+// points of fragments 2j and 2j+1 (the two fragments of weight word j) in its two halves: one lop3
+// turns them into the half2 constants dequant_word subtracts.
+constexpr int zero_slot(int f) { return (f % 2) * 4 + f / 2; }
 constexpr int64_t zero_word_index(int64_t n_pad, int64_t g, int64_t n) {
     return g * (n_pad / 8) + (n / kStrip) * 8 + (n % kStrip) % 8;
 }
-constexpr int zero_nibble(int64_t n) { return static_cast<int>((n % kStrip) / 8); }
+constexpr int zero_nibble(int64_t n) { return zero_slot(static_cast<int>((n % kStrip) / 8)); }
 
 // ---- dequantization constants (used by the kernel, emulated bit for bit by the tests) ---------------
 // fp16: OR-ing a nibble v into the mantissa of 1024.0 (0x6400) gives 1024 + v exactly; a nibble in bits
@@ -86,6 +90,12 @@ constexpr uint32_t splat16(uint32_t h) { return h | (h << 16); }
 constexpr uint32_t f16_lo_zero(uint32_t z) { return splat16(kF16Magic | z); }           // 1024 + z
 constexpr uint32_t f16_hi_zero(uint32_t z) { return splat16(0xd400u | (z << 4)); }      // -(64 + z)
 constexpr uint32_t bf16_neg_zero(uint32_t z) { return splat16(0xc300u | z); }           // -(128 + z)
+// Asymmetric weights derive them from the zero-point pair P = ((zw >> 4j) & kLoMask) | magic:
+// fp16: P = {1024 + z}, and fma(P, -1, 960) = {-(64 + z)}; bf16: P ^ sign = {-(128 + z)}; then each
+// half is splatted (prmt).
+constexpr uint32_t kF16MinusOne = 0xbc00;  // -1.0
+constexpr uint32_t kF16_960 = 0x6380;      // 960.0
+constexpr uint32_t kSignBits = 0x80008000u;
 
 // ---- activations in shared memory -------------------------------------------------------------------
 // A tile = rows x (chunks of 8 halves). Chunk c of row r is stored at c ^ (r & 7): the 8 rows one
@@ -107,8 +117,9 @@ constexpr int c_row(int mb, int lane, int i) { return mb * 16 + lane / 4 + 8 * (
 constexpr int c_col(int f, int lane, int i) { return 8 * f + 2 * (lane % 4) + (i % 2); }
 
 // ---- work partition ---------------------------------------------------------------------------------
-// Tiles are numbered t = slice * k_tiles + kt with slice = problem * n_tiles + nt (a "slice" is one
-// column of k tiles producing one output tile). Block b of the persistent grid owns the stripe
+// Tiles are numbered t = slice * k_tiles + kt with slice = nt * problems + problem (a "slice" is one
+// column of k tiles producing one output tile; with several row problems per launch, neighbouring
+// blocks then read the same weight tiles at about the same time, so the re-reads hit L2). Block b of the persistent grid owns the stripe
 // [b*iters, min((b+1)*iters, total)), walking down k and into the next slice. A slice shared by several
 // blocks is reduced serially in block order; its first block (the lowest) owns the reduction slot and
 // lock. That slot is unique: a block's stripe ends inside at most one slice, and a shared slice's first
