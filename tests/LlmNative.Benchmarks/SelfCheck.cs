@@ -5,6 +5,7 @@
 // gets K * 2^-22 of sum|x*w|; int8 activations (ORT accuracy_level 4, LlmNative's default int8-dot path)
 // get the activation rounding error, sum over blocks of amax/254 * sum|w|.
 using System;
+using System.Collections.Generic;
 using System.IO;
 using LlmNative.Benchmarks.Data;
 using LlmNative.Benchmarks.Ort;
@@ -105,6 +106,51 @@ internal static class SelfCheck
             }
         }
         return j => bound[j] + 1e-6;
+    }
+
+    /// <summary>
+    /// Checks y[M, N] against a float64 reference on rows {0, M-1} and 48 sampled columns (first, middle, last
+    /// 16), with the bound of <see cref="Int4Bound"/>: cheap enough to run at every benchmark shape.
+    /// </summary>
+    public static bool SampledInt4(TextWriter log, string what, Int4Problem w, float[] x, int m, ReadOnlySpan<float> y, int int8Block)
+    {
+        long K = w.K, N = w.N;
+        var cols = new List<long>();
+        foreach (long start in new[] { 0L, N / 2, N - 16 })
+            for (long n = start; n < start + 16; ++n)
+                if (n >= 0 && n < N && !cols.Contains(n)) cols.Add(n);
+        int[] rows = m == 1 ? new[] { 0 } : new[] { 0, m - 1 };
+        var reference = new double[rows.Length * cols.Count];
+        var bounds = new double[reference.Length];
+        var got = new float[reference.Length];
+        int blk = int8Block > 0 ? int8Block : (int)K;
+        for (int ri = 0; ri < rows.Length; ++ri)
+        {
+            int i = rows[ri];
+            for (int ci = 0; ci < cols.Count; ++ci)
+            {
+                long n = cols[ci];
+                double sum = 0, bound = 0;
+                for (long k0 = 0; k0 < K; k0 += blk)
+                {
+                    double amax = 0, sw = 0, sxw = 0;
+                    for (long k = k0; k < k0 + blk; ++k)
+                    {
+                        double xv = x[i * K + k], wv = w.Weight(k, n);
+                        amax = Math.Max(amax, Math.Abs(xv));
+                        sum += xv * wv;
+                        sw += Math.Abs(wv);
+                        sxw += Math.Abs(xv * wv);
+                    }
+                    bound += K * Math.Pow(2, -22) * sxw + (int8Block > 0 ? amax / 254 * sw * 1.001 : 0);
+                }
+                int j = ri * cols.Count + ci;
+                reference[j] = sum;
+                bounds[j] = bound + 1e-6;
+                got[j] = y[(int)(i * N + n)];
+            }
+        }
+        return Compare(log, what, got, reference, j => bounds[j]);
     }
 
     public static bool Compare(TextWriter log, string what, ReadOnlySpan<float> got, ReadOnlySpan<double> reference, Func<int, double> bound)
