@@ -982,6 +982,8 @@ TEST(DecodeAttentionCudaPlan, EmulatedKernelsMatchReferenceAndCpuBackend) {
         {64, 32, 2, 2, 3, 0, 2, 20.0f, true, 528, {3, 50, 310}, LLMN_DTYPE_F16},     // soft-cap + ALiBi
         {128, 128, 1, 5, 1, 3, 5, 5.0f, true, 528, {1, 2, 3, 700}, LLMN_DTYPE_F16},  // window 3 + both
         {64, 16, 3, 1, 1, 0, 0, 0.0f, false, 1, {1, 300, 2000}, LLMN_DTYPE_F16},     // "full" device: no split
+        {128, 16, 1, 16, 8, 5, 6, 0.0f, false, 528, {8, 40, 700}, LLMN_DTYPE_F16},   // chunks + window: empty chunk ranges
+        {64, 8, 2, 7, 8, 12, 1, 10.0f, true, 528, {8, 13, 300}, LLMN_DTYPE_BF16},    // chunks + window, direct output
     };
     for (const Case& cs : cases) {
         Problem pb;
@@ -1140,9 +1142,13 @@ TEST(DecodeAttentionCuda, GqaRatiosAndRowChunks) {
         pb.bs = 16;
         pb.q_len = cs.q_len;
         pb.lengths = {cs.q_len, 100, 900};
-        check_gpu(hx, pb, g,
-                  "row chunks D " + std::to_string(cs.D) + " G " + std::to_string(cs.G) + " q_len " + std::to_string(cs.q_len),
-                  {0, 1, 4}, LLMN_DTYPE_F16);
+        const std::string name =
+            "row chunks D " + std::to_string(cs.D) + " G " + std::to_string(cs.G) + " q_len " + std::to_string(cs.q_len);
+        check_gpu(hx, pb, g, name, {0, 1, 4}, LLMN_DTYPE_F16);
+        llmn_attention_params p = params_for(pb);  // a window smaller than q_len leaves some split x chunk CTAs empty
+        p.window = 5;
+        pb.outliers = true;
+        check_gpu(hx, pb, g, name + " window 5", {0, 1, 6}, LLMN_DTYPE_F16, &p);
     }
 }
 
