@@ -4,14 +4,17 @@
 #   ./build.sh [build]        native library (CMake) + managed solution
 #   ./build.sh test           build, check generated bindings, run ctest and dotnet test
 #   ./build.sh run [args...]  build, then run the CLI (default: `llmnative info`)
-#   ./build.sh bench [args]   build, then run the benchmarks (short configuration)
+#   ./build.sh bench [args]   build, then run the benchmarks (short configuration); --benchmark_* args go to
+#                             the native (Google Benchmark) binary, the rest to tests/LlmNative.Benchmarks
+#                             (e.g. --full, --filter '*Int4Gemm*', --job medium; see its Program.cs)
 #   ./build.sh pack           NuGet packages into artifacts/
 #   ./build.sh bindings       regenerate bindings/generated/NativeMethods.g.cs from the C header
 #   ./build.sh sanitize       native build + ctest with AddressSanitizer and UBSan (CUDA off)
 #   ./build.sh clean          remove build/ and artifacts/
 #
 # Environment: LLMNATIVE_CUDA=AUTO|ON|OFF (default AUTO), LLMNATIVE_BUILD_DIR (default build/native),
-# CONFIG (default Release), LLMNATIVE_JOBS (default: number of cores).
+# CONFIG (default Release), LLMNATIVE_JOBS (default: number of cores), LLMNATIVE_CUDA_ARCHITECTURES
+# (default sm_80/86/89/90 + compute_90 PTX).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -56,7 +59,10 @@ build_native() {
   check_native_prereqs
   say "native: configure ($build_dir, CUDA=$cuda, $config)"
   # shellcheck disable=SC2046
-  cmake -S "$root" -B "$build_dir" $(generator_args) -DCMAKE_BUILD_TYPE="$config" -DLLMNATIVE_CUDA="$cuda" "$@" >/dev/null
+  local arch_arg=()
+  [ -n "${LLMNATIVE_CUDA_ARCHITECTURES:-}" ] && arch_arg=(-DLLMNATIVE_CUDA_ARCHITECTURES="$LLMNATIVE_CUDA_ARCHITECTURES")
+  cmake -S "$root" -B "$build_dir" $(generator_args) -DCMAKE_BUILD_TYPE="$config" -DLLMNATIVE_CUDA="$cuda" \
+    "${arch_arg[@]}" "$@" >/dev/null
   say "native: build"
   cmake --build "$build_dir" --parallel "$jobs"
 }
@@ -104,15 +110,19 @@ case "$verb" in
     build_native
     build_managed
     mkdir -p "$root/artifacts/bench"
+    native_args=() managed_args=()
+    for a in "$@"; do
+      case "$a" in --benchmark_*) native_args+=("$a") ;; *) managed_args+=("$a") ;; esac
+    done
     if [ -x "$build_dir/native/bench/llmnative_bench" ]; then
       say "native benchmarks (Google Benchmark, short)"
       "$build_dir/native/bench/llmnative_bench" --benchmark_min_time=0.05 \
-        --benchmark_out="$root/artifacts/bench/native.json" --benchmark_out_format=json "$@"
+        --benchmark_out="$root/artifacts/bench/native.json" --benchmark_out_format=json ${native_args[@]+"${native_args[@]}"}
     fi
     if [ -d "$root/tests/LlmNative.Benchmarks" ]; then
-      say "managed benchmarks (BenchmarkDotNet, short)"
+      say "managed benchmarks (BenchmarkDotNet, short unless --full / --job)"
       LLMNATIVE_LIBRARY_PATH="$(native_lib)" dotnet run --project "$root/tests/LlmNative.Benchmarks" -c Release -- \
-        --job short --artifacts "$root/artifacts/bench" --filter '*'
+        --job short --artifacts "$root/artifacts/bench" --filter '*' ${managed_args[@]+"${managed_args[@]}"}
     fi
     ;;
   pack)
