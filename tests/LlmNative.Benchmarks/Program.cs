@@ -115,6 +115,7 @@ if (waitLoad > 0)
         Console.WriteLine($"WARNING: load average still {Report.LoadAverage()} after {waitMaxMin} min; measuring anyway");
 }
 
+bdnArgs = LastOptionWins(bdnArgs);
 if (!bdnArgs.Contains("--filter") && !bdnArgs.Any(a => a.StartsWith("--filter=", StringComparison.Ordinal)))
     bdnArgs.AddRange(new[] { "--filter", "*" });
 var facts = new RunFacts(DateTime.UtcNow, args, Report.LoadAverage(), "", BenchSettings.Full);
@@ -131,3 +132,24 @@ Console.WriteLine();
 Console.WriteLine(md);
 Console.WriteLine($"report: {Path.GetFullPath(reportPath)}");
 return summaries.Any(s => s.HasCriticalValidationErrors) ? 1 : 0;
+
+// build.sh passes defaults (--filter '*', --artifacts ...) before the user's arguments: when an option is
+// given twice, the later one (with its values) replaces the earlier, instead of BenchmarkDotNet refusing it.
+static List<string> LastOptionWins(List<string> args)
+{
+    var groups = new List<(string Name, List<string> Items)>();
+    foreach (string a in args)
+    {
+        if (a.StartsWith("-", StringComparison.Ordinal) || groups.Count == 0)
+        {
+            string name = a.Split('=')[0];
+            groups.RemoveAll(g => g.Name == name);
+            groups.Add((name, new List<string> { a }));
+        }
+        else
+        {
+            groups[^1].Items.Add(a);
+        }
+    }
+    return groups.SelectMany(g => g.Items).ToList();
+}
