@@ -12,6 +12,8 @@
 //   --selfcheck          only run the correctness self-check (exit 1 on failure)
 //   --no-selfcheck       skip it
 //   --report PATH        markdown report (default: <artifacts>/llmnative-cpu-report.md)
+//   --commit SHA         the commit the measured build came from (default: git rev-parse HEAD in the current
+//                        directory; use it when running a build made from an exported snapshot)
 //   --job NAME           BenchmarkDotNet job: dry, short (ShortRun: 3 warmups, 3 iterations), medium, long,
 //                        default (BenchmarkDotNet's own accuracy target); always in-process
 // Everything else goes to BenchmarkDotNet (e.g. --filter '*Int4Gemm*', --artifacts DIR); without --filter
@@ -61,6 +63,7 @@ try
             case "--no-selfcheck": skipSelfcheck = true; break;
             case "--report": reportPath = Next(); break;
             case "--job": job = Next(); break;
+            case "--commit": Report.CommitOverride = Next(); break;
             default:
                 if (a == "--artifacts" && i + 1 < args.Length) artifacts = args[i + 1];
                 bdnArgs.Add(a);

@@ -20,6 +20,9 @@ internal static class Report
 {
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
+    /// <summary>Set by --commit: the source commit of a build made outside a git checkout.</summary>
+    public static string? CommitOverride { get; set; }
+
     private static readonly string[] GemmMethods =
     {
         nameof(Int4Gemm.Ours_G128), nameof(Int4Gemm.Ours_G32), nameof(Int4Gemm.Dense_F32),
@@ -43,7 +46,9 @@ internal static class Report
         var md = new StringBuilder();
         CpuInfo cpu = LlmNativeInfo.Cpu;
         md.AppendLine($"# LlmNative CPU benchmark report ({facts.StartUtc:yyyy-MM-dd HH:mm} UTC)").AppendLine();
-        md.AppendLine($"- git commit: `{Git("rev-parse HEAD")}`{Dirty()}");
+        md.AppendLine(CommitOverride is string sha
+            ? $"- git commit: `{sha}` (built from an export of that commit)"
+            : $"- git commit: `{Git("rev-parse HEAD")}`{Dirty()}");
         md.AppendLine($"- machine: {cpu.ModelName}, {cpu.LogicalCores} logical cores, L3 {cpu.L3CacheBytes >> 20} MiB, {Math.Round(MemTotalGiB(), 1)} GiB RAM; LlmNative ISA {cpu.ActiveIsa}, pool threads {cpu.Threads}; ORT intra-op threads {Onnx.OrtModels.Threads} (one global pool)");
         md.AppendLine($"- LlmNative {LlmNativeInfo.Version} ({LlmNativeInfo.LibraryPath}); ONNX Runtime {Microsoft.ML.OnnxRuntime.OrtEnv.Instance().GetVersionString()}; .NET {Environment.Version}");
         md.AppendLine($"- command: `dotnet run --project tests/LlmNative.Benchmarks -c Release -- {string.Join(' ', facts.Args)}` ({(facts.Full ? "full" : "short")} configuration)");
