@@ -213,6 +213,7 @@ __global__ void __launch_bounds__(256) gemm_dense_kernel(DenseParams p) {
         __syncthreads();
         float* red = reinterpret_cast<float*>(smem_raw);
         constexpr int PER = T::MB * T::NF * 4;
+        constexpr int kSlots = T::WM * T::WN * 32;  // lanes adjacent: conflict-free
         const int slot = (wn * T::WM + wm) * 32 + lane;
         if (wk > 0) {
 #pragma unroll
@@ -221,7 +222,7 @@ __global__ void __launch_bounds__(256) gemm_dense_kernel(DenseParams p) {
                 for (int j = 0; j < T::NF; ++j)
 #pragma unroll
                     for (int e = 0; e < 4; ++e)
-                        red[((wk - 1) * T::WM * T::WN * 32 + slot) * PER + (i * T::NF + j) * 4 + e] = acc[i][j][e];
+                        red[((wk - 1) * PER + (i * T::NF + j) * 4 + e) * kSlots + slot] = acc[i][j][e];
         }
         __syncthreads();
         if (wk == 0) {
@@ -232,7 +233,7 @@ __global__ void __launch_bounds__(256) gemm_dense_kernel(DenseParams p) {
                     for (int j = 0; j < T::NF; ++j)
 #pragma unroll
                         for (int e = 0; e < 4; ++e)
-                            acc[i][j][e] += red[((g - 1) * T::WM * T::WN * 32 + slot) * PER + (i * T::NF + j) * 4 + e];
+                            acc[i][j][e] += red[((g - 1) * PER + (i * T::NF + j) * 4 + e) * kSlots + slot];
         }
     }
     if (wk != 0) return;

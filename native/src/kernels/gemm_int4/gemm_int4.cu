@@ -16,9 +16,12 @@
 //    leaves the exact integer v - zero. The second nibble of each byte is used in place (1024 + 16v)
 //    with an HFMA2 by 1/16 instead of a shift. For bf16 the magic is 128.0 (7 mantissa bits, so every
 //    nibble is first shifted to bits 0..3). The zero point (8 for symmetric weights, a per-(group,
-//    column) nibble otherwise) is folded into that subtraction, so asymmetric weights cost only the
-//    zero-point bookkeeping. Grouped scales then multiply the half2 weights (HMUL2). Per-column
-//    scales are applied once to the fp32 accumulators at the end instead (exact and cheaper). bf16
+//    column) nibble otherwise) is folded into that subtraction, so asymmetric weights only add the
+//    constants: one more lop3 on the zero-point word (nibbles ordered so it yields the pair for the two
+//    fragments of a weight word), an HFMA2 and four byte permutes. Grouped scales then multiply the
+//    half2 weights (HMUL2); the product is rounded to fp16/bf16, which is the only rounding of the
+//    weights (and means grouped fp16 weights must stay below 65504 in magnitude). Per-column scales
+//    are applied once to the fp32 accumulators at the end instead (exact and cheaper). bf16
 //    activations use the fp16 scales converted to bf16 (the mma takes both operands in one type).
 //
 // 3. Tensor cores: mma.sync m16n8k16 with fp32 accumulators; A (activations) comes from shared memory
@@ -47,8 +50,12 @@
 //    it also resets the lock, so the workspace is always zero between launches ("self-resetting") and
 //    never needs a memset per call. The slot and lock are those of the slice's first block, which is
 //    unique per shared slice (see slice_share), so the workspace is sized by the SM count only and is
-//    allocated once per context (shared by its weights), never per call: a gemm call performs no
-//    allocation and no host synchronisation, which keeps it CUDA-graph capturable.
+//    allocated once per context (shared by the weights that run there) when a weight is packed: a gemm
+//    call performs no allocation and no host synchronisation, which keeps it CUDA-graph capturable.
+//    (Exception: the first call that runs a weight on a context other than the one it was packed on
+//    creates that context's workspace; do it once before capturing.) Waiting on a lock assumes the
+//    earlier blocks of the grid are resident or will be scheduled, which the grid size (<= one block
+//    per SM, all co-resident) guarantees unless other work occupies the SMs, as in Marlin.
 //
 // 7. Shapes. Any m: a launch handles up to kMaxProblems problems of 64 rows and one remainder problem
 //    of 16/32/48/64 rows (rows past m are zero-filled by predicated cp.async and never stored). Any K and
@@ -57,8 +64,8 @@
 //
 // 8. Act-order (g_idx). Rows are sorted by group at pack time (gemm_int4_cuda_layout.cpp), so the main
 //    kernel never sees g_idx. The activations are gathered through the stored permutation into a
-//    per-context staging buffer by a small kernel before the GEMM (a chunk of rows at a time, so the
-//    buffer has a fixed size allocated at pack time). The same path handles K % 8 != 0, where rows of X
+//    per-context staging buffer (16 MiB) by a small kernel before the GEMM, a chunk of rows at a time,
+//    so the buffer has a fixed size allocated at pack time. The same path handles K % 8 != 0, where rows of X
 //    are not 16-byte aligned for cp.async. We chose a separate gather over gathering in the load path
 //    because cp.async cannot move single 2-byte elements: a gathered load path would lose the async
 //    pipeline, while the gather kernel costs one extra pass over X (small next to W for typical m).
