@@ -3,15 +3,19 @@
 // from memory once per call (M <= 256), fixed summation order (k ascending, one FMA per term)
 // whatever the thread count.
 //
-// W is row-major [K, N], so a column slab is a strided walk: one row segment per k. Hardware
-// prefetchers stop at 4 KiB pages and N * 2 bytes is usually >= 4 KiB, so short segments (a 16- or
-// 64-column register tile per k) turn the walk into one DRAM latency per row (measured: ~3 GB/s at
-// M = 1). Slabs are therefore 512 columns wide (1-2 KiB contiguous per row) and
-//  * M <= 4: "axpy" form, acc[r][slab] in L1 updated 4 rows of W at a time (4 FMAs per acc
-//    load/store): a pure stream over W;
-//  * M > 4: chunks of 64 rows of the slab are first copied (row by row, contiguous) into an f32
-//    panel [16-column strip][64][16] in L2, then a 6 x 16 register-blocked kernel runs over it for
-//    every 6 rows of X.
+// W is row-major [K, N], so a column slab is a strided walk: one row segment per k. Measured on the
+// Zen 2 dev box, 1 KiB segments at an 8 KiB stride ran at 7 GB/s (M = 1) and 18 GFLOP/s (M = 16)
+// against 31 GB/s / 52 GFLOP/s for the same code on a cache-resident W: every row is a new 4 KiB page
+// (TLB miss, prefetchers restart) and the core waits on it. So:
+//  * M <= 4: a slab is one page of a row (4 KiB: 2048 f16 or 1024 f32 columns); "axpy" form,
+//    acc[r][slab] updated 4 rows of W at a time (4 FMAs per acc load/store). Whole pages are what the
+//    hardware prefetchers handle well; software prefetch of rows ahead made it slower (8.3-9.3 vs
+//    12.1-12.7 GB/s single-threaded, 4096 x 4096 f16);
+//  * M > 4 (compute bound): 256-column slabs so acc (M x 1 KiB) stays in L1/L2; chunks of 128 rows are
+//    copied row by row into an f32 panel [16-column strip][128][16] (128 KiB, L2), a 6 x 16
+//    register-blocked kernel runs over it for every 6 rows of X, and the next chunk is prefetched a
+//    little at a time meanwhile so its rows arrive while this one is computed (with the packing
+//    loop's own prefetch 8 rows ahead: 30-36 GFLOP/s single-threaded at M = 16, 22 without either).
 #include "gemm_dense_cpu.hpp"
 
 #include "../../cpu/cpu_runtime.hpp"
@@ -27,7 +31,9 @@ namespace llmn::densecpu {
 
 namespace {
 
-constexpr int64_t kChunkK = 64;
+constexpr int64_t kSlabBytes = 4096;    // M <= 4: one page of a row per slab
+constexpr int64_t kBlockedSlab = 256;   // M > 4: columns per slab (acc = M x 1 KiB)
+constexpr int64_t kPanelBytes = 128 * 1024;  // packed f32 chunk: 128 rows of 256 columns
 constexpr int64_t kMaxRowsPerPass = 256;
 constexpr int64_t kAxpyMaxRows = 4;
 constexpr int64_t kPrefetchRows = 8;
@@ -44,27 +50,27 @@ inline float load1(const void* w, int64_t i) {
     return static_cast<const float*>(w)[i];
 }
 
-// ---- M <= 4: stream rows of W through acc[r][kSlabN] ------------------------------------------
+template <bool F16>
+inline void prefetch_row(const Call& c, int64_t k, int64_t n0, int64_t cols) {
+    const size_t esz = F16 ? 2 : 4;
+    const char* row = static_cast<const char*>(c.w) + (k * c.n + n0) * esz;
+    for (int64_t i = 0; i < int64_t(cols * esz); i += 64) _mm_prefetch(row + i, _MM_HINT_T0);
+}
+
+// ---- M <= 4: stream rows of W through acc[r][ld] -----------------------------------------------
 
 template <bool F16>
-void axpy_slab(const Call& c, const float* xf, int64_t rows, int64_t n0, int64_t cols, float* acc) {
+void axpy_slab(const Call& c, const float* xf, int64_t rows, int64_t n0, int64_t cols, float* acc, int64_t ld) {
     const int64_t K = c.k, N = c.n;
     const int64_t vec = cols / 8 * 8;
+    const void* w = c.w;
     int64_t k = 0;
-    const size_t esz = F16 ? 2 : 4;
     for (; k + 4 <= K; k += 4) {
-        const void* w = c.w;
         const int64_t base = k * N + n0;
-        // Rows kPrefetchRows ahead: each row segment is its own short stream (see the file comment).
-        if (k + kPrefetchRows + 4 <= K)
-            for (int64_t kk = 0; kk < 4; ++kk) {
-                const char* row = static_cast<const char*>(w) + (base + (kPrefetchRows + kk) * N) * esz;
-                for (int64_t i = 0; i < int64_t(cols * esz); i += 64) _mm_prefetch(row + i, _MM_HINT_T0);
-            }
         for (int64_t r = 0; r < rows; ++r) {
             const __m256 x0 = _mm256_set1_ps(xf[r * K + k]), x1 = _mm256_set1_ps(xf[r * K + k + 1]),
                          x2 = _mm256_set1_ps(xf[r * K + k + 2]), x3 = _mm256_set1_ps(xf[r * K + k + 3]);
-            float* a = acc + r * kSlabN;
+            float* a = acc + r * ld;
             for (int64_t i = 0; i < vec; i += 8) {
                 __m256 v = _mm256_loadu_ps(a + i);
                 v = _mm256_fmadd_ps(x0, load8<F16>(w, base + i), v);
@@ -81,23 +87,23 @@ void axpy_slab(const Call& c, const float* xf, int64_t rows, int64_t n0, int64_t
     for (; k < K; ++k) {
         for (int64_t r = 0; r < rows; ++r) {
             const __m256 x0 = _mm256_set1_ps(xf[r * K + k]);
-            float* a = acc + r * kSlabN;
+            float* a = acc + r * ld;
             for (int64_t i = 0; i < vec; i += 8)
-                _mm256_storeu_ps(a + i, _mm256_fmadd_ps(x0, load8<F16>(c.w, k * N + n0 + i), _mm256_loadu_ps(a + i)));
-            for (int64_t i = vec; i < cols; ++i) a[i] = std::fma(xf[r * K + k], load1<F16>(c.w, k * N + n0 + i), a[i]);
+                _mm256_storeu_ps(a + i, _mm256_fmadd_ps(x0, load8<F16>(w, k * N + n0 + i), _mm256_loadu_ps(a + i)));
+            for (int64_t i = vec; i < cols; ++i) a[i] = std::fma(xf[r * K + k], load1<F16>(w, k * N + n0 + i), a[i]);
         }
     }
 }
 
-// ---- M > 4: packed 64-row chunks, 6 x 16 register blocks --------------------------------------
+// ---- M > 4: packed row chunks, 6 x 16 register blocks ------------------------------------------
 
-// acc[r][0..16) (row stride kSlabN) += sum_{kk < kc} x[r][kk] * p[kk][0..16)
+// acc[r][0..16) (row stride ld) += sum_{kk < kc} x[r][kk] * p[kk][0..16)
 template <int MR>
-void micro(const float* p, const float* x, int64_t ldx, int64_t kc, float* acc) {
+void micro(const float* p, const float* x, int64_t ldx, int64_t kc, float* acc, int64_t ld) {
     __m256 c0[MR], c1[MR];
     for (int r = 0; r < MR; ++r) {
-        c0[r] = _mm256_loadu_ps(acc + r * kSlabN);
-        c1[r] = _mm256_loadu_ps(acc + r * kSlabN + 8);
+        c0[r] = _mm256_loadu_ps(acc + r * ld);
+        c1[r] = _mm256_loadu_ps(acc + r * ld + 8);
     }
     for (int64_t kk = 0; kk < kc; ++kk) {
         const __m256 w0 = _mm256_load_ps(p + kk * 16), w1 = _mm256_load_ps(p + kk * 16 + 8);
@@ -108,8 +114,8 @@ void micro(const float* p, const float* x, int64_t ldx, int64_t kc, float* acc) 
         }
     }
     for (int r = 0; r < MR; ++r) {
-        _mm256_storeu_ps(acc + r * kSlabN, c0[r]);
-        _mm256_storeu_ps(acc + r * kSlabN + 8, c1[r]);
+        _mm256_storeu_ps(acc + r * ld, c0[r]);
+        _mm256_storeu_ps(acc + r * ld + 8, c1[r]);
     }
 }
 
@@ -117,13 +123,9 @@ void micro(const float* p, const float* x, int64_t ldx, int64_t kc, float* acc) 
 template <bool F16>
 void pack_chunk(const Call& c, int64_t k0, int64_t kc, int64_t n0, int64_t cols, float* p) {
     const int64_t strips = (cols + 15) / 16, full = cols / 8 * 8;
-    const size_t esz = F16 ? 2 : 4;
     for (int64_t kk = 0; kk < kc; ++kk) {
         const int64_t base = (k0 + kk) * c.n + n0;
-        if (k0 + kk + kPrefetchRows < c.k) {
-            const char* row = static_cast<const char*>(c.w) + (base + kPrefetchRows * c.n) * esz;
-            for (int64_t i = 0; i < int64_t(cols * esz); i += 64) _mm_prefetch(row + i, _MM_HINT_T0);
-        }
+        if (k0 + kk + kPrefetchRows < c.k) prefetch_row<F16>(c, k0 + kk + kPrefetchRows, n0, cols);
         for (int64_t i = 0; i < full; i += 8)
             _mm256_store_ps(p + (i / 16) * kc * 16 + kk * 16 + (i % 16), load8<F16>(c.w, base + i));
         for (int64_t i = full; i < strips * 16; ++i)
@@ -132,23 +134,32 @@ void pack_chunk(const Call& c, int64_t k0, int64_t kc, int64_t n0, int64_t cols,
 }
 
 template <bool F16>
-void blocked_slab(const Call& c, const float* xf, int64_t rows, int64_t n0, int64_t cols, float* acc, float* p) {
+void blocked_slab(const Call& c, const float* xf, int64_t rows, int64_t n0, int64_t cols, float* acc, int64_t ld,
+                  int64_t chunk, float* p) {
     const int64_t K = c.k, strips = (cols + 15) / 16;
-    for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
-        const int64_t kc = std::min(kChunkK, K - k0);
+    const int64_t esz = F16 ? 2 : 4, row_lines = (cols * esz + 63) / 64;
+    for (int64_t k0 = 0; k0 < K; k0 += chunk) {
+        const int64_t kc = std::min(chunk, K - k0);
         pack_chunk<F16>(c, k0, kc, n0, cols, p);
+        // The next chunk's rows are prefetched a little at a time while this one is computed, so
+        // the memory system works during the (compute-bound) strip loop instead of only in packing.
+        const int64_t next_rows = std::max<int64_t>(0, std::min(chunk, K - (k0 + kc)));
+        const int64_t next_lines = next_rows * row_lines;
         for (int64_t s = 0; s < strips; ++s) {
+            for (int64_t l = next_lines * s / strips; l < next_lines * (s + 1) / strips; ++l)
+                _mm_prefetch(static_cast<const char*>(c.w) + ((k0 + kc + l / row_lines) * c.n + n0) * esz + (l % row_lines) * 64,
+                             _MM_HINT_T0);
             const float* ps = p + s * kc * 16;
             for (int64_t r0 = 0; r0 < rows; r0 += 6) {
                 const float* x = xf + r0 * K + k0;
-                float* a = acc + r0 * kSlabN + s * 16;
+                float* a = acc + r0 * ld + s * 16;
                 switch (std::min<int64_t>(6, rows - r0)) {
-                    case 1: micro<1>(ps, x, K, kc, a); break;
-                    case 2: micro<2>(ps, x, K, kc, a); break;
-                    case 3: micro<3>(ps, x, K, kc, a); break;
-                    case 4: micro<4>(ps, x, K, kc, a); break;
-                    case 5: micro<5>(ps, x, K, kc, a); break;
-                    default: micro<6>(ps, x, K, kc, a); break;
+                    case 1: micro<1>(ps, x, K, kc, a, ld); break;
+                    case 2: micro<2>(ps, x, K, kc, a, ld); break;
+                    case 3: micro<3>(ps, x, K, kc, a, ld); break;
+                    case 4: micro<4>(ps, x, K, kc, a, ld); break;
+                    case 5: micro<5>(ps, x, K, kc, a, ld); break;
+                    default: micro<6>(ps, x, K, kc, a, ld); break;
                 }
             }
         }
@@ -165,9 +176,13 @@ T* aligned_scratch(std::vector<T>& buf, size_t count) {
 
 void gemm_avx2(const Call& c) {
     const int64_t K = c.k, N = c.n;
-    const int64_t slabs = (N + kSlabN - 1) / kSlabN;
+    const int64_t esz = c.f16 ? 2 : 4;
     for (int64_t m0 = 0; m0 < c.m; m0 += kMaxRowsPerPass) {
         const int64_t rows = std::min(kMaxRowsPerPass, c.m - m0);
+        const bool axpy = rows <= kAxpyMaxRows;
+        const int64_t slab = axpy ? kSlabBytes / esz : kBlockedSlab;
+        const int64_t chunk = kPanelBytes / (slab * 4);
+        const int64_t slabs = (N + slab - 1) / slab;
         Call sub = c;
         sub.y = c.f16 ? static_cast<void*>(static_cast<uint16_t*>(c.y) + m0 * N)
                       : static_cast<void*>(static_cast<float*>(c.y) + m0 * N);
@@ -177,19 +192,19 @@ void gemm_avx2(const Call& c) {
                                                : static_cast<const float*>(c.x)[m0 * K + i];
 
         cpu::parallel_for(slabs, [&](int64_t s) {
-            const int64_t n0 = s * kSlabN, cols = std::min(kSlabN, N - n0);
+            const int64_t n0 = s * slab, cols = std::min(slab, N - n0);
             thread_local std::vector<float> acc_buf, pack_buf;
-            float* acc = aligned_scratch(acc_buf, static_cast<size_t>(rows * kSlabN));
-            std::memset(acc, 0, static_cast<size_t>(rows * kSlabN) * sizeof(float));
-            if (rows <= kAxpyMaxRows) {
-                if (c.f16) axpy_slab<true>(c, xf.data(), rows, n0, cols, acc);
-                else axpy_slab<false>(c, xf.data(), rows, n0, cols, acc);
+            float* acc = aligned_scratch(acc_buf, static_cast<size_t>(rows * slab));
+            std::memset(acc, 0, static_cast<size_t>(rows * slab) * sizeof(float));
+            if (axpy) {
+                if (c.f16) axpy_slab<true>(c, xf.data(), rows, n0, cols, acc, slab);
+                else axpy_slab<false>(c, xf.data(), rows, n0, cols, acc, slab);
             } else {
-                float* p = aligned_scratch(pack_buf, static_cast<size_t>(kChunkK * kSlabN));
-                if (c.f16) blocked_slab<true>(c, xf.data(), rows, n0, cols, acc, p);
-                else blocked_slab<false>(c, xf.data(), rows, n0, cols, acc, p);
+                float* p = aligned_scratch(pack_buf, static_cast<size_t>(chunk * (slab + 16)));
+                if (c.f16) blocked_slab<true>(c, xf.data(), rows, n0, cols, acc, slab, chunk, p);
+                else blocked_slab<false>(c, xf.data(), rows, n0, cols, acc, slab, chunk, p);
             }
-            store_slab(sub, 0, rows, n0, cols, acc);
+            store_slab(sub, 0, rows, n0, cols, acc, slab);
         });
     }
 }

@@ -13,9 +13,9 @@ namespace llmn {
 
 namespace densecpu {
 
-void store_slab(const Call& c, int64_t r0, int64_t r1, int64_t n0, int64_t cols, const float* acc) {
+void store_slab(const Call& c, int64_t r0, int64_t r1, int64_t n0, int64_t cols, const float* acc, int64_t ld) {
     for (int64_t r = r0; r < r1; ++r) {
-        const float* a = acc + (r - r0) * kSlabN;
+        const float* a = acc + (r - r0) * ld;
         for (int64_t i = 0; i < cols; ++i) {
             const int64_t n = n0 + i;
             float b = 0.0f;
@@ -45,7 +45,7 @@ void gemm_scalar(const Call& c) {
                 }
             }
         }
-        store_slab(c, 0, c.m, n0, cols, acc.data());
+        store_slab(c, 0, c.m, n0, cols, acc.data(), kSlabN);
     });
 }
 

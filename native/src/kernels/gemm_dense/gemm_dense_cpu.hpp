@@ -4,7 +4,7 @@
 
 namespace llmn::densecpu {
 
-constexpr int64_t kSlabN = 512;  // columns per work item (see gemm_dense_avx2.cpp)
+constexpr int64_t kSlabN = 512;  // columns per work item of the scalar path
 
 struct Call {
     const void* x;     // [m, k]
@@ -15,8 +15,8 @@ struct Call {
     bool f16;
 };
 
-// y[r][n0 + i] = acc[(r - r0) * kSlabN + i] (+ bias) for i < cols, rounded to the output dtype.
-void store_slab(const Call& c, int64_t r0, int64_t r1, int64_t n0, int64_t cols, const float* acc);
+// y[r][n0 + i] = acc[(r - r0) * ld + i] (+ bias) for i < cols, rounded to the output dtype.
+void store_slab(const Call& c, int64_t r0, int64_t r1, int64_t n0, int64_t cols, const float* acc, int64_t ld);
 
 #if defined(__x86_64__) || defined(_M_X64)
 void gemm_avx2(const Call& c);
