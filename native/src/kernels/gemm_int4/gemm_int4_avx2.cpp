@@ -288,9 +288,15 @@ void kernel_f32(const Packed& P, int64_t p, int64_t b0, int64_t b1, const float*
     const uint8_t* zpanel = P.panel_zeros(p);
     const int32_t* bgroup = P.block_group.data();
     const __m256i m4 = _mm256_set1_epi8(0x0F), ff = _mm256_set1_epi32(0xFF);
+    // C independent FMA chains per row (8 / MR), summed at the end of the chunk: one chain per row
+    // would be bound by FMA latency, not throughput.
+    constexpr int C = MR == 1 ? 8 : MR == 2 ? 4 : 2;
     for (int t = 0; t < tp; ++t) {
-        __m256 f[MR];
-        for (int r = 0; r < MR; ++r) f[r] = _mm256_load_ps(acc + r * kPanelN + t * kTileN);
+        __m256 f[MR][C];
+        for (int r = 0; r < MR; ++r) {
+            f[r][0] = _mm256_load_ps(acc + r * kPanelN + t * kTileN);
+            for (int i = 1; i < C; ++i) f[r][i] = _mm256_setzero_ps();
+        }
         for (int64_t b = b0; b < b1; ++b) {
             const int64_t o = (int64_t(bgroup[b]) * tp + t) * kTileN;
             const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(spanel + o)));
@@ -308,13 +314,18 @@ void kernel_f32(const Packed& P, int64_t p, int64_t b0, int64_t b1, const float*
                         __m256i qi = j == 3 ? _mm256_srli_epi32(hv, 24)
                                             : _mm256_and_si256(j == 0 ? hv : _mm256_srli_epi32(hv, 8 * j), ff);
                         const __m256 w = _mm256_fmsub_ps(_mm256_cvtepi32_ps(qi), s, zs);  // exact
-                        const int row = 8 * L + 4 * h + j;
-                        for (int r = 0; r < MR; ++r) f[r] = _mm256_fmadd_ps(_mm256_set1_ps(xb[r * kp + row]), w, f[r]);
+                        const int row = 8 * L + 4 * h + j, ch = (4 * h + j) % C;
+                        for (int r = 0; r < MR; ++r)
+                            f[r][ch] = _mm256_fmadd_ps(_mm256_set1_ps(xb[r * kp + row]), w, f[r][ch]);
                     }
                 }
             }
         }
-        for (int r = 0; r < MR; ++r) _mm256_store_ps(acc + r * kPanelN + t * kTileN, f[r]);
+        for (int r = 0; r < MR; ++r) {
+            __m256 sum = f[r][0];
+            for (int i = 1; i < C; ++i) sum = _mm256_add_ps(sum, f[r][i]);
+            _mm256_store_ps(acc + r * kPanelN + t * kTileN, sum);
+        }
     }
 }
 
