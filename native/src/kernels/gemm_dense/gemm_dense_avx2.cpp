@@ -59,39 +59,54 @@ inline void prefetch_row(const Call& c, int64_t k, int64_t n0, int64_t cols) {
 
 // ---- M <= 4: stream rows of W through acc[r][ld] -----------------------------------------------
 
-template <bool F16>
-void axpy_slab(const Call& c, const float* xf, int64_t rows, int64_t n0, int64_t cols, float* acc, int64_t ld) {
+// Rows of W are converted once per 8 columns and applied to all R rows of X (R <= 4).
+template <bool F16, int R>
+void axpy_slab(const Call& c, const float* xf, int64_t n0, int64_t cols, float* acc, int64_t ld) {
     const int64_t K = c.k, N = c.n;
     const int64_t vec = cols / 8 * 8;
     const void* w = c.w;
     int64_t k = 0;
     for (; k + 4 <= K; k += 4) {
         const int64_t base = k * N + n0;
-        for (int64_t r = 0; r < rows; ++r) {
-            const __m256 x0 = _mm256_set1_ps(xf[r * K + k]), x1 = _mm256_set1_ps(xf[r * K + k + 1]),
-                         x2 = _mm256_set1_ps(xf[r * K + k + 2]), x3 = _mm256_set1_ps(xf[r * K + k + 3]);
-            float* a = acc + r * ld;
-            for (int64_t i = 0; i < vec; i += 8) {
-                __m256 v = _mm256_loadu_ps(a + i);
-                v = _mm256_fmadd_ps(x0, load8<F16>(w, base + i), v);
-                v = _mm256_fmadd_ps(x1, load8<F16>(w, base + N + i), v);
-                v = _mm256_fmadd_ps(x2, load8<F16>(w, base + 2 * N + i), v);
-                v = _mm256_fmadd_ps(x3, load8<F16>(w, base + 3 * N + i), v);
-                _mm256_storeu_ps(a + i, v);
+        __m256 x[R][4];
+        for (int r = 0; r < R; ++r)
+            for (int kk = 0; kk < 4; ++kk) x[r][kk] = _mm256_set1_ps(xf[r * K + k + kk]);
+        for (int64_t i = 0; i < vec; i += 8) {
+            const __m256 w0 = load8<F16>(w, base + i), w1 = load8<F16>(w, base + N + i),
+                         w2 = load8<F16>(w, base + 2 * N + i), w3 = load8<F16>(w, base + 3 * N + i);
+            for (int r = 0; r < R; ++r) {
+                float* a = acc + r * ld + i;
+                __m256 v = _mm256_loadu_ps(a);
+                v = _mm256_fmadd_ps(x[r][0], w0, v);
+                v = _mm256_fmadd_ps(x[r][1], w1, v);
+                v = _mm256_fmadd_ps(x[r][2], w2, v);
+                v = _mm256_fmadd_ps(x[r][3], w3, v);
+                _mm256_storeu_ps(a, v);
             }
+        }
+        for (int r = 0; r < R; ++r)
             for (int64_t i = vec; i < cols; ++i)
                 for (int64_t kk = 0; kk < 4; ++kk)
-                    a[i] = std::fma(xf[r * K + k + kk], load1<F16>(w, base + kk * N + i), a[i]);
-        }
+                    acc[r * ld + i] = std::fma(xf[r * K + k + kk], load1<F16>(w, base + kk * N + i), acc[r * ld + i]);
     }
     for (; k < K; ++k) {
-        for (int64_t r = 0; r < rows; ++r) {
+        for (int r = 0; r < R; ++r) {
             const __m256 x0 = _mm256_set1_ps(xf[r * K + k]);
             float* a = acc + r * ld;
             for (int64_t i = 0; i < vec; i += 8)
                 _mm256_storeu_ps(a + i, _mm256_fmadd_ps(x0, load8<F16>(w, k * N + n0 + i), _mm256_loadu_ps(a + i)));
             for (int64_t i = vec; i < cols; ++i) a[i] = std::fma(xf[r * K + k], load1<F16>(w, k * N + n0 + i), a[i]);
         }
+    }
+}
+
+template <bool F16>
+void axpy_rows(const Call& c, const float* xf, int64_t rows, int64_t n0, int64_t cols, float* acc, int64_t ld) {
+    switch (rows) {
+        case 1: axpy_slab<F16, 1>(c, xf, n0, cols, acc, ld); break;
+        case 2: axpy_slab<F16, 2>(c, xf, n0, cols, acc, ld); break;
+        case 3: axpy_slab<F16, 3>(c, xf, n0, cols, acc, ld); break;
+        default: axpy_slab<F16, 4>(c, xf, n0, cols, acc, ld); break;
     }
 }
 
@@ -197,8 +212,8 @@ void gemm_avx2(const Call& c) {
             float* acc = aligned_scratch(acc_buf, static_cast<size_t>(rows * slab));
             std::memset(acc, 0, static_cast<size_t>(rows * slab) * sizeof(float));
             if (axpy) {
-                if (c.f16) axpy_slab<true>(c, xf.data(), rows, n0, cols, acc, slab);
-                else axpy_slab<false>(c, xf.data(), rows, n0, cols, acc, slab);
+                if (c.f16) axpy_rows<true>(c, xf.data(), rows, n0, cols, acc, slab);
+                else axpy_rows<false>(c, xf.data(), rows, n0, cols, acc, slab);
             } else {
                 float* p = aligned_scratch(pack_buf, static_cast<size_t>(chunk * (slab + 16)));
                 if (c.f16) blocked_slab<true>(c, xf.data(), rows, n0, cols, acc, slab, chunk, p);
