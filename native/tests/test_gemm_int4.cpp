@@ -949,7 +949,8 @@ TEST(DenseGemm, MatchesFloat64Reference) {
     struct C { int64_t m, k, n; bool f16, bias; };
     const C cases[] = {{1, 1000, 1000, true, true}, {1, 333, 72, false, false}, {3, 200, 257, false, true},
                        {7, 96, 8, true, false},     {17, 257, 130, true, true},  {64, 100, 64, false, true},
-                       {300, 50, 70, true, true}};
+                       {300, 50, 70, true, true},   {2, 130, 1030, false, true}, {4, 67, 2100, true, false},
+                       {4, 40, 1100, false, true}};
     for (const C& c : cases) {
         for (int32_t isa : {int32_t(LLMN_CPU_ISA_SCALAR), int32_t(LLMN_CPU_ISA_AVX2)}) {
             if (isa == LLMN_CPU_ISA_AVX2 && !have_avx2()) continue;
