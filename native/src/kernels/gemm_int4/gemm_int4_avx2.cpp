@@ -1,12 +1,14 @@
 // AVX2 (+FMA, F16C) INT4 GEMM over the layout of gemm_int4_cpu.hpp.
 //
 // Why it is shaped like this: at decode sizes (M <= 16) the GEMM is a stream over the weights, so the
-// only goal is to consume nibbles faster than DRAM delivers them, on every core at once. One work
-// item is one 32-column panel over all of K (a contiguous byte range); inside it K is walked in
-// chunks of 32 blocks (16 KiB of weights, L1-resident) and every chunk serves all M rows before the
-// next one is touched, so each weight byte comes from memory exactly once per call (M <= 256; larger M
-// is processed in slices of 256 rows, each streaming the weights once: there the kernel is compute
-// bound anyway). Items write disjoint outputs in a fixed order: deterministic for any thread count.
+// only goal is to consume nibbles faster than DRAM delivers them, on every core at once. A 32-column
+// panel over all of K is a contiguous byte range; a work item is a run of neighbouring panels (one
+// long sequential stream, software-prefetched 1 KiB ahead; 4 items per thread so a descheduled
+// thread does not hold up the call). Inside a panel K is walked in chunks of 32 blocks (16 KiB of
+// weights, L1-resident) and every chunk serves all M rows before the next one is touched, so each
+// weight byte comes from memory exactly once per call (M <= 256; larger M is processed in slices of
+// 256 rows, each streaming the weights once: there the kernel is compute bound anyway). Every output
+// is computed by one item in a fixed order: bitwise identical results for any thread count.
 //
 // Two inner loops (int4cpu::Compute):
 //  * Int8 (default): activations are quantized per 32-row block to int8 with one f32 scale
