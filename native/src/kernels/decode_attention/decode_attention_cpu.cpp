@@ -11,6 +11,7 @@
 
 #include "../../core/numeric.hpp"
 #include "../../cpu/cpu_runtime.hpp"
+#include "../kv_cache/kv_quant.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -26,10 +27,30 @@ namespace attn_cpu {
 // Scalar reference: converts each tile's K and V rows to f32 once (so all R rows reuse them from
 // cache), computes every score with a sequential f32 dot product and runs the textbook online
 // softmax with libm exp/tanh. Plain loops on purpose: this is the path the SIMD kernels are judged by.
+// INT8/FP8 rows are converted to their code values only; the per-token scale is folded in after the
+// dot product (s = scale_t * (q . code_t)) and into the weight for V (p_t * scale_t * code_t), the
+// same operation order as the AVX2 kernel. f16 rows use scale 1.
+namespace {
+inline void load_row(int32_t fmt, const uint8_t* tile, int64_t data_off, int64_t aux_off, int64_t row, int32_t D,
+                     float* dst, float* scale) {
+    if (kv_format_is_q8(fmt)) {
+        const uint8_t* c = tile + data_off + row * D;
+        for (int32_t d = 0; d < D; ++d) dst[d] = kv_code_value(fmt, c[d]);
+        std::memcpy(scale, tile + aux_off + row * 4, sizeof(float));
+    } else {
+        const uint16_t* h = reinterpret_cast<const uint16_t*>(tile + data_off) + row * D;
+        for (int32_t d = 0; d < D; ++d) dst[d] = f16_to_f32(h[d]);
+        *scale = 1.0f;
+    }
+}
+}  // namespace
+
 void run_item_scalar(const Item& it) {
     const int32_t D = it.head_dim, R = it.rows, bs = it.block_size;
     const float NEG_INF = -std::numeric_limits<float>::infinity();
-    thread_local std::vector<float> kf, vf, acc, m, l, s;
+    thread_local std::vector<float> kf, vf, acc, m, l, s, ksc, vsc;
+    ksc.resize(size_t(kTileKeys));
+    vsc.resize(size_t(kTileKeys));
     kf.resize(size_t(kTileKeys) * D);
     vf.resize(size_t(kTileKeys) * D);
     acc.assign(size_t(R) * D, 0.0f);
@@ -41,12 +62,8 @@ void run_item_scalar(const Item& it) {
         for (int32_t j = 0; j < n; ++j) {
             const int64_t t = t0 + j;
             const uint8_t* tile = it.layer_base + int64_t(it.blocks[t / bs]) * it.block_stride + it.head_off;
-            const uint16_t* kr = reinterpret_cast<const uint16_t*>(tile + it.k_data_off) + (t % bs) * D;
-            const uint16_t* vr = reinterpret_cast<const uint16_t*>(tile + it.v_data_off) + (t % bs) * D;
-            for (int32_t d = 0; d < D; ++d) {
-                kf[size_t(j) * D + d] = f16_to_f32(kr[d]);
-                vf[size_t(j) * D + d] = f16_to_f32(vr[d]);
-            }
+            load_row(it.k_format, tile, it.k_data_off, it.k_aux_off, t % bs, D, &kf[size_t(j) * D], &ksc[size_t(j)]);
+            load_row(it.v_format, tile, it.v_data_off, it.v_aux_off, t % bs, D, &vf[size_t(j) * D], &vsc[size_t(j)]);
         }
         for (int32_t r = 0; r < R; ++r) {
             const int64_t lo = std::max(it.row_lo[r], t0), hi = std::min(it.row_hi[r] + 1, t0 + n);
@@ -57,6 +74,7 @@ void run_item_scalar(const Item& it) {
                 const float* kr = &kf[size_t(t - t0) * D];
                 float dot = 0.0f;
                 for (int32_t d = 0; d < D; ++d) dot += qr[d] * kr[d];
+                dot *= ksc[size_t(t - t0)];
                 if (it.softcap > 0.0f) dot = it.softcap * std::tanh(dot / it.softcap);
                 if (it.row_slope) dot += it.row_slope[r] * float(t - it.row_hi[r]);
                 s[size_t(t - t0)] = dot;
@@ -74,7 +92,8 @@ void run_item_scalar(const Item& it) {
                 const float pw = std::exp(s[size_t(t - t0)] - m[size_t(r)]);
                 l[size_t(r)] += pw;
                 const float* vr = &vf[size_t(t - t0) * D];
-                for (int32_t d = 0; d < D; ++d) ar[d] += pw * vr[d];
+                const float pv = pw * vsc[size_t(t - t0)];
+                for (int32_t d = 0; d < D; ++d) ar[d] += pv * vr[d];
             }
         }
     }
@@ -115,10 +134,14 @@ int32_t auto_splits(int64_t visible_keys, int64_t total_keys, int32_t threads) {
 
 using ItemFn = void (*)(const Item&);
 
-ItemFn select_kernel() {
+ItemFn select_kernel(const KvLayout& L) {
 #if defined(__x86_64__) || defined(_M_X64)
     llmn_cpu_isa isa = cpu::active_isa();
-    if (isa == LLMN_CPU_ISA_AVX2 || isa == LLMN_CPU_ISA_AVX512) return attn_cpu::run_item_avx2;
+    if (isa == LLMN_CPU_ISA_AVX2 || isa == LLMN_CPU_ISA_AVX512)
+        return L.k_format == LLMN_KV_F16 && L.v_format == LLMN_KV_F16 ? attn_cpu::run_item_avx2
+                                                                      : attn_cpu::run_item_quant_avx2;
+#else
+    (void)L;
 #endif
     return attn_cpu::run_item_scalar;
 }
@@ -211,6 +234,10 @@ void decode_attention_cpu(const Context& ctx, const DecodeAttentionArgs& a) {
                 it.softcap = p.softcap;
                 it.o = &o_ws[size_t(slot) * R * D];
                 it.lse = &lse_ws[size_t(slot) * R];
+                it.k_format = L.k_format;
+                it.v_format = L.v_format;
+                it.k_aux_off = L.k_aux_off;
+                it.v_aux_off = L.v_aux_off;
             }
     }
     // Longest items first (ties by index): the pool hands them out in this order, which keeps the
@@ -220,7 +247,7 @@ void decode_attention_cpu(const Context& ctx, const DecodeAttentionArgs& a) {
     std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
         return items[size_t(x)].key_end - items[size_t(x)].key_begin > items[size_t(y)].key_end - items[size_t(y)].key_begin;
     });
-    const ItemFn kernel = select_kernel();
+    const ItemFn kernel = select_kernel(L);
     cpu::parallel_for(n_items, [&](int64_t i) { kernel(items[size_t(order[size_t(i)])]); });
 
     // Merge the splits of every (sequence, kv head) row and write out[b][i][h * G + g][:].

@@ -4,6 +4,8 @@
 // f16 K/V rows of keys [key_begin, key_end) once and updates the online softmax of all R query rows
 // of that kv head, tile by tile (kTileKeys keys per tile, tiles may straddle blocks).
 #pragma once
+#include <llmnative/llmnative.h>
+
 #include <cstdint>
 
 namespace llmn::attn_cpu {
@@ -26,9 +28,16 @@ struct Item {
     float softcap = 0.0f;                // 0 = off
     float* o = nullptr;                  // [R][head_dim] out: partial output / own denominator (0 if no key)
     float* lse = nullptr;                // [R] out: m + ln(l), -inf if no key was visible to the row
+    // Row formats (llmn_kv_format). INT8/FP8 rows are head_dim bytes; their per-token f32 scales sit
+    // at tile + {k,v}_aux_off + (t % block_size) * 4 (kv_layout.hpp, kv_quant.hpp).
+    int32_t k_format = LLMN_KV_F16, v_format = LLMN_KV_F16;
+    int64_t k_aux_off = 0, v_aux_off = 0;
 };
 
 void run_item_scalar(const Item& it);
-void run_item_avx2(const Item& it);  // only called when active_isa() >= AVX2 (x86 builds)
+void run_item_avx2(const Item& it);  // only called when active_isa() >= AVX2 (x86 builds); f16 K and V
+// Any mix of F16 / INT8 / FP8_E4M3 K and V rows with dequantization fused into the row loads
+// (decode_attention_quant_avx2.cpp); same AVX2 requirement.
+void run_item_quant_avx2(const Item& it);
 
 }  // namespace llmn::attn_cpu

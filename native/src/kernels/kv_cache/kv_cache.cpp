@@ -6,6 +6,7 @@
 
 #include "../../core/numeric.hpp"
 #include "../../cuda/cuda_runtime.hpp"
+#include "kv_quant.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -42,9 +43,19 @@ void check_format(int32_t format, const char* field, const Context* ctx) {
                  "desc->%s = LLMN_KV_BF16 (1) is CUDA only; a CPU cache stores LLMN_KV_F16 (0)", field);
         return;
     }
+    if (kv_format_is_q8(format)) {
+        // Quantize-on-append works on any backend (host data path), but no CUDA attention kernel
+        // reads these rows yet: refuse them on CUDA rather than create a cache nothing can attend over.
+        if (ctx && ctx->is_cuda())
+            fail(LLMN_STATUS_UNSUPPORTED,
+                 "desc->%s = %s (%d) is not yet on CUDA: a CUDA cache stores LLMN_KV_F16 (0) or LLMN_KV_BF16 (1); "
+                 "%s is available on the CPU backend",
+                 field, kv_format_name(format), format, kv_format_name(format));
+        return;
+    }
     fail(LLMN_STATUS_UNSUPPORTED,
-         "desc->%s = %s (%d) is not supported yet: this build stores LLMN_KV_F16 (and LLMN_KV_BF16 on CUDA); the "
-         "quantized layouts are reserved in kv_layout.hpp",
+         "desc->%s = %s (%d) is not supported yet: this build stores LLMN_KV_F16, LLMN_KV_INT8 and LLMN_KV_FP8_E4M3 "
+         "(and LLMN_KV_BF16 on CUDA); the KIVI layouts are reserved in kv_layout.hpp",
          field, kv_format_name(format), format);
 }
 
@@ -91,19 +102,30 @@ void check_kv_input(const Buffer& b, const Context& ctx, const char* param, int6
     check_buffer_count(b, needed, param, shape);
 }
 
-// Converts n*H*D input elements to the storage format (16-bit codes), rejecting NaN, Inf and values
-// the format cannot hold. Nothing is written to the cache before every element passed.
+// Converts n*H*D input elements to the storage format, rejecting NaN, Inf and values the format
+// cannot hold. Nothing is written to the cache before every element of K and V passed.
+// out: n*H rows of kv_row_bytes(format, dim) bytes ([token][head] order); scales: n*H f32 scales
+// for INT8/FP8 (one per (token, head), see kv_quant.hpp), empty otherwise.
 void stage_rows(const Buffer& b, const char* param, int32_t format, int64_t n, int32_t heads, int32_t dim,
-                std::vector<uint16_t>& out) {
+                std::vector<uint8_t>& out, std::vector<float>& scales) {
     const int64_t count = n * heads * dim;
     std::vector<uint8_t> staging;
     const void* src = host_view(b, size_t(count) * dtype_size(b.dtype()), staging);
-    out.resize(size_t(count));
+    const bool q8 = kv_format_is_q8(format);
+    out.resize(size_t(count) * (q8 ? 1 : 2));
+    std::vector<float> row;
+    if (q8) {
+        scales.resize(size_t(n * heads));
+        row.resize(size_t(dim));
+    }
     for (int64_t i = 0; i < count; ++i) {
         const float x = load_elem(src, b.dtype(), i);
-        uint16_t code;
+        uint16_t code = 0;
         bool ok;
-        if (format == LLMN_KV_BF16) {
+        if (q8) {
+            ok = std::isfinite(x);  // any finite value: the per-row scale absorbs the range
+            row[size_t(i % dim)] = x;
+        } else if (format == LLMN_KV_BF16) {
             code = f32_to_bf16(x);
             ok = std::isfinite(bf16_to_f32(code));
         } else {
@@ -121,7 +143,14 @@ void stage_rows(const Buffer& b, const char* param, int32_t format, int64_t n, i
             fail(LLMN_STATUS_INVALID_ARGUMENT, "%s[token %lld, head %lld, channel %lld] = %g overflows the cache's %s storage",
                  param, (long long)t, (long long)h, (long long)d, double(x), kv_format_name(format));
         }
-        out[size_t(i)] = code;
+        if (q8) {
+            if (i % dim == dim - 1) {
+                const int64_t r = i / dim;  // (token, head) row
+                scales[size_t(r)] = kv_quantize_row(format, row.data(), dim, &out[size_t(r * dim)]);
+            }
+        } else {
+            std::memcpy(&out[size_t(i) * 2], &code, 2);
+        }
     }
 }
 
@@ -325,9 +354,10 @@ void KvCache::append(int64_t id, int32_t layer, const Buffer& k, const Buffer& v
                    "appending %d tokens to sequence %lld (layer %d, length %lld) exceeds the longest sequence (2^31-1 tokens)",
                    num_tokens, (long long)id, layer, (long long)old_len);
 
-    std::vector<uint16_t> kc, vc;
-    stage_rows(k, "k", desc_.k_format, num_tokens, H, D, kc);
-    stage_rows(v, "v", desc_.v_format, num_tokens, H, D, vc);
+    std::vector<uint8_t> kc, vc;
+    std::vector<float> ks, vs;
+    stage_rows(k, "k", desc_.k_format, num_tokens, H, D, kc, ks);
+    stage_rows(v, "v", desc_.v_format, num_tokens, H, D, vc, vs);
 
     // Capacity: new blocks past the table plus copies of shared blocks this write touches.
     const size_t need_blocks = size_t((new_len + bs - 1) / bs);
@@ -360,21 +390,32 @@ void KvCache::append(int64_t id, int32_t layer, const Buffer& k, const Buffer& v
     while (s.blocks.size() < need_blocks) s.blocks.push_back(take_block());
     if (tables_changed) ++tables_version_;
 
-    // Rows: one contiguous run per (block segment, head) for K and for V.
-    std::vector<uint16_t> run;
+    // Rows: one contiguous run per (block segment, head) for K and for V, plus the run of their
+    // per-token scales in the tile's aux section for INT8/FP8.
+    std::vector<uint8_t> run;
+    std::vector<float> srun;
     for (int64_t pos = old_len; pos < new_len;) {
         const int64_t j = pos / bs;
         const int32_t row = int32_t(pos % bs);
         const int64_t cnt = std::min<int64_t>(bs - row, new_len - pos);
         const int32_t block = s.blocks[size_t(j)];
-        run.resize(size_t(cnt * D));
         for (int32_t h = 0; h < H; ++h) {
             for (int pass = 0; pass < 2; ++pass) {
-                const std::vector<uint16_t>& src = pass == 0 ? kc : vc;
+                const std::vector<uint8_t>& src = pass == 0 ? kc : vc;
+                const std::vector<float>& sc = pass == 0 ? ks : vs;
+                const int64_t rb = pass == 0 ? layout_.k_row_bytes : layout_.v_row_bytes;
+                run.resize(size_t(cnt * rb));
                 for (int64_t t = 0; t < cnt; ++t)
-                    std::memcpy(&run[size_t(t * D)], &src[size_t(((pos - old_len + t) * H + h) * D)], size_t(D) * 2);
+                    std::memcpy(&run[size_t(t * rb)], &src[size_t(((pos - old_len + t) * H + h) * rb)], size_t(rb));
                 int64_t off = pass == 0 ? layout_.k_row_offset(layer, block, h, row) : layout_.v_row_offset(layer, block, h, row);
-                pool_write(off, run.data(), size_t(cnt * D) * 2);
+                pool_write(off, run.data(), run.size());
+                if (!sc.empty()) {
+                    srun.resize(size_t(cnt));
+                    for (int64_t t = 0; t < cnt; ++t) srun[size_t(t)] = sc[size_t((pos - old_len + t) * H + h)];
+                    const int64_t aux = layout_.tile_offset(layer, block, h) + (pass == 0 ? layout_.k_aux_off : layout_.v_aux_off) +
+                                        int64_t(row) * 4;
+                    pool_write(aux, srun.data(), srun.size() * sizeof(float));
+                }
             }
         }
         pos += cnt;
@@ -404,9 +445,12 @@ void KvCache::read(int64_t id, int32_t layer, int64_t start, int64_t count, cons
     }
     if (count == 0) return;
     std::vector<uint16_t> run(size_t(bs) * D);
+    std::vector<float> srun(static_cast<size_t>(bs));
     for (int pass = 0; pass < 2; ++pass) {
         const Buffer& dst = pass == 0 ? k : v;
         const int32_t fmt = pass == 0 ? desc_.k_format : desc_.v_format;
+        const bool q8 = kv_format_is_q8(fmt);
+        const int64_t rb = pass == 0 ? layout_.k_row_bytes : layout_.v_row_bytes;
         std::vector<uint8_t> out(size_t(needed) * dtype_size(dst.dtype()));
         for (int64_t pos = start; pos < start + count;) {
             const int64_t j = pos / bs;
@@ -415,12 +459,22 @@ void KvCache::read(int64_t id, int32_t layer, int64_t start, int64_t count, cons
             const int32_t block = s.blocks[size_t(j)];
             for (int32_t h = 0; h < H; ++h) {
                 int64_t off = pass == 0 ? layout_.k_row_offset(layer, block, h, row) : layout_.v_row_offset(layer, block, h, row);
-                pool_read(off, run.data(), size_t(cnt * D) * 2);
+                pool_read(off, run.data(), size_t(cnt * rb));
+                if (q8)
+                    pool_read(layout_.tile_offset(layer, block, h) + (pass == 0 ? layout_.k_aux_off : layout_.v_aux_off) +
+                                  int64_t(row) * 4,
+                              srun.data(), size_t(cnt) * sizeof(float));
+                const uint8_t* bytes = reinterpret_cast<const uint8_t*>(run.data());
                 for (int64_t t = 0; t < cnt; ++t) {
                     const int64_t o = ((pos - start + t) * H + h) * D;
                     for (int32_t d = 0; d < D; ++d) {
-                        uint16_t c = run[size_t(t * D + d)];
-                        float x = fmt == LLMN_KV_BF16 ? bf16_to_f32(c) : f16_to_f32(c);
+                        float x;
+                        if (q8) {
+                            x = kv_code_value(fmt, bytes[t * D + d]) * srun[size_t(t)];
+                        } else {
+                            uint16_t c = run[size_t(t * D + d)];
+                            x = fmt == LLMN_KV_BF16 ? bf16_to_f32(c) : f16_to_f32(c);
+                        }
                         if (dst.dtype() == LLMN_DTYPE_F32) reinterpret_cast<float*>(out.data())[o + d] = x;
                         else reinterpret_cast<uint16_t*>(out.data())[o + d] = f32_to_f16(x);
                     }

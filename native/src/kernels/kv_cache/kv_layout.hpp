@@ -30,7 +30,7 @@
 //   LLMN_KV_F16 / LLMN_KV_BF16   row = head_dim x 2 bytes, IEEE half / bfloat16, aux = 0.
 //       For f16 every size is a multiple of 256 bytes (block_size >= 8, head_dim % 16 == 0), so there
 //       is no padding at all: head_stride = 2 * block_size * head_dim * 2.
-//   LLMN_KV_INT8 / LLMN_KV_FP8_E4M3 (PLANNED; create() rejects them today)
+//   LLMN_KV_INT8 / LLMN_KV_FP8_E4M3 (CPU backend; codecs and scale rules in kv_quant.hpp)
 //       row = head_dim bytes (int8 two's complement / OCP E4M3), aux = block_size f32 scales, one
 //       per (token, head): x = float(code) * scale[t]. Quantized on append, token by token.
 //   LLMN_KV_INT4 / LLMN_KV_INT2 (PLANNED, KIVI)

@@ -1,0 +1,341 @@
+// AVX2 work-item kernel for caches with INT8 or FP8-E4M3 K and/or V rows (any mix with f16), same
+// contract and masking as run_item_scalar. Kept apart from the tuned f16 kernel
+// (decode_attention_avx2.cpp) so that one stays untouched; the math helpers are repeated here.
+// Dequantization is fused into the row loads and never materialised:
+//  - a row chunk of 8 codes becomes 8 f32 in a register: INT8 by cvtepi8_epi32 + cvtepi32_ps, E4M3 by
+//    bit manipulation (exponent rebias for normals, m * 2^-9 for subnormals, exact, no denormal
+//    arithmetic, so FTZ/DAZ modes cannot change it), f16 by F16C;
+//  - q.k runs on the code values and the per-token scale is applied once per score afterwards:
+//    s_t = scale_t * (q . code_t);
+//  - p.v uses the weights p_t * scale_t against the code values (the softmax denominator l sums the
+//    unscaled p_t).
+// Tiles: up to 64 keys; q.k in row tiles of 4/2/1 query rows x 2/4/8 keys (8 accumulators); p.v in
+// row tiles of 4/2/1 rows x 16 channels. Next tile's rows are prefetched to L2 during q.k.
+#include "decode_attention_cpu.hpp"
+
+#include "../kv_cache/kv_quant.hpp"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace llmn::attn_cpu {
+
+namespace {
+
+enum RowFmt { kF16 = 0, kI8 = 1, kE4M3 = 2 };
+
+template <int F>
+inline __m256 load8(const uint8_t* row, int c) {
+    if constexpr (F == kF16) {
+        return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + size_t(c) * 2)));
+    } else if constexpr (F == kI8) {
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c))));
+    } else {
+        const __m256i x = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c)));
+        const __m256i mag = _mm256_and_si256(x, _mm256_set1_epi32(0x7F));
+        // normal: exponent field e (bits 3..6) rebased from bias 7 to 127, mantissa to the top bits
+        const __m256i nb = _mm256_add_epi32(_mm256_slli_epi32(mag, 20), _mm256_set1_epi32(120 << 23));
+        // subnormal (e = 0, mag = m < 8): m * 2^-9, exact
+        const __m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(mag), _mm256_set1_ps(1.0f / 512.0f));
+        const __m256 is_sub = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), mag));
+        const __m256 v = _mm256_blendv_ps(_mm256_castsi256_ps(nb), sub, is_sub);
+        const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x80)), 24);
+        return _mm256_or_ps(v, _mm256_castsi256_ps(sign));
+    }
+}
+
+constexpr int row_bytes_per_elem(int F) { return F == kF16 ? 2 : 1; }
+
+// e^x with relative error ~1.5e-7 on [-87.3, 88.3] (Cody-Waite reduction by ln 2, degree-6
+// polynomial). Inputs below -87.3 return ~1e-38 instead of smaller values or 0: callers zero masked
+// lanes explicitly, and such weights are < 1e-38 of the row maximum's weight (1).
+inline __m256 exp_ps(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3365447505531f)), _mm256_set1_ps(88.3762626647949f));
+    const __m256 fx =
+        _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), x);
+    y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+// c * tanh(s / c) via tanh|y| = (1 - e) / (1 + e), e = exp(-2|y|): no cancellation for large |y|,
+// absolute error <= eps_exp/2 + 3u + u|y| (see the test's bound derivation).
+inline __m256 softcap_ps(__m256 s, __m256 c) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 y = _mm256_div_ps(s, c);
+    const __m256 a = _mm256_andnot_ps(sign, y);
+    const __m256 e = exp_ps(_mm256_mul_ps(a, _mm256_set1_ps(-2.0f)));
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256 t = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
+    return _mm256_mul_ps(c, _mm256_or_ps(t, _mm256_and_ps(sign, y)));
+}
+
+inline float hsum(__m256 v) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_add_ss(x, _mm_movehdup_ps(x));
+    return _mm_cvtss_f32(x);
+}
+
+inline float hmax(__m256 v) {
+    __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_max_ss(x, _mm_movehdup_ps(x));
+    return _mm_cvtss_f32(x);
+}
+
+// [sum(a[0]), ..., sum(a[7])] in one hadd tree.
+inline __m256 reduce8(const __m256* a) {
+    const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+    const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+constexpr int kStride = kTileKeys + 8;  // score row pitch (floats)
+
+template <int F, int RT, int KT>
+inline void qk_block(const float* q, int D, const uint8_t* const* k, const float* ks, float* s, int t, int valid) {
+    static_assert(RT * KT == 8, "8 accumulators");
+    __m256 acc[8];
+    for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
+    for (int c = 0; c < D; c += 8) {
+        __m256 kv[KT];
+        for (int j = 0; j < KT; ++j) kv[j] = load8<F>(k[j], c);
+        for (int r = 0; r < RT; ++r) {
+            __m256 qv = _mm256_loadu_ps(q + size_t(r) * D + c);
+            __asm__("" : "+x"(qv));  // keep q in a register (see decode_attention_avx2.cpp)
+            for (int j = 0; j < KT; ++j) acc[r * KT + j] = _mm256_fmadd_ps(qv, kv[j], acc[r * KT + j]);
+        }
+    }
+    alignas(32) float out[8];
+    _mm256_store_ps(out, reduce8(acc));
+    for (int r = 0; r < RT; ++r)
+        for (int j = 0; j < valid; ++j) s[size_t(r) * kStride + t + j] = out[r * KT + j] * ks[t + j];
+}
+
+template <int F, int RT, int KT>
+inline void qk_rows(const float* q, int D, const uint8_t* const* krows, const float* ks, int n, float* s,
+                    const uint8_t* const* pf, int npf) {
+    for (int t = 0; t < n; t += KT) {
+        for (int j = t; j < std::min(t + KT, npf); ++j)
+            for (int b = 0; b < D * row_bytes_per_elem(F); b += 64)
+                _mm_prefetch(reinterpret_cast<const char*>(pf[j] + b), _MM_HINT_T1);
+        const uint8_t* k[KT];
+        for (int j = 0; j < KT; ++j) k[j] = krows[std::min(t + j, n - 1)];  // tail: recompute the last key
+        qk_block<F, RT, KT>(q, D, k, ks, s, t, std::min(KT, n - t));
+    }
+}
+
+// acc[r][c..c+16) += sum_t p[r][t] * v[t][c..c+16) (p already carries V's per-token scale).
+template <int F, int RT>
+inline void pv_rows(const float* p, const uint8_t* const* vrows, int n, int D, float* acc) {
+    constexpr int U = RT == 4 ? 1 : (RT == 2 ? 2 : 4);
+    for (int c = 0; c < D; c += 16) {
+        __m256 a[U][RT][2];
+        for (int u = 0; u < U; ++u)
+            for (int r = 0; r < RT; ++r) a[u][r][0] = a[u][r][1] = _mm256_setzero_ps();
+        int t = 0;
+        for (; t + U <= n; t += U) {
+            for (int u = 0; u < U; ++u) {
+                const __m256 v0 = load8<F>(vrows[t + u], c), v1 = load8<F>(vrows[t + u], c + 8);
+                for (int r = 0; r < RT; ++r) {
+                    const __m256 pb = _mm256_broadcast_ss(p + size_t(r) * kStride + t + u);
+                    a[u][r][0] = _mm256_fmadd_ps(pb, v0, a[u][r][0]);
+                    a[u][r][1] = _mm256_fmadd_ps(pb, v1, a[u][r][1]);
+                }
+            }
+        }
+        for (; t < n; ++t) {
+            const __m256 v0 = load8<F>(vrows[t], c), v1 = load8<F>(vrows[t], c + 8);
+            for (int r = 0; r < RT; ++r) {
+                const __m256 pb = _mm256_broadcast_ss(p + size_t(r) * kStride + t);
+                a[0][r][0] = _mm256_fmadd_ps(pb, v0, a[0][r][0]);
+                a[0][r][1] = _mm256_fmadd_ps(pb, v1, a[0][r][1]);
+            }
+        }
+        for (int r = 0; r < RT; ++r) {
+            __m256 s0 = a[0][r][0], s1 = a[0][r][1];
+            for (int u = 1; u < U; ++u) {
+                s0 = _mm256_add_ps(s0, a[u][r][0]);
+                s1 = _mm256_add_ps(s1, a[u][r][1]);
+            }
+            float* ar = acc + size_t(r) * D + c;
+            _mm256_storeu_ps(ar, _mm256_add_ps(_mm256_loadu_ps(ar), s0));
+            _mm256_storeu_ps(ar + 8, _mm256_add_ps(_mm256_loadu_ps(ar + 8), s1));
+        }
+    }
+}
+
+template <int KF, int VF>
+void run_item_t(const Item& it) {
+    const int D = it.head_dim, R = it.rows, bs = it.block_size;
+    const float NEG_INF = -std::numeric_limits<float>::infinity();
+    thread_local std::vector<float> acc, m, l, sbuf, pbuf;
+    acc.assign(size_t(R) * D, 0.0f);
+    m.assign(size_t(R), NEG_INF);
+    l.assign(size_t(R), 0.0f);
+    sbuf.assign(size_t(R) * kStride, 0.0f);
+    pbuf.assign(size_t(R) * kStride, 0.0f);
+    float* S = sbuf.data();
+    float* P = VF == kF16 ? S : pbuf.data();
+    const uint8_t* kr[2][kTileKeys];
+    const uint8_t* vr[2][kTileKeys];
+    alignas(32) float ks[2][kTileKeys + 8], vs[2][kTileKeys + 8];
+    const int64_t krb = int64_t(D) * row_bytes_per_elem(KF), vrb = int64_t(D) * row_bytes_per_elem(VF);
+    auto rows_of = [&](int64_t t0, int n, int slot) {
+        for (int j = 0; j < n;) {
+            const int64_t t = t0 + j;
+            const int row = int(t % bs);
+            const int cnt = std::min(n - j, bs - row);
+            const uint8_t* tile = it.layer_base + int64_t(it.blocks[t / bs]) * it.block_stride + it.head_off;
+            for (int i = 0; i < cnt; ++i) {
+                kr[slot][j + i] = tile + it.k_data_off + size_t(row + i) * krb;
+                vr[slot][j + i] = tile + it.v_data_off + size_t(row + i) * vrb;
+            }
+            if constexpr (KF != kF16) std::memcpy(&ks[slot][j], tile + it.k_aux_off + size_t(row) * 4, size_t(cnt) * 4);
+            else for (int i = 0; i < cnt; ++i) ks[slot][j + i] = 1.0f;
+            if constexpr (VF != kF16) std::memcpy(&vs[slot][j], tile + it.v_aux_off + size_t(row) * 4, size_t(cnt) * 4);
+            j += cnt;
+        }
+    };
+    const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256 cap = _mm256_set1_ps(it.softcap);
+    int cur = 0;
+    int n_cur = int(std::min<int64_t>(kTileKeys, it.key_end - it.key_begin));
+    if (n_cur > 0) rows_of(it.key_begin, n_cur, 0);
+    for (int64_t t0 = it.key_begin; t0 < it.key_end; t0 += kTileKeys) {
+        const int n = n_cur;
+        const uint8_t* const* K = kr[cur];
+        const uint8_t* const* V = vr[cur];
+        const float* KS = ks[cur];
+        const float* VS = vs[cur];
+        const int64_t t1 = t0 + kTileKeys;
+        n_cur = int(std::min<int64_t>(kTileKeys, std::max<int64_t>(0, it.key_end - t1)));
+        if (n_cur > 0) rows_of(t1, n_cur, cur ^ 1);
+        const uint8_t* const* KN = kr[cur ^ 1];
+        const uint8_t* const* VN = vr[cur ^ 1];
+
+        // 1. scores (the first row tile prefetches the next tile's K rows, the last one its V rows)
+        int r = 0;
+        for (; r + 4 <= R; r += 4)
+            qk_rows<KF, 4, 2>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, r == 0 ? KN : VN,
+                              r == 0 || r + 4 == R ? n_cur : 0);
+        for (; r + 2 <= R; r += 2)
+            qk_rows<KF, 2, 4>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, r == 0 ? KN : VN,
+                              r == 0 || r + 2 == R ? n_cur : 0);
+        for (; r < R; ++r)
+            qk_rows<KF, 1, 8>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, r == 0 ? KN : VN,
+                              r == 0 || r + 1 == R ? n_cur : 0);
+
+        // 2. online softmax per row; P = weights (0 for masked keys) times V's per-token scale
+        const int nv = (n + 7) & ~7;
+        for (r = 0; r < R; ++r) {
+            float* s = S + size_t(r) * kStride;
+            float* pr = P + size_t(r) * kStride;
+            const int64_t lo = std::max(it.row_lo[r], t0) - t0, hi = std::min(it.row_hi[r] + 1, t0 + n) - t0;
+            if (lo >= hi) {
+                for (int j = 0; j < nv; j += 8) _mm256_storeu_ps(pr + j, _mm256_setzero_ps());
+                continue;
+            }
+            const __m256 vlo = _mm256_set1_ps(float(lo)), vhi = _mm256_set1_ps(float(hi));
+            __m256 vmax = _mm256_set1_ps(NEG_INF);
+            for (int j = 0; j < nv; j += 8) {
+                __m256 x = _mm256_loadu_ps(s + j);
+                if (it.softcap > 0.0f) x = softcap_ps(x, cap);
+                if (it.row_slope) {
+                    const __m256 rel = _mm256_add_ps(_mm256_set1_ps(float(t0 + j - it.row_hi[r])), lane);
+                    x = _mm256_fmadd_ps(_mm256_set1_ps(it.row_slope[r]), rel, x);
+                }
+                const __m256 idx = _mm256_add_ps(_mm256_set1_ps(float(j)), lane);
+                const __m256 valid = _mm256_and_ps(_mm256_cmp_ps(idx, vlo, _CMP_GE_OQ), _mm256_cmp_ps(idx, vhi, _CMP_LT_OQ));
+                x = _mm256_blendv_ps(_mm256_set1_ps(NEG_INF), x, valid);
+                _mm256_storeu_ps(s + j, x);
+                vmax = _mm256_max_ps(vmax, x);
+            }
+            const float tile_max = hmax(vmax);
+            float* ar = acc.data() + size_t(r) * D;
+            if (tile_max > m[size_t(r)]) {
+                if (m[size_t(r)] != NEG_INF) {
+                    const float alpha = std::exp(m[size_t(r)] - tile_max);
+                    const __m256 va = _mm256_set1_ps(alpha);
+                    for (int d = 0; d < D; d += 8) _mm256_storeu_ps(ar + d, _mm256_mul_ps(_mm256_loadu_ps(ar + d), va));
+                    l[size_t(r)] *= alpha;
+                }
+                m[size_t(r)] = tile_max;
+            }
+            const __m256 vm = _mm256_set1_ps(m[size_t(r)]);
+            __m256 vsum = _mm256_setzero_ps();
+            for (int j = 0; j < nv; j += 8) {
+                const __m256 x = _mm256_loadu_ps(s + j);
+                const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(NEG_INF), _CMP_NEQ_OQ);
+                const __m256 p = _mm256_and_ps(exp_ps(_mm256_sub_ps(x, vm)), keep);
+                vsum = _mm256_add_ps(vsum, p);
+                if constexpr (VF != kF16) {
+                    // lanes past n hold stale scales: their p is 0 (masked), and 0 * finite = 0
+                    const __m256 sc = _mm256_and_ps(_mm256_loadu_ps(VS + j), keep);
+                    _mm256_storeu_ps(pr + j, _mm256_mul_ps(p, sc));
+                } else {
+                    _mm256_storeu_ps(pr + j, p);
+                }
+            }
+            l[size_t(r)] += hsum(vsum);
+        }
+
+        // 3. acc += P V
+        for (r = 0; r + 4 <= R; r += 4) pv_rows<VF, 4>(P + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D);
+        for (; r + 2 <= R; r += 2) pv_rows<VF, 2>(P + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D);
+        for (; r < R; ++r) pv_rows<VF, 1>(P + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D);
+        cur ^= 1;
+    }
+
+    for (int r = 0; r < R; ++r) {
+        float* o = it.o + size_t(r) * D;
+        const float* ar = acc.data() + size_t(r) * D;
+        if (l[size_t(r)] > 0.0f) {
+            const __m256 vl = _mm256_set1_ps(l[size_t(r)]);
+            for (int d = 0; d < D; d += 8) _mm256_storeu_ps(o + d, _mm256_div_ps(_mm256_loadu_ps(ar + d), vl));
+            it.lse[r] = m[size_t(r)] + std::log(l[size_t(r)]);
+        } else {
+            std::memset(o, 0, size_t(D) * sizeof(float));
+            it.lse[r] = NEG_INF;
+        }
+    }
+}
+
+int row_fmt(int32_t f) { return f == LLMN_KV_INT8 ? kI8 : (f == LLMN_KV_FP8_E4M3 ? kE4M3 : kF16); }
+
+template <int KF>
+void dispatch_v(const Item& it) {
+    switch (row_fmt(it.v_format)) {
+        case kI8: run_item_t<KF, kI8>(it); break;
+        case kE4M3: run_item_t<KF, kE4M3>(it); break;
+        default: run_item_t<KF, kF16>(it); break;
+    }
+}
+
+}  // namespace
+
+void run_item_quant_avx2(const Item& it) {
+    switch (row_fmt(it.k_format)) {
+        case kI8: dispatch_v<kI8>(it); break;
+        case kE4M3: dispatch_v<kE4M3>(it); break;
+        default: dispatch_v<kF16>(it); break;
+    }
+}
+
+}  // namespace llmn::attn_cpu
