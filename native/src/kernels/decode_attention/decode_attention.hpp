@@ -16,7 +16,9 @@
 // n contiguous ranges of whole blocks (split_block_range). Each split writes a partial output
 // normalized by its own softmax denominator plus its log-sum-exp; merge_partials combines them.
 // The partition depends only on (lengths, n), never on thread scheduling, so results are bitwise
-// reproducible for a given n. Choosing n (num_splits = 0) is backend policy (see each backend).
+// reproducible for a given n. Choosing n (num_splits = 0) is backend policy (see each backend); a
+// forced n is capped per sequence at its number of visible blocks (a split is at least one block).
+// Split results differ from unsplit ones only by f32 rounding (bound in test_decode_attention.cpp).
 #pragma once
 #include "../../core/context.hpp"
 #include "../kv_cache/kv_cache.hpp"
