@@ -1,10 +1,13 @@
 # LlmNative build driver (Windows; also works under PowerShell 7 on Linux/macOS). Same verbs as build.sh:
 #
 #   ./build.ps1 [build]        native library (CMake) + managed solution
-#   ./build.ps1 test           build, check generated bindings, run ctest and dotnet test
+#   ./build.ps1 test           build, check generated bindings, run ctest and dotnet test, then pack and (where
+#                              bash exists and the OS is not Windows) run tests/consumer-smoke/run.sh
 #   ./build.ps1 run [args...]  build, then run the CLI (default: `llmnative info`)
 #   ./build.ps1 bench [args]   build, then run the benchmarks (short configuration)
-#   ./build.ps1 pack           NuGet packages into artifacts/
+#   ./build.ps1 pack           NuGet packages into artifacts/: LlmNative, LlmNative.Runtime.<rid> for each RID with
+#                              a library in artifacts/native/<rid>/ (this machine's is built and staged there),
+#                              LlmNative.Cli; see docs/packaging.md
 #   ./build.ps1 bindings       regenerate bindings/generated/NativeMethods.g.cs from the C header
 #   ./build.ps1 clean          remove build/ and artifacts/
 #
@@ -45,14 +48,75 @@ function Get-NativeLib {
     return (Join-Path $BuildDir "lib/libllmnative.so")
 }
 
-function Build-Native {
+function Build-Native([string]$Target = "") {
     Need cmake "Install CMake >= 3.22 (https://cmake.org or 'winget install Kitware.CMake')."
     Say "native: configure ($BuildDir, CUDA=$Cuda, $Config)"
     $gen = @()
     if (Get-Command ninja -ErrorAction SilentlyContinue) { $gen = @("-G", "Ninja") }
     Invoke-Checked cmake (@("-S", $Root, "-B", $BuildDir) + $gen + @("-DCMAKE_BUILD_TYPE=$Config", "-DLLMNATIVE_CUDA=$Cuda"))
     Say "native: build"
-    Invoke-Checked cmake @("--build", $BuildDir, "--config", $Config, "--parallel")
+    $targetArgs = @()
+    if ($Target) { $targetArgs = @("--target", $Target) }
+    Invoke-Checked cmake (@("--build", $BuildDir, "--config", $Config, "--parallel") + $targetArgs)
+}
+
+function Get-HostRid {
+    $os = if ($IsWindows -or $env:OS -eq "Windows_NT") { "win" } elseif ($IsMacOS) { "osx" } else { "linux" }
+    $arch = [System.Runtime.InteropServices.RuntimeInformation]::OSArchitecture.ToString().ToLowerInvariant()
+    return "$os-$arch"
+}
+
+function Get-NativeFileName([string]$rid) {
+    if ($rid -like "win-*") { return "llmnative.dll" }
+    if ($rid -like "osx-*") { return "libllmnative.dylib" }
+    return "libllmnative.so"
+}
+
+# Same steps as build.sh's pack_all: native library only, staged as artifacts/native/<rid>/; a runtime package
+# for each packaging/runtime/<rid>/ whose library is staged; LlmNative depending on exactly those; the tool.
+function Invoke-Pack {
+    Need dotnet "Install the .NET SDK 10 (https://dot.net; see global.json)."
+    $version = (Select-Xml -Path (Join-Path $Root "Directory.Build.props") -XPath "//Version" | Select-Object -First 1).Node.InnerText
+    $cmakeVersion = [regex]::Match((Get-Content (Join-Path $Root "CMakeLists.txt") -Raw), 'project\(LlmNative VERSION ([0-9.]+)').Groups[1].Value
+    if ((($version -split '[-+]')[0]) -ne $cmakeVersion) {
+        Die "version mismatch: Directory.Build.props <Version>$version</Version> but CMakeLists.txt project(LlmNative VERSION $cmakeVersion); they must agree"
+    }
+    Build-Native "llmnative"
+    $rid = Get-HostRid
+    $lib = Get-NativeLib
+    if (-not (Test-Path $lib)) { Die "the native build did not produce $lib" }
+    $out = Join-Path $Root "artifacts"
+    $stage = Join-Path $out "native/$rid"
+    New-Item -ItemType Directory -Force -Path $stage | Out-Null
+    Copy-Item $lib $stage -Force
+    Get-ChildItem $out -File | Where-Object { $_.Name -like "LlmNative.*.nupkg" -or $_.Name -like "LlmNative.*.snupkg" } | Remove-Item -Force
+    $props = @("-c", $Config, "-o", $out, "-nologo", "-v", "quiet")
+    if (Get-Command git -ErrorAction SilentlyContinue) {
+        $commitTime = & git -C $Root log -1 --format=%ct 2>$null
+        if ($LASTEXITCODE -eq 0 -and $commitTime) {
+            if (-not $env:SOURCE_DATE_EPOCH) { $env:SOURCE_DATE_EPOCH = $commitTime }
+            $props += "-p:ContinuousIntegrationBuild=true"
+        }
+    }
+    $packed = @(); $skipped = @()
+    foreach ($proj in Get-ChildItem (Join-Path $Root "packaging/runtime") -Recurse -Filter "LlmNative.Runtime.*.csproj") {
+        $r = $proj.Directory.Name
+        $f = Join-Path $out "native/$r/$(Get-NativeFileName $r)"
+        if (Test-Path $f) {
+            Say "pack: LlmNative.Runtime.$r ($f)"
+            Invoke-Checked dotnet (@("pack", $proj.FullName) + $props)
+            $packed += $r
+        } else { $skipped += $r }
+    }
+    if ($packed.Count -eq 0) { Die "no native library staged under $out/native/<rid>/" }
+    $rids = "-p:LlmNativeRuntimeRids=" + ($packed -join "%3B")
+    Say "pack: LlmNative (depends on LlmNative.Runtime.{$($packed -join ',')} $version exactly)"
+    Invoke-Checked dotnet (@("pack", (Join-Path $Root "src/LlmNative/LlmNative.csproj")) + $props + @($rids))
+    Say "pack: LlmNative.Cli (dotnet tool 'llmnative')"
+    Invoke-Checked dotnet (@("pack", (Join-Path $Root "src/LlmNative.Cli/LlmNative.Cli.csproj")) + $props + @($rids))
+    $note = if ($skipped.Count -gt 0) { "; not packed (no library in artifacts/native/<rid>/): $($skipped -join ' ')" } else { "" }
+    Say "pack: done - RIDs packed: $($packed -join ' ')$note"
+    Get-ChildItem $out -File | Where-Object { $_.Name -like "LlmNative*.$version.*nupkg" } | ForEach-Object { Write-Host "    $($_.Name)" }
 }
 
 function Build-Managed {
@@ -79,6 +143,14 @@ switch ($Verb) {
         Say "managed tests (dotnet test)"
         $env:LLMNATIVE_LIBRARY_PATH = Get-NativeLib
         Invoke-Checked dotnet @("test", (Join-Path $Root "LlmNative.sln"), "-c", $Config, "--no-build", "-nologo")
+        Remove-Item Env:LLMNATIVE_LIBRARY_PATH
+        Invoke-Pack
+        if (-not ($IsWindows -or $env:OS -eq "Windows_NT") -and (Get-Command bash -ErrorAction SilentlyContinue)) {
+            Say "consumer smoke test (packages from artifacts/ in a fresh project)"
+            Invoke-Checked bash @((Join-Path $Root "tests/consumer-smoke/run.sh"))
+        } else {
+            Write-Host "consumer smoke test: skipped on Windows (tests/consumer-smoke/run.sh is a bash script); packages are in artifacts/"
+        }
     }
     "run" {
         Build-Native; Build-Managed
@@ -95,16 +167,11 @@ switch ($Verb) {
                 "--artifacts", (Join-Path $Root "artifacts/bench"), "--filter", "*")
         }
     }
-    "pack" {
-        Build-Native
-        Say "pack: NuGet packages into artifacts/"
-        Invoke-Checked dotnet @("pack", (Join-Path $Root "LlmNative.sln"), "-c", $Config, "-o", (Join-Path $Root "artifacts"),
-            "-nologo", "-p:LlmNativeNativeDir=$(Split-Path (Get-NativeLib))")
-    }
+    "pack" { Invoke-Pack }
     "bindings" { Say "bindings: regenerate"; Invoke-BindingGen "generate" }
     "clean" {
         foreach ($d in @("build", "artifacts")) { $p = Join-Path $Root $d; if (Test-Path $p) { Remove-Item -Recurse -Force $p } }
     }
-    { $_ -in @("-h", "--help", "help") } { Get-Content $PSCommandPath | Select-Object -Skip 1 -First 14 | ForEach-Object { $_ -replace '^# ?', '' } }
+    { $_ -in @("-h", "--help", "help") } { Get-Content $PSCommandPath | Select-Object -Skip 1 -First 18 | ForEach-Object { $_ -replace '^# ?', '' } }
     default { Die "unknown verb '$Verb' (try ./build.ps1 --help)" }
 }

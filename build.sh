@@ -2,12 +2,15 @@
 # LlmNative build driver (Linux/macOS). Same verbs as build.ps1.
 #
 #   ./build.sh [build]        native library (CMake) + managed solution
-#   ./build.sh test           build, check generated bindings, run ctest and dotnet test
+#   ./build.sh test           build, check generated bindings, run ctest and dotnet test, then pack and run
+#                             the consumer smoke test (tests/consumer-smoke/run.sh)
 #   ./build.sh run [args...]  build, then run the CLI (default: `llmnative info`)
 #   ./build.sh bench [args]   build, then run the benchmarks (short configuration); --benchmark_* args go to
 #                             the native (Google Benchmark) binary, the rest to tests/LlmNative.Benchmarks
 #                             (e.g. --full, --filter '*Int4Gemm*', --job medium; see its Program.cs)
-#   ./build.sh pack           NuGet packages into artifacts/
+#   ./build.sh pack           NuGet packages into artifacts/: LlmNative (+ .snupkg), LlmNative.Runtime.<rid> for
+#                             each RID with a library in artifacts/native/<rid>/ (this machine's is built and
+#                             staged there), LlmNative.Cli (dotnet tool); see docs/packaging.md
 #   ./build.sh bindings       regenerate bindings/generated/NativeMethods.g.cs from the C header
 #   ./build.sh sanitize       native build + ctest with AddressSanitizer and UBSan (CUDA off)
 #   ./build.sh clean          remove build/ and artifacts/
@@ -63,8 +66,9 @@ build_native() {
   [ -n "${LLMNATIVE_CUDA_ARCHITECTURES:-}" ] && arch_arg=(-DLLMNATIVE_CUDA_ARCHITECTURES="$LLMNATIVE_CUDA_ARCHITECTURES")
   cmake -S "$root" -B "$build_dir" $(generator_args) -DCMAKE_BUILD_TYPE="$config" -DLLMNATIVE_CUDA="$cuda" \
     "${arch_arg[@]}" "$@" >/dev/null
-  say "native: build"
-  cmake --build "$build_dir" --parallel "$jobs"
+  say "native: build${native_targets:+ ($native_targets)}"
+  # shellcheck disable=SC2086
+  cmake --build "$build_dir" --parallel "$jobs" ${native_targets:+--target $native_targets}
 }
 
 build_managed() {
@@ -78,6 +82,70 @@ check_bindings() {
   say "bindings: check generated code against the header"
   dotnet run --project "$root/bindings/LlmNative.BindingGen" -c "$config" -- \
     check "$root/native/include/llmnative/llmnative.h" "$root/bindings/generated/NativeMethods.g.cs"
+}
+
+host_rid() {  # the .NET runtime identifier of this machine, e.g. linux-x64
+  local os arch
+  case "$(uname -s)" in Darwin) os=osx ;; Linux) os=linux ;; *) os="$(uname -s | tr '[:upper:]' '[:lower:]')" ;; esac
+  case "$(uname -m)" in x86_64|amd64) arch=x64 ;; aarch64|arm64) arch=arm64 ;; *) arch="$(uname -m)" ;; esac
+  echo "$os-$arch"
+}
+
+native_file_for_rid() {
+  case "$1" in win-*) echo llmnative.dll ;; osx-*) echo libllmnative.dylib ;; *) echo libllmnative.so ;; esac
+}
+
+# pack: the native library only (target llmnative), staged as artifacts/native/<rid>/; one runtime package per
+# packaging/runtime/<rid>/ project whose library is staged (other RIDs' libraries may be put there beforehand,
+# e.g. by a release job); then LlmNative depending on exactly those, and the llmnative tool carrying them.
+pack_all() {
+  check_dotnet
+  local version cmake_version
+  version="$(sed -n 's:.*<Version>\(.*\)</Version>.*:\1:p' "$root/Directory.Build.props" | head -n1)"
+  cmake_version="$(sed -n 's/^project(LlmNative VERSION \([0-9][0-9.]*\).*/\1/p' "$root/CMakeLists.txt")"
+  [ "${version%%[-+]*}" = "$cmake_version" ] || die "version mismatch: Directory.Build.props <Version>$version</Version> but CMakeLists.txt project(LlmNative VERSION $cmake_version); they must agree (the loader refuses a native library of another release)"
+  native_targets=llmnative build_native
+  local out="$root/artifacts" rid lib
+  rid="$(host_rid)"
+  lib="$(native_lib)"
+  [ -f "$lib" ] || die "the native build did not produce $lib"
+  if command -v readelf >/dev/null 2>&1 && readelf -d "$lib" | grep -q 'NEEDED.*libcudart'; then
+    die "$lib links the CUDA runtime dynamically (libcudart); the package needs it linked statically"
+  fi
+  local cuda_note="CPU only"
+  if grep -q '^CMAKE_CUDA_COMPILER:[A-Z]*=/' "$build_dir/CMakeCache.txt" 2>/dev/null \
+     && ! grep -q '^LLMNATIVE_CUDA:[A-Z]*=OFF' "$build_dir/CMakeCache.txt"; then
+    cuda_note="CPU + CUDA backend, CUDA runtime static"
+  fi
+  mkdir -p "$out/native/$rid"
+  cp -f "$lib" "$out/native/$rid/"
+  rm -f "$out"/LlmNative.*.nupkg "$out"/LlmNative.*.snupkg
+  # Reproducible packages: file times from the last commit, /_/ source paths in the PDBs (inside a git checkout).
+  local props=(-c "$config" -o "$out" -nologo -v quiet)
+  if git -C "$root" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$root" log -1 --format=%ct)}"
+    props+=(-p:ContinuousIntegrationBuild=true)
+  fi
+  local packed=() skipped=() proj r f
+  for proj in "$root"/packaging/runtime/*/LlmNative.Runtime.*.csproj; do
+    r="$(basename "$(dirname "$proj")")"
+    f="$out/native/$r/$(native_file_for_rid "$r")"
+    if [ -f "$f" ]; then
+      say "pack: LlmNative.Runtime.$r ($f)"
+      dotnet pack "$proj" "${props[@]}"
+      packed+=("$r")
+    else
+      skipped+=("$r")
+    fi
+  done
+  [ ${#packed[@]} -gt 0 ] || die "no native library staged under $out/native/<rid>/"
+  local rids; rids="$(IFS=';'; echo "${packed[*]}")"
+  say "pack: LlmNative (depends on LlmNative.Runtime.{${rids//;/,}} $version exactly)"
+  dotnet pack "$root/src/LlmNative/LlmNative.csproj" "${props[@]}" "-p:LlmNativeRuntimeRids=${rids//;/%3B}"
+  say "pack: LlmNative.Cli (dotnet tool 'llmnative')"
+  dotnet pack "$root/src/LlmNative.Cli/LlmNative.Cli.csproj" "${props[@]}" "-p:LlmNativeRuntimeRids=${rids//;/%3B}"
+  say "pack: done — RIDs packed: ${packed[*]} ($rid: $cuda_note)${skipped[*]:+; not packed (no library in artifacts/native/<rid>/): ${skipped[*]}}"
+  (cd "$out" && ls -1 LlmNative*."$version".nupkg LlmNative*."$version".snupkg 2>/dev/null | sed 's/^/    /')
 }
 
 verb="${1:-build}"
@@ -99,6 +167,9 @@ case "$verb" in
     say "managed tests (dotnet test)"
     LLMNATIVE_LIBRARY_PATH="$(native_lib)" dotnet test "$root/LlmNative.sln" -c "$config" --no-build -nologo \
       --logger "console;verbosity=normal"
+    pack_all
+    say "consumer smoke test (packages from artifacts/ in a fresh project)"
+    bash "$root/tests/consumer-smoke/run.sh"
     ;;
   run)
     build_native
@@ -126,11 +197,7 @@ case "$verb" in
     fi
     ;;
   pack)
-    build_native
-    check_dotnet
-    say "pack: NuGet packages into artifacts/"
-    mkdir -p "$root/artifacts"
-    dotnet pack "$root/LlmNative.sln" -c "$config" -o "$root/artifacts" -nologo -p:LlmNativeNativeDir="$build_dir/lib"
+    pack_all
     ;;
   bindings)
     check_dotnet
@@ -153,7 +220,7 @@ case "$verb" in
     rm -rf "$root/build" "$root/artifacts"
     ;;
   -h|--help|help)
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
     die "unknown verb '$verb' (try ./build.sh --help)"
