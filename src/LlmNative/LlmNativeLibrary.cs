@@ -139,6 +139,7 @@ public static class LlmNativeLibrary
     /// <summary>Loads the native library now (otherwise it is loaded on first use).</summary>
     /// <exception cref="LlmNativeLibraryNotFoundException">No candidate could be loaded; the message lists each path tried.</exception>
     /// <exception cref="LlmNativeAbiMismatchException">The library found has another ABI version.</exception>
+    /// <exception cref="LlmNativeVersionMismatchException">The library found is another LlmNative release than this assembly.</exception>
     public static void Load() => EnsureLoaded();
 
     internal static void EnsureLoaded()
@@ -257,6 +258,7 @@ public static class LlmNativeLibrary
             try
             {
                 CheckAbi(path, abi, NativeMethods.LLMN_ABI_VERSION);
+                CheckVersion(path, NativeReportedString(loader, h, "llmn_get_version"), LlmNativeInfo.ManagedVersion, ManagedAssemblyPath());
             }
             catch
             {
@@ -274,6 +276,57 @@ public static class LlmNativeLibrary
     {
         if (nativeAbiVersion != expectedAbiVersion)
             throw new LlmNativeAbiMismatchException(libraryPath, nativeAbiVersion, expectedAbiVersion);
+    }
+
+    /// <summary>
+    /// Throws <see cref="LlmNativeVersionMismatchException"/> unless the native library is the same release
+    /// (major.minor.patch; pre-release and build suffixes ignored) as this assembly's informational version.
+    /// A null or unparsable native version (no llmn_get_version export) is a mismatch too.
+    /// </summary>
+    internal static void CheckVersion(string libraryPath, string? nativeVersion, string managedVersion, string assemblyPath)
+    {
+        static string? Release(string? version)
+        {
+            if (version is null) return null;
+            string core = version.Trim().Split('+', '-')[0];
+            string[] parts = core.Split('.');
+            if (parts.Length < 3 || parts.Take(3).Any(p => p.Length == 0 || !p.All(char.IsDigit))) return null;
+            return string.Join(".", parts.Take(3).Select(p => p.TrimStart('0').Length == 0 ? "0" : p.TrimStart('0')));
+        }
+
+        string? native = Release(nativeVersion), managed = Release(managedVersion);
+        if (native == null || native != managed)
+            throw new LlmNativeVersionMismatchException(libraryPath, string.IsNullOrWhiteSpace(nativeVersion) ? "unknown" : nativeVersion!,
+                assemblyPath, managedVersion);
+    }
+
+    /// <summary>A string export of the library ("like llmn_get_last_error"), read before any P/Invoke is bound; null when absent or failing.</summary>
+    private static unsafe string? NativeReportedString(LibraryLoader loader, IntPtr h, string symbol)
+    {
+        IntPtr fn = loader.GetExport(h, symbol);
+        if (fn == IntPtr.Zero) return null;
+        const int Capacity = 256;
+        byte* buffer = stackalloc byte[Capacity];
+        int length = 0;
+        var status = ((delegate* unmanaged[Cdecl]<byte*, int, int*, NativeMethods.llmn_status>)fn)(buffer, Capacity, &length);
+        if (status != NativeMethods.llmn_status.LLMN_STATUS_OK || length < 0 || length >= Capacity) return null;
+        return Native.Utf8(buffer, length);
+    }
+
+    /// <summary>The file of this assembly, for messages ("(single-file application)" when it has none).</summary>
+    private static string ManagedAssemblyPath()
+    {
+        try
+        {
+#pragma warning disable IL3000 // empty in single-file apps: handled below
+            string location = typeof(LlmNativeLibrary).Assembly.Location;
+#pragma warning restore IL3000
+            return string.IsNullOrEmpty(location) ? $"{AppContext.BaseDirectory} (single-file application)" : location;
+        }
+        catch (NotSupportedException)
+        {
+            return "(dynamic assembly)";
+        }
     }
 
     /// <summary>The path the library reports for itself (dladdr), which resolves default probing to a file.</summary>
