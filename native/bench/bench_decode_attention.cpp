@@ -6,6 +6,7 @@
 // KV_GBps / streaming-read GB/s measured in the same round (see below). Every configuration rotates
 // over enough independent copies of its batch that >= 256 MiB of KV is touched between two visits
 // of the same copy, so no run is served from the (16-32 MiB) L3 cache.
+// BM_DecodeAttentionQuant: the same with INT8 / FP8-E4M3 K and V (batch 1 x 4k / 32k).
 // Run: build/<dir>/native/bench/llmnative_bench --benchmark_filter='StreamRead|DecodeAttention'
 #include <benchmark/benchmark.h>
 #include <llmnative/llmnative.h>
@@ -92,8 +93,22 @@ struct AttentionSetup {
     }
 };
 
-bool build(AttentionSetup& s, int32_t batch, int64_t context, benchmark::State& state) {
-    const int64_t batch_bytes = int64_t(batch) * context * kKvBytesPerToken;
+// Bytes of K + V (with INT8/FP8 scales) one token of one layer occupies for a format (the planner).
+int64_t kv_bytes_per_token(int32_t fmt) {
+    if (fmt == LLMN_KV_F16) return kKvBytesPerToken;
+    llmn_kv_cache_desc d{};
+    d.num_layers = 1;
+    d.num_kv_heads = kKvHeads;
+    d.head_dim = kHeadDim;
+    d.block_size = kBlock;
+    d.k_format = d.v_format = fmt;
+    int64_t b = 0;
+    llmn_kv_cache_bytes_per_token(&d, &b);
+    return b;
+}
+
+bool build(AttentionSetup& s, int32_t batch, int64_t context, benchmark::State& state, int32_t fmt = LLMN_KV_F16) {
+    const int64_t batch_bytes = int64_t(batch) * context * kv_bytes_per_token(fmt);
     const int64_t copies = std::max<int64_t>(rotate_bytes() > 0 ? 2 : 1, (rotate_bytes() + batch_bytes - 1) / batch_bytes);
     if (llmn_context_create(LLMN_BACKEND_CPU, 0, &s.ctx) != LLMN_STATUS_OK) return false;
     llmn_kv_cache_desc d{};
@@ -101,7 +116,7 @@ bool build(AttentionSetup& s, int32_t batch, int64_t context, benchmark::State& 
     d.num_kv_heads = kKvHeads;
     d.head_dim = kHeadDim;
     d.block_size = kBlock;
-    d.k_format = d.v_format = LLMN_KV_F16;
+    d.k_format = d.v_format = fmt;
     d.max_batch = std::max(batch, 1);
     d.capacity_tokens = copies * batch * (context + kBlock);
     if (llmn_kv_cache_create(s.ctx, &d, &s.cache) != LLMN_STATUS_OK) {
@@ -145,19 +160,16 @@ bool build(AttentionSetup& s, int32_t batch, int64_t context, benchmark::State& 
 // timed streaming-read pass over a 256 MiB array. The per-round ratio of the two bandwidths is
 // robust to the load of a shared machine (both halves of a round see nearly the same conditions);
 // frac_of_stream is its median over the rounds, frac_best its maximum.
-void BM_DecodeAttention(benchmark::State& state) {
-    const int32_t batch = int32_t(state.range(0));
-    const int64_t context = state.range(1);
-    const int32_t splits = int32_t(state.range(2));
+void run_decode_attention(benchmark::State& state, int32_t batch, int64_t context, int32_t splits, int32_t fmt) {
     AttentionSetup s;
-    if (!build(s, batch, context, state)) return;
+    if (!build(s, batch, context, state, fmt)) return;
     llmn_attention_params p{};
     p.layer = 0;
     p.num_q_heads = kQHeads;
     p.q_len = 1;
     p.num_splits = splits;
     p.scale = 0.08838834764831845f;
-    const double kv_bytes = double(batch) * double(context) * double(kKvBytesPerToken);
+    const double kv_bytes = double(batch) * double(context) * double(kv_bytes_per_token(fmt));
     const int64_t calls = std::max<int64_t>(1, int64_t(std::ceil(double(int64_t(256) << 20) / kv_bytes)));
     const size_t stream_words = (size_t(256) << 20) / 8;
     StreamArray sa(stream_words);
@@ -197,6 +209,17 @@ void BM_DecodeAttention(benchmark::State& state) {
     state.counters["rotated_copies"] = double(s.sets.size());
 }
 
+void BM_DecodeAttention(benchmark::State& state) {
+    run_decode_attention(state, int32_t(state.range(0)), state.range(1), int32_t(state.range(2)), LLMN_KV_F16);
+}
+
+// Same rounds with an INT8 (kv 2) or FP8-E4M3 (kv 3) cache for K and V, automatic splits. KV_GBps
+// counts the bytes actually stored (codes + f32 scales), so frac_of_stream compares like with like;
+// compare us_per_call with the f16 rows for the speedup.
+void BM_DecodeAttentionQuant(benchmark::State& state) {
+    run_decode_attention(state, int32_t(state.range(0)), state.range(1), 0, int32_t(state.range(2)));
+}
+
 }  // namespace
 
 BENCHMARK(BM_StreamRead)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(8);
@@ -215,6 +238,16 @@ BENCHMARK(BM_DecodeAttention)
     ->Args({1, 32768, 1})
     ->Args({1, 32768, 2})
     ->Args({1, 32768, 8})
+    ->Iterations(9)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+
+BENCHMARK(BM_DecodeAttentionQuant)
+    ->ArgNames({"batch", "ctx", "kv"})
+    ->Args({1, 4096, LLMN_KV_INT8})
+    ->Args({1, 4096, LLMN_KV_FP8_E4M3})
+    ->Args({1, 32768, LLMN_KV_INT8})
+    ->Args({1, 32768, LLMN_KV_FP8_E4M3})
     ->Iterations(9)
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);

@@ -662,3 +662,41 @@ TEST(KvQuant, QuantizedVsF16Accuracy) {
         EXPECT_LE(worst, c.bound) << fmt_name(c.kf) << "/" << fmt_name(c.vf) << " outliers " << c.outliers;
     }
 }
+
+// Exhaustive check of the kernels' in-register decoders: a single key whose V row holds every
+// finite code (scale exactly 1), so the attention output (weight exactly 1) must equal the code
+// values bit for bit, for scalar and AVX2, INT8 and E4M3.
+TEST(KvQuant, SingleKeyAttentionReturnsEveryCodeExactly) {
+    CpuStateGuard guard;
+    Ctx ctx;
+    const int32_t D = 256;
+    for (int32_t f : {LLMN_KV_INT8, LLMN_KV_FP8_E4M3}) {
+        std::vector<float> v(size_t(D), 0.0f), k(size_t(D), 0.5f);
+        int32_t n = 0;
+        for (int c = 0; c < 256 && n < D; ++c) {
+            const float x = llmn::kv_code_value(f, uint8_t(c));
+            if (!std::isnan(x) && !(f == LLMN_KV_INT8 && c == 0x80)) v[size_t(n++)] = x;  // -128 is never stored
+        }
+        llmn_kv_cache_desc d = make_desc(1, 1, D, 16, f, f, 16);
+        Filled fl;
+        LLMN_ASSERT_OK(llmn_kv_cache_create(ctx.h, &d, &fl.cache));
+        int64_t id = 0;
+        LLMN_ASSERT_OK(llmn_kv_cache_add_sequence(fl.cache, &id));
+        fl.ids.push_back(id);
+        append(ctx.h, fl.cache, id, 0, k.data(), v.data(), 1, D);
+        for (int32_t isa : isas_to_test()) {
+            LLMN_ASSERT_OK(llmn_set_cpu_isa(isa));
+            Buf qb(ctx.h, LLMN_DTYPE_F32, D), ob(ctx.h, LLMN_DTYPE_F32, D);
+            qb.upload(std::vector<float>(size_t(D), 1.0f));
+            ob.upload(std::vector<float>(size_t(D), std::nanf("")));
+            llmn_attention_params p{};
+            p.layer = 0;
+            p.num_q_heads = 1;
+            p.q_len = 1;
+            p.scale = 0.0625f;
+            LLMN_ASSERT_OK(llmn_decode_attention(ctx.h, fl.cache, &id, 1, qb.h, nullptr, ob.h, &p));
+            const std::vector<float> o = ob.download<float>(D);
+            for (int32_t i = 0; i < D; ++i) ASSERT_EQ(o[size_t(i)], v[size_t(i)]) << fmt_name(f) << " " << isa_name(isa) << " element " << i;
+        }
+    }
+}
