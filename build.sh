@@ -112,10 +112,9 @@ pack_all() {
   if command -v readelf >/dev/null 2>&1 && readelf -d "$lib" | grep -q 'NEEDED.*libcudart'; then
     die "$lib links the CUDA runtime dynamically (libcudart); the package needs it linked statically"
   fi
-  local cuda_note="CPU only"
-  if grep -q '^CMAKE_CUDA_COMPILER:[A-Z]*=/' "$build_dir/CMakeCache.txt" 2>/dev/null \
-     && ! grep -q '^LLMNATIVE_CUDA:[A-Z]*=OFF' "$build_dir/CMakeCache.txt"; then
-    cuda_note="CPU + CUDA backend, CUDA runtime static"
+  local cuda_note="CUDA backend: unknown (no readelf)"
+  if command -v readelf >/dev/null 2>&1; then  # CUDA device code lives in the .nv_fatbin section
+    if readelf -SW "$lib" | grep -q '\.nv_fatbin'; then cuda_note="CPU + CUDA backend, CUDA runtime static"; else cuda_note="CPU only"; fi
   fi
   mkdir -p "$out/native/$rid"
   cp -f "$lib" "$out/native/$rid/"
