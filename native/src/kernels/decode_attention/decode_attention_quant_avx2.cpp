@@ -3,8 +3,8 @@
 // (decode_attention_avx2.cpp) so that one stays untouched; the math helpers are repeated here.
 // Dequantization is fused into the row loads and never materialised:
 //  - a row chunk of 8 codes becomes 8 f32 in a register: INT8 by cvtepi8_epi32 + cvtepi32_ps, E4M3 by
-//    bit manipulation (exponent rebias for normals, m * 2^-9 for subnormals, exact, no denormal
-//    arithmetic, so FTZ/DAZ modes cannot change it), f16 by F16C;
+//    re-packing the bits as f16 of value * 2^-8 (4 integer ops) + F16C, the 2^8 folded into the
+//    per-token scale (exact), f16 by F16C;
 //  - q.k runs on the code values and the per-token scale is applied once per score afterwards:
 //    s_t = scale_t * (q . code_t);
 //  - p.v uses the weights p_t * scale_t against the code values (the softmax denominator l sums the
@@ -36,18 +36,21 @@ inline __m256 load8(const uint8_t* row, int c) {
     } else if constexpr (F == kI8) {
         return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c))));
     } else {
-        const __m256i x = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c)));
-        const __m256i mag = _mm256_and_si256(x, _mm256_set1_epi32(0x7F));
-        // normal: exponent field e (bits 3..6) rebased from bias 7 to 127, mantissa to the top bits
-        const __m256i nb = _mm256_add_epi32(_mm256_slli_epi32(mag, 20), _mm256_set1_epi32(120 << 23));
-        // subnormal (e = 0, mag = m < 8): m * 2^-9, exact
-        const __m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(mag), _mm256_set1_ps(1.0f / 512.0f));
-        const __m256 is_sub = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), mag));
-        const __m256 v = _mm256_blendv_ps(_mm256_castsi256_ps(nb), sub, is_sub);
-        const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x80)), 24);
-        return _mm256_or_ps(v, _mm256_castsi256_ps(sign));
+        // E4M3 -> f16 bits: byte into the high half of a 16-bit lane (s eeee mmm 0..0), arithmetic
+        // shift right by 1 and clear bit 14: s 0 eeee mmm 0000000 is the f16 of value * 2^-8 exactly
+        // (exponent bias 15 vs 7; E4M3 subnormals become f16 subnormals, which F16C converts
+        // exactly). The 2^8 is folded into the row's scale (kE4M3Unscale), so 4 integer ops + cvtph.
+        const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c));
+        const __m128i h = _mm_and_si128(_mm_srai_epi16(_mm_unpacklo_epi8(_mm_setzero_si128(), b), 1),
+                                        _mm_set1_epi16(int16_t(0xBF80)));
+        return _mm256_cvtph_ps(h);
     }
 }
+
+// Factor the E4M3 loader's values are short by (applied to the per-token scales once per row).
+constexpr float kE4M3Unscale = 256.0f;
+template <int F>
+constexpr float scale_factor() { return F == kE4M3 ? kE4M3Unscale : 1.0f; }
 
 constexpr int row_bytes_per_elem(int F) { return F == kF16 ? 2 : 1; }
 
@@ -210,6 +213,9 @@ void run_item_t(const Item& it) {
             if constexpr (KF != kF16) std::memcpy(&ks[slot][j], tile + it.k_aux_off + size_t(row) * 4, size_t(cnt) * 4);
             else for (int i = 0; i < cnt; ++i) ks[slot][j + i] = 1.0f;
             if constexpr (VF != kF16) std::memcpy(&vs[slot][j], tile + it.v_aux_off + size_t(row) * 4, size_t(cnt) * 4);
+            // exact: a power of two, and scale <= FLT_MAX / 448 leaves room for 2^8
+            if constexpr (KF == kE4M3) for (int i = 0; i < cnt; ++i) ks[slot][j + i] *= scale_factor<KF>();
+            if constexpr (VF == kE4M3) for (int i = 0; i < cnt; ++i) vs[slot][j + i] *= scale_factor<VF>();
             j += cnt;
         }
     };
