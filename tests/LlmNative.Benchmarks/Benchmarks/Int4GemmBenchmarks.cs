@@ -97,7 +97,7 @@ public class Int4Gemm
     private void SetupOurs(int group)
     {
         GemmShape shape = Shape;
-        OursInt4Set set = DataCache.Get($"ours-int4-g{group}-{shape}", shape.ToString(), () => OursInt4Set.Build(shape, group));
+        OursInt4Set set = DataCache.Get($"gemm-{shape}", $"ours-g{group}", () => OursInt4Set.Build(shape, group));
         _ours = set.Weights;
         SetupActivations(out float[] x);
         Gemm.Int4(_x!, _ours[0], _y!, M);
@@ -108,7 +108,7 @@ public class Int4Gemm
     private void SetupDenseCore()
     {
         GemmShape shape = Shape;
-        DenseSet set = DataCache.Get($"dense-f32-{shape}", shape.ToString(), () => DenseSet.Build(shape));
+        DenseSet set = DataCache.Get($"gemm-{shape}", "dense-f32", () => DenseSet.Build(shape));
         _dense = set.Weights;
         SetupActivations(out _);
     }
@@ -116,7 +116,7 @@ public class Int4Gemm
     private void SetupOrt(int block, int accuracyLevel)
     {
         GemmShape shape = Shape;
-        OrtSet set = DataCache.Get($"ort-b{block}-acc{accuracyLevel}-{shape}", shape.ToString(), () => OrtSet.Build(shape, block, accuracyLevel));
+        OrtSet set = DataCache.Get($"gemm-{shape}", $"ort-b{block}-acc{accuracyLevel}", () => OrtSet.Build(shape, block, accuracyLevel));
         _ort = set.Sessions;
         float[] x = SelfCheck.Activations(M, Shape.K, seed: 17);
         _ortA = new NativeArray((long)M * Shape.K * 4);
