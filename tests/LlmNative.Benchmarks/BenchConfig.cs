@@ -49,7 +49,7 @@ internal static class Throughput
     {
         string method = c.Descriptor.WorkloadMethod.Name;
         Type type = c.Descriptor.Type;
-        if (type == typeof(StreamRead)) return StreamRead.Bytes;
+        if (type == typeof(StreamRead) || type == typeof(StreamReadLast)) return StreamRead.Bytes;
         if (type == typeof(Int4Gemm) && c.Parameters["Shape"] is GemmShape s)
         {
             if (method == nameof(Int4Gemm.Dense_F32)) return Int4Gemm.DenseBytes(s);
@@ -104,14 +104,20 @@ internal sealed class KindMajorOrderer : DefaultOrderer
         IEnumerable<BenchmarkLogicalGroupRule>? order = null) =>
         benchmarksCase
             .Select((c, i) => (c, i))
-            .OrderBy(t => TypeRank(t.c.Descriptor.Type))
+            .OrderBy(t => TypeRank(t.c))
             .ThenBy(t => DataParams(t.c), StringComparer.Ordinal)
             .ThenBy(t => t.c.Parameters.Items.FirstOrDefault(p => p.Name == "M")?.Value is int m ? m : 0)
             .ThenBy(t => t.c.Descriptor.MethodIndex)
             .ThenBy(t => t.i)
             .Select(t => t.c);
 
-    private static int TypeRank(Type t) => t == typeof(StreamRead) ? 0 : t == typeof(Int4Gemm) ? 1 : t == typeof(DecodeAttention) ? 2 : 3;
+    private static int TypeRank(BenchmarkCase c)
+    {
+        Type t = c.Descriptor.Type;
+        if (t == typeof(StreamRead)) return 0;
+        if (t == typeof(StreamReadLast)) return 9;
+        return t == typeof(Int4Gemm) ? 1 : t == typeof(DecodeAttention) ? 2 : 3;
+    }
 
     /// <summary>The parameters a data set depends on (all but M, the GEMM's row count), sortable.</summary>
     private static string DataParams(BenchmarkCase c) =>

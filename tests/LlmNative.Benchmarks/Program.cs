@@ -123,7 +123,7 @@ if (!bdnArgs.Contains("--filter") && !bdnArgs.Any(a => a.StartsWith("--filter=",
     bdnArgs.AddRange(new[] { "--filter", "*" });
 var facts = new RunFacts(DateTime.UtcNow, args, Report.LoadAverage(), "", BenchSettings.Full);
 IEnumerable<Summary> summaries = BenchmarkSwitcher
-    .FromTypes(new[] { typeof(StreamRead), typeof(Int4Gemm), typeof(DecodeAttention) })
+    .FromTypes(new[] { typeof(StreamRead), typeof(Int4Gemm), typeof(DecodeAttention), typeof(StreamReadLast) })
     .Run(bdnArgs.ToArray(), config)
     .ToList();
 facts = facts with { LoadAfter = Report.LoadAverage() };
