@@ -5,13 +5,15 @@
 // their total (>= 96 MiB) is several times the last-level cache, and reports
 //   W_bytes/s  bytes of packed weight (INT4: codes + scales + zeros) or dense W consumed per second,
 //   FLOP/s     2 * M * K * N per second.
-// Compare W_bytes/s at small M with BM_GemmStreamRead (all threads summing a 1 GiB array): that is the
-// best any weight-streaming kernel can do on this machine.
+// Compare W_bytes/s at small M with BM_GemmStreamRead (all threads summing a 1 GiB array, one
+// sequential stream per thread): the roofline for a weight-streaming kernel. (The dense f32 M = 1
+// case, 4 row streams per thread, has been seen to exceed it by ~10-20%: DRAM likes several streams.)
+// *_best counters: the fastest single call / pass, for a box shared with other jobs.
 //
-// Args: M, shape index (kShapes), dtype (0 f32, 1 f16), and for INT4 the inner loop (0 int8 dot,
-// 1 exact f32). Example:
-//   build/gemm/native/bench/llmnative_bench --benchmark_filter='StreamRead|/(1|16)/(0|3)/1/' \
-//     --benchmark_min_time=1s
+// Args: M, shape index (kShapes), f16 (1) or f32 (0) activations, and for INT4 the inner loop
+// (0 int8 dot = default, 1 exact f32). The headline set:
+//   build/gemm/native/bench/llmnative_bench --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+//     --benchmark_filter='GemmStreamRead|Int4Gemm/M:(1|16)/shape:(0|3)/f16:1/f32path:(0|1)|DenseGemm/M:(1|16)/shape:(0|3)/f16:1'
 #include "core/numeric.hpp"
 #include "cpu/cpu_runtime.hpp"
 #include "kernels/gemm_int4/gemm_int4_cpu.hpp"
