@@ -129,8 +129,8 @@ public class DecodeAttention
         long bytes = KvBytes(c, f32) * copies;
         if (bytes > BenchSettings.MaxKvBytes)
             throw new NotSupportedException(
-                $"skipped: {what} at {c} needs {bytes / (double)(1L << 30):F1} GiB of KV ({copies} copies), over the " +
-                $"--max-kv-gib budget of {BenchSettings.MaxKvBytes / (double)(1L << 30):F1} GiB");
+                $"skipped: {what} at {c} needs {bytes / (double)(1L << 30):F2} GiB of KV ({copies} copies), over the " +
+                $"--max-kv-gib budget of {BenchSettings.MaxKvBytes / (double)(1L << 30):F2} GiB");
     }
 
     [GlobalCleanup]
