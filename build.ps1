@@ -3,7 +3,7 @@
 #   ./build.ps1 [build]        native library (CMake) + managed solution
 #   ./build.ps1 test           build, check generated bindings, run ctest and dotnet test, then pack and (where
 #                              bash exists and the OS is not Windows) run tests/consumer-smoke/run.sh
-#   ./build.ps1 run [args...]  build, then run the CLI (default: `llmnative info`)
+#   ./build.ps1 run [args...]  build, then run the CLI (default: `llmnative info`, then `llmnative bench --quick`)
 #   ./build.ps1 bench [args]   build, then run the benchmarks (short configuration)
 #   ./build.ps1 pack           NuGet packages into artifacts/: LlmNative, LlmNative.Runtime.<rid> for each RID with
 #                              a library in artifacts/native/<rid>/ (this machine's is built and staged there),
@@ -154,9 +154,15 @@ switch ($Verb) {
     }
     "run" {
         Build-Native; Build-Managed
-        if ($Rest.Count -eq 0) { $Rest = @("info") }
         $env:LLMNATIVE_LIBRARY_PATH = Get-NativeLib
-        Invoke-Checked dotnet (@("run", "--project", (Join-Path $Root "src/LlmNative.Cli"), "-c", $Config, "--no-build", "--") + $Rest)
+        $cli = @("run", "--project", (Join-Path $Root "src/LlmNative.Cli"), "-c", $Config, "--no-build", "--")
+        if ($Rest.Count -gt 0) {
+            Invoke-Checked dotnet ($cli + $Rest)
+        } else {
+            # The README's main command: info, then the kernels timed on the default backend (short sampling).
+            Invoke-Checked dotnet ($cli + @("info"))
+            Invoke-Checked dotnet ($cli + @("bench", "--quick"))
+        }
     }
     "bench" {
         Build-Native; Build-Managed

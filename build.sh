@@ -4,7 +4,7 @@
 #   ./build.sh [build]        native library (CMake) + managed solution
 #   ./build.sh test           build, check generated bindings, run ctest and dotnet test, then pack and run
 #                             the consumer smoke test (tests/consumer-smoke/run.sh)
-#   ./build.sh run [args...]  build, then run the CLI (default: `llmnative info`)
+#   ./build.sh run [args...]  build, then run the CLI (default: `llmnative info`, then `llmnative bench --quick`)
 #   ./build.sh bench [args]   build, then run the benchmarks (short configuration); --benchmark_* args go to
 #                             the native (Google Benchmark) binary, the rest to tests/LlmNative.Benchmarks
 #                             (e.g. --full, --filter '*Int4Gemm*', --job medium; see its Program.cs)
@@ -173,8 +173,15 @@ case "$verb" in
   run)
     build_native
     build_managed
-    [ $# -gt 0 ] || set -- info
-    LLMNATIVE_LIBRARY_PATH="$(native_lib)" dotnet run --project "$root/src/LlmNative.Cli" -c "$config" --no-build -- "$@"
+    cli() { LLMNATIVE_LIBRARY_PATH="$(native_lib)" dotnet run --project "$root/src/LlmNative.Cli" -c "$config" --no-build -- "$@"; }
+    if [ $# -gt 0 ]; then
+      cli "$@"
+    else
+      # The README's main command: what the library finds on this machine, then the kernels timed on the
+      # default backend (CUDA when usable, else the CPU) with a short sampling.
+      cli info
+      cli bench --quick
+    fi
     ;;
   bench)
     build_native
