@@ -10,6 +10,14 @@ bandwidth) when torch and a peers.py path are available. Prints one JSON object.
 
 `--backend cpu --quick` is a smoke test of the harness itself on a machine without a GPU.
 Data comes from os.urandom-derived tiles, so the harness needs neither numpy nor torch itself.
+
+Timing. A decode-size kernel runs for a few microseconds on an H200, less than one ctypes call plus our
+host-side validation, so the wall clock of back-to-back calls measures the host. When torch is present,
+our calls are also run under torch.profiler (CUPTI records every kernel and copy of the process, ours
+included) and `*_device_seconds` = GPU time of our kernels and copies per call; ratios against the torch
+peers (CUDA-event times per call) use those. `*_seconds` stays the wall time per call.
+Peers run right after our kernel at the same shape (side by side), and `--budget` bounds the whole run:
+what did not fit is listed under "skipped", never silently dropped.
 """
 import argparse
 import ctypes as C
@@ -99,10 +107,54 @@ def timed(lib, ctx, fn, reps):
     return (time.perf_counter() - t) / reps
 
 
-def bench_gemm(lib, ctx, backend, shapes, ms, cache_bytes, quick):
+def device_time(lib, ctx, fn, reps):
+    """GPU seconds per call of everything fn puts on the device (kernels + copies), from torch.profiler;
+    None without torch / CUDA or when the profiler records nothing."""
+    try:
+        import torch
+        from torch.profiler import profile, ProfilerActivity
+        if not torch.cuda.is_available():
+            return None
+    except Exception:
+        return None
+    fn()
+    lib("llmn_context_synchronize", ctx)
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                fn()
+            lib("llmn_context_synchronize", ctx)
+        total_us = 0.0
+        for e in prof.key_averages():
+            v = getattr(e, "self_device_time_total", None)
+            if v is None:
+                v = getattr(e, "self_cuda_time_total", 0.0)
+            total_us += float(v or 0.0)
+    except Exception as ex:  # keep the wall-clock numbers if the profiler is unusable here
+        print(f"device_time: profiler failed: {ex}", file=sys.stderr)
+        return None
+    return total_us * 1e-6 / reps if total_us > 0 else None
+
+
+class Budget:
+    def __init__(self, seconds):
+        self.end = time.monotonic() + seconds
+        self.skipped = []
+
+    def ok(self, what):
+        if time.monotonic() < self.end:
+            return True
+        self.skipped.append(what)
+        print(f"budget: skipped {what}", file=sys.stderr)
+        return False
+
+
+def bench_gemm(lib, ctx, backend, shapes, ms, cache_bytes, quick, peers=None, budget=None):
     out = []
     act_dtype = F16
     for (k, n) in shapes:
+        if budget and not budget.ok(f"gemm {k}x{n}"):
+            continue
         w_int4_bytes = k * n // 2
         copies = max(2, math.ceil(3 * cache_bytes / w_int4_bytes))
         dense_copies = max(2, math.ceil(3 * cache_bytes / (k * n * 2)))
@@ -134,9 +186,18 @@ def bench_gemm(lib, ctx, backend, shapes, ms, cache_bytes, quick):
             reps = 3 if quick else (50 if backend == "cuda" else 5)
             t4 = timed(lib, ctx, run_int4, reps)
             td = timed(lib, ctx, run_dense, reps)
-            out.append({"k": k, "n": n, "m": m, "int4_seconds": t4, "dense_seconds": td,
-                        "int4_weight_bytes_per_s": w_int4_bytes / t4, "speedup_vs_dense": td / t4,
-                        "rotated_int4_copies": copies, "rotated_dense_copies": dense_copies})
+            row = {"k": k, "n": n, "m": m, "int4_seconds": t4, "dense_seconds": td,
+                   "int4_weight_bytes_per_s": w_int4_bytes / t4, "speedup_vs_dense": td / t4,
+                   "rotated_int4_copies": copies, "rotated_dense_copies": dense_copies}
+            if backend == "cuda":
+                d4 = device_time(lib, ctx, run_int4, reps)
+                dd = device_time(lib, ctx, run_dense, reps)
+                row["int4_device_seconds"], row["dense_device_seconds"] = d4, dd
+                if d4:
+                    row["int4_device_weight_bytes_per_s"] = w_int4_bytes / d4
+                if d4 and dd:
+                    row["device_speedup_vs_dense"] = dd / d4
+            out.append(row)
             for b in (x, y):
                 lib("llmn_buffer_destroy", b)
             print(f"gemm k={k} n={n} m={m}: int4 {t4*1e6:.1f} us, dense {td*1e6:.1f} us", file=sys.stderr)
@@ -144,10 +205,25 @@ def bench_gemm(lib, ctx, backend, shapes, ms, cache_bytes, quick):
             lib("llmn_int4_weight_destroy", w)
         for b in dense:
             lib("llmn_buffer_destroy", b)
+        if peers is not None:  # torch fp16 matmul at the same shape, right after ours
+            mod, dev, run, l2 = peers
+            try:
+                ref = {(r["k"], r["n"], r["m"]): r for r in mod.gemm_fp16(dev, run, [(k, n)], ms, l2, quick)}
+            except Exception as ex:
+                print(f"peer gemm_fp16 {k}x{n} failed: {ex}", file=sys.stderr)
+                ref = {}
+            for row in out:
+                r = ref.get((row["k"], row["n"], row["m"]))
+                if r is None or row["k"] != k or row["n"] != n:
+                    continue
+                row["torch_fp16_seconds"] = r["seconds"]
+                ours = row.get("int4_device_seconds") or row["int4_seconds"]
+                row["speedup_vs_torch_fp16"] = r["seconds"] / ours
     return out
 
 
-def bench_attention(lib, ctx, backend, batches, contexts, fmt, quick, hq=32, hkv=8, d=128):
+def bench_attention(lib, ctx, backend, batches, contexts, fmt, quick, hq=32, hkv=8, d=128, peers=None,
+                    budget=None):
     out = []
     chunk = 1024
     kv_chunk = half_tile(chunk * hkv * d, 1.0)
@@ -155,6 +231,8 @@ def bench_attention(lib, ctx, backend, batches, contexts, fmt, quick, hq=32, hkv
         for ctx_len in contexts:
             kv_bytes = 2 * b * hkv * ctx_len * d * 2
             if backend == "cuda" and kv_bytes > 40e9:
+                continue
+            if budget and not budget.ok(f"attention {fmt} b={b} ctx={ctx_len}"):
                 continue
             desc = KvCacheDesc(1, hkv, d, 16, KV_FORMATS[fmt], KV_FORMATS[fmt], 64, max(b, 1),
                                b * (ctx_len + 16) + 64, 0)
@@ -184,16 +262,46 @@ def bench_attention(lib, ctx, backend, batches, contexts, fmt, quick, hq=32, hkv
             for label, splits in (("auto", 0), ("no_split", 1)):
                 p = AttentionParams(0, hq, 1, splits, 1.0 / math.sqrt(d), 0.0, 0, 0)
                 reps = 3 if quick else (30 if backend == "cuda" else 5)
-                t = timed(lib, ctx, lambda: lib("llmn_decode_attention", ctx, cache, seqs, b, q, None, o, C.byref(p)),
-                          reps)
+                call = lambda: lib("llmn_decode_attention", ctx, cache, seqs, b, q, None, o, C.byref(p))
+                t = timed(lib, ctx, call, reps)
                 row[f"{label}_seconds"] = t
                 row[f"{label}_kv_bytes_per_s"] = stored / t
+                if backend == "cuda":
+                    dt = device_time(lib, ctx, call, reps)
+                    row[f"{label}_device_seconds"] = dt
+                    if dt:
+                        row[f"{label}_device_kv_bytes_per_s"] = stored / dt
+            if peers is not None and fmt == "f16":  # torch SDPA on contiguous f16 KV, same shape, right after ours
+                mod, dev, run, _ = peers
+                try:
+                    r = mod.sdpa_decode(dev, run, [b], [ctx_len], hq, hkv, d, quick)
+                    if r:
+                        row["torch_sdpa_seconds"] = r[0]["seconds"]
+                        ours = row.get("auto_device_seconds") or row["auto_seconds"]
+                        row["speedup_vs_torch_sdpa"] = r[0]["seconds"] / ours
+                except Exception as ex:
+                    print(f"peer sdpa_decode b={b} ctx={ctx_len} failed: {ex}", file=sys.stderr)
             out.append(row)
             print(f"attention {fmt} b={b} ctx={ctx_len}: {row['auto_seconds']*1e6:.1f} us", file=sys.stderr)
             for buf in (kbuf, q, o):
                 lib("llmn_buffer_destroy", buf)
             lib("llmn_kv_cache_destroy", cache)
     return out
+
+
+def load_peers(path, backend, l2):
+    if not path:
+        return None
+    try:
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("peers", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    except Exception as ex:
+        print(f"peers: cannot load {path}: {ex}", file=sys.stderr)
+        return None
+    dev = "cuda" if backend == "cuda" else "cpu"
+    return (mod, dev, mod.timer(dev), l2)
 
 
 def main():
@@ -203,7 +311,11 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--peers", help="path to peers.py (torch peers run in this same process)")
     ap.add_argument("--only", choices=["gemm", "attention", "all"], default="all")
+    ap.add_argument("--formats", default="f16,int8,fp8,int4,int2", help="KV formats for attention")
+    ap.add_argument("--budget", type=float, default=1e9, help="seconds; configurations past it are skipped")
+    ap.add_argument("--out", help="write the JSON here instead of stdout")
     a = ap.parse_args()
+    budget = Budget(a.budget)
 
     lib = Lib(a.lib)
     info = CudaInfo()
@@ -223,34 +335,35 @@ def main():
     ctx = C.c_void_p()
     lib("llmn_context_create", backend, 0, C.byref(ctx))
 
+    peers = load_peers(a.peers, a.backend, cache_bytes)
+    if peers is not None:
+        mod, dev_name, run, _ = peers
+        try:
+            result["peers"] = {"copy_bytes_per_s": mod.copy_bandwidth(dev_name, run,
+                                                                      (2 << 30) if dev_name == "cuda" else (64 << 20))}
+        except Exception as ex:
+            print(f"peer copy_bandwidth failed: {ex}", file=sys.stderr)
+
     shapes = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192)]
     ms = [1, 4, 16, 64, 256]
     batches, contexts = [1, 8, 32], [1024, 4096, 32768, 131072]
     if a.quick:
         shapes, ms, batches, contexts = [(1024, 1024)], [1, 16], [1], [256]
     if a.only in ("gemm", "all"):
-        result["gemm_int4"] = bench_gemm(lib, ctx, a.backend, shapes, ms, cache_bytes, a.quick)
+        result["gemm_int4"] = bench_gemm(lib, ctx, a.backend, shapes, ms, cache_bytes, a.quick, peers, budget)
     if a.only in ("attention", "all"):
         result["decode_attention"] = []
-        for fmt in ("f16", "int8", "fp8", "int4", "int2"):
-            result["decode_attention"] += bench_attention(lib, ctx, a.backend, batches, contexts, fmt, a.quick)
+        for fmt in [f for f in a.formats.split(",") if f]:
+            result["decode_attention"] += bench_attention(lib, ctx, a.backend, batches, contexts, fmt, a.quick,
+                                                          peers=peers, budget=budget)
     lib("llmn_context_destroy", ctx)
-
-    if a.peers:
-        import importlib.util
-        spec = importlib.util.spec_from_file_location("peers", a.peers)
-        peers = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(peers)
-        dev = "cuda" if a.backend == "cuda" else "cpu"
-        run = peers.timer(dev)
-        l2 = cache_bytes
-        result["peers"] = {
-            "copy_bytes_per_s": peers.copy_bandwidth(dev, run, (2 << 30) if dev == "cuda" else (64 << 20)),
-            "gemm_fp16": peers.gemm_fp16(dev, run, shapes, ms, l2, a.quick),
-            "sdpa_decode": peers.sdpa_decode(dev, run, batches, contexts, 32, 8, 128, a.quick),
-        }
-    json.dump(result, sys.stdout, indent=1)
-    print()
+    result["skipped"] = budget.skipped
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(result, f, indent=1)
+    else:
+        json.dump(result, sys.stdout, indent=1)
+        print()
 
 
 if __name__ == "__main__":
