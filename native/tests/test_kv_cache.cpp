@@ -198,9 +198,10 @@ TEST(KvCache, PlannerBytesPerTokenAndBudget) {
     LLMN_EXPECT_STATUS(llmn_kv_cache_bytes_per_token(&d, &bytes), LLMN_STATUS_INVALID_ARGUMENT);
     EXPECT_NE(last_error().find("block_size"), std::string::npos) << last_error();
     d = make_desc(32, 8, 128, 16, 0);
-    d.k_format = LLMN_KV_INT4;  // INT8/FP8 planner sizes: test_kv_quant.cpp
-    LLMN_EXPECT_STATUS(llmn_kv_cache_bytes_per_token(&d, &bytes), LLMN_STATUS_UNSUPPORTED);
-    EXPECT_NE(last_error().find("LLMN_KV_INT4"), std::string::npos) << last_error();
+    d.v_format = LLMN_KV_INT4;  // INT8/FP8/INT4/INT2 planner sizes: test_kv_quant.cpp, test_kv_kivi.cpp
+    LLMN_EXPECT_STATUS(llmn_kv_cache_bytes_per_token(&d, &bytes), LLMN_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(last_error().find("value_group_size"), std::string::npos) << last_error();
+    d.v_format = LLMN_KV_F16;
     d.k_format = 9;
     LLMN_EXPECT_STATUS(llmn_kv_cache_bytes_per_token(&d, &bytes), LLMN_STATUS_INVALID_ARGUMENT);
     EXPECT_NE(last_error().find("k_format"), std::string::npos) << last_error();
@@ -252,11 +253,11 @@ TEST(KvCache, CreateValidatesDescription) {
     d.v_format = LLMN_KV_BF16;
     LLMN_EXPECT_STATUS(llmn_kv_cache_create(ctx.h, &d, &cache), LLMN_STATUS_UNSUPPORTED);
     EXPECT_NE(last_error().find("LLMN_KV_BF16"), std::string::npos) << last_error();
-    for (int32_t f : {LLMN_KV_INT4, LLMN_KV_INT2}) {  // INT8/FP8 are creatable on CPU (test_kv_quant.cpp)
+    for (int32_t f : {LLMN_KV_INT4, LLMN_KV_INT2}) {  // creatable on CPU (test_kv_kivi.cpp) but values need a group
         d = make_desc(2, 4, 64, 16, 100);
-        d.k_format = f;
-        LLMN_EXPECT_STATUS(llmn_kv_cache_create(ctx.h, &d, &cache), LLMN_STATUS_UNSUPPORTED);
-        EXPECT_NE(last_error().find(llmn::kv_format_name(f)), std::string::npos) << last_error();
+        d.v_format = f;
+        LLMN_EXPECT_STATUS(llmn_kv_cache_create(ctx.h, &d, &cache), LLMN_STATUS_INVALID_ARGUMENT);
+        EXPECT_NE(last_error().find("value_group_size"), std::string::npos) << last_error();
     }
     d = make_desc(0, 4, 64, 16, 100);
     LLMN_EXPECT_STATUS(llmn_kv_cache_create(ctx.h, &d, &cache), LLMN_STATUS_INVALID_ARGUMENT);

@@ -11,6 +11,7 @@
 
 #include "../../core/numeric.hpp"
 #include "../../cpu/cpu_runtime.hpp"
+#include "../kv_cache/kv_kivi.hpp"
 #include "../kv_cache/kv_quant.hpp"
 
 #include <algorithm>
@@ -45,8 +46,31 @@ inline void load_row(int32_t fmt, const uint8_t* tile, int64_t data_off, int64_t
 }
 }  // namespace
 
+// One side's row of key t as f32 plus its per-token scale (KIVI rows are dequantized here in full,
+// code * scale + min, per kv_kivi.hpp; the partial block's rows come from the residual tile as f16).
+inline void load_any(const Item& it, bool value, int64_t t, float* dst, float* scale) {
+    const int32_t D = it.head_dim, bs = it.block_size;
+    const int32_t fmt = value ? it.v_format : it.k_format;
+    const uint8_t* tile = it.layer_base + int64_t(it.blocks[t / bs]) * it.block_stride + it.head_off;
+    const int32_t row = int32_t(t % bs);
+    if (!kv_format_is_kivi(fmt)) {
+        load_row(fmt, tile, value ? it.v_data_off : it.k_data_off, value ? it.v_aux_off : it.k_aux_off, row, D, dst, scale);
+        return;
+    }
+    *scale = 1.0f;
+    if ((t / bs + 1) * bs > it.length) {  // residual block
+        const uint16_t* h = reinterpret_cast<const uint16_t*>(it.res + (value ? it.res_v_off : it.res_k_off)) + int64_t(row) * D;
+        for (int32_t d = 0; d < D; ++d) dst[d] = f16_to_f32(h[d]);
+    } else if (value) {
+        kivi_dequant_v_row(fmt, tile + it.v_data_off, reinterpret_cast<const uint16_t*>(tile + it.v_aux_off), bs, row, D,
+                           it.value_group, dst);
+    } else {
+        kivi_dequant_k_row(fmt, tile + it.k_data_off, reinterpret_cast<const uint16_t*>(tile + it.k_aux_off), row, D, dst);
+    }
+}
+
 void run_item_scalar(const Item& it) {
-    const int32_t D = it.head_dim, R = it.rows, bs = it.block_size;
+    const int32_t D = it.head_dim, R = it.rows;
     const float NEG_INF = -std::numeric_limits<float>::infinity();
     thread_local std::vector<float> kf, vf, acc, m, l, s, ksc, vsc;
     ksc.resize(size_t(kTileKeys));
@@ -61,9 +85,8 @@ void run_item_scalar(const Item& it) {
         const int32_t n = int32_t(std::min<int64_t>(kTileKeys, it.key_end - t0));
         for (int32_t j = 0; j < n; ++j) {
             const int64_t t = t0 + j;
-            const uint8_t* tile = it.layer_base + int64_t(it.blocks[t / bs]) * it.block_stride + it.head_off;
-            load_row(it.k_format, tile, it.k_data_off, it.k_aux_off, t % bs, D, &kf[size_t(j) * D], &ksc[size_t(j)]);
-            load_row(it.v_format, tile, it.v_data_off, it.v_aux_off, t % bs, D, &vf[size_t(j) * D], &vsc[size_t(j)]);
+            load_any(it, false, t, &kf[size_t(j) * D], &ksc[size_t(j)]);
+            load_any(it, true, t, &vf[size_t(j) * D], &vsc[size_t(j)]);
         }
         for (int32_t r = 0; r < R; ++r) {
             const int64_t lo = std::max(it.row_lo[r], t0), hi = std::min(it.row_hi[r] + 1, t0 + n);
@@ -137,9 +160,13 @@ using ItemFn = void (*)(const Item&);
 ItemFn select_kernel(const KvLayout& L) {
 #if defined(__x86_64__) || defined(_M_X64)
     llmn_cpu_isa isa = cpu::active_isa();
-    if (isa == LLMN_CPU_ISA_AVX2 || isa == LLMN_CPU_ISA_AVX512)
+    if (isa == LLMN_CPU_ISA_AVX2 || isa == LLMN_CPU_ISA_AVX512) {
+        if (L.has_residual())  // KIVI: fused AVX2 unless mixed with an 8-bit side (scalar then)
+            return kv_format_is_q8(L.k_format) || kv_format_is_q8(L.v_format) ? attn_cpu::run_item_scalar
+                                                                              : attn_cpu::run_item_kivi_avx2;
         return L.k_format == LLMN_KV_F16 && L.v_format == LLMN_KV_F16 ? attn_cpu::run_item_avx2
                                                                       : attn_cpu::run_item_quant_avx2;
+    }
 #else
     (void)L;
 #endif
@@ -238,6 +265,13 @@ void decode_attention_cpu(const Context& ctx, const DecodeAttentionArgs& a) {
                 it.v_format = L.v_format;
                 it.k_aux_off = L.k_aux_off;
                 it.v_aux_off = L.v_aux_off;
+                it.length = len;
+                if (L.has_residual()) {
+                    it.res = a.cache->pool() + L.res_tile_offset(a.seqs[size_t(b)]->res_slot, p.layer, h);
+                    it.res_k_off = L.res_k_off;
+                    it.res_v_off = L.res_v_off;
+                    it.value_group = L.value_group_size;
+                }
             }
     }
     // Longest items first (ties by index): the pool hands them out in this order, which keeps the

@@ -32,6 +32,13 @@ struct Item {
     // at tile + {k,v}_aux_off + (t % block_size) * 4 (kv_layout.hpp, kv_quant.hpp).
     int32_t k_format = LLMN_KV_F16, v_format = LLMN_KV_F16;
     int64_t k_aux_off = 0, v_aux_off = 0;
+    // KIVI INT4/INT2 sides (kv_layout.hpp, kv_kivi.hpp): full blocks hold codes + f16 scale/min; the
+    // block containing key `length` (the partial one, index length / block_size) is read as f16 rows
+    // from the residual tile res + res_{k,v}_off instead.
+    int64_t length = 0;              // the sequence's length in this layer
+    const uint8_t* res = nullptr;    // residual head tile of (sequence, layer, kv_head), null without KIVI
+    int64_t res_k_off = 0, res_v_off = 0;
+    int32_t value_group = 0;
 };
 
 void run_item_scalar(const Item& it);
@@ -39,5 +46,8 @@ void run_item_avx2(const Item& it);  // only called when active_isa() >= AVX2 (x
 // Any mix of F16 / INT8 / FP8_E4M3 K and V rows with dequantization fused into the row loads
 // (decode_attention_quant_avx2.cpp); same AVX2 requirement.
 void run_item_quant_avx2(const Item& it);
+// Caches with an INT4/INT2 side whose other side is F16, INT4 or INT2 (decode_attention_kivi_avx2.cpp);
+// KIVI mixed with INT8/FP8 runs the scalar kernel.
+void run_item_kivi_avx2(const Item& it);
 
 }  // namespace llmn::attn_cpu

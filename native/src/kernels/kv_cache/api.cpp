@@ -4,6 +4,7 @@
 #include "../../core/log.hpp"
 #include "kv_cache.hpp"
 
+#include <algorithm>
 #include <mutex>
 
 using namespace llmn;
@@ -19,7 +20,10 @@ LLMN_API llmn_status llmn_kv_cache_bytes_per_token(const llmn_kv_cache_desc* des
         LLMN_CHECK_NOT_NULL(bytes);
         KvLayout L;
         validate_kv_desc(desc, nullptr, &L);
-        // Exact for f16/bf16; rounded up when a block's padding does not divide evenly.
+        // Exact for f16/bf16; rounded up when a block's padding does not divide evenly. KIVI: the
+        // quantized blocks only (the partial block keeps its pool block, so this is the steady-state
+        // cost); the f16 residual tiles are a fixed max_batch-sized region, counted by
+        // llmn_kv_cache_tokens_for_budget and the pool, not per token.
         *bytes = (L.block_stride + L.block_size - 1) / L.block_size;
     });
 }
@@ -29,10 +33,12 @@ LLMN_API llmn_status llmn_kv_cache_tokens_for_budget(const llmn_kv_cache_desc* d
     return guard([&] {
         LLMN_CHECK_NOT_NULL(tokens);
         KvLayout L;
-        validate_kv_desc(desc, nullptr, &L);
+        const llmn_kv_cache_desc d = validate_kv_desc(desc, nullptr, &L);
         LLMN_CHECK_ARG(budget_bytes >= 0, "budget_bytes must be >= 0, got %lld", (long long)budget_bytes);
-        // Whole blocks of all layers only: what llmn_kv_cache_create with capacity_bytes would hold.
-        *tokens = budget_bytes / L.block_bytes_all_layers() * L.block_size;
+        // Whole blocks of all layers only: what llmn_kv_cache_create with capacity_bytes would hold
+        // (after the KIVI residual region of max_batch slots, which comes off the budget first).
+        const int64_t residual = L.residual_bytes(d.max_batch);
+        *tokens = (budget_bytes - std::min(budget_bytes, residual)) / L.block_bytes_all_layers() * L.block_size;
     });
 }
 

@@ -6,6 +6,7 @@
 
 #include "../../core/numeric.hpp"
 #include "../../cuda/cuda_runtime.hpp"
+#include "kv_kivi.hpp"
 #include "kv_quant.hpp"
 
 #include <algorithm>
@@ -53,10 +54,13 @@ void check_format(int32_t format, const char* field, const Context* ctx) {
                  field, kv_format_name(format), format, kv_format_name(format));
         return;
     }
-    fail(LLMN_STATUS_UNSUPPORTED,
-         "desc->%s = %s (%d) is not supported yet: this build stores LLMN_KV_F16, LLMN_KV_INT8 and LLMN_KV_FP8_E4M3 "
-         "(and LLMN_KV_BF16 on CUDA); the KIVI layouts are reserved in kv_layout.hpp",
-         field, kv_format_name(format), format);
+    // KIVI INT4/INT2: the residual tiles and block quantization run on the host data path, but no
+    // CUDA attention kernel reads them yet.
+    if (ctx && ctx->is_cuda())
+        fail(LLMN_STATUS_UNSUPPORTED,
+             "desc->%s = %s (%d) is not yet on CUDA: a CUDA cache stores LLMN_KV_F16 (0) or LLMN_KV_BF16 (1); "
+             "%s (KIVI) is available on the CPU backend",
+             field, kv_format_name(format), format, kv_format_name(format));
 }
 
 // Host view of a buffer's first `bytes` bytes: the buffer itself when the host can read it,
@@ -125,7 +129,7 @@ void stage_rows(const Buffer& b, const char* param, int32_t format, int64_t n, i
         if (q8) {
             ok = std::isfinite(x);  // any finite value: the per-row scale absorbs the range
             row[size_t(i % dim)] = x;
-        } else if (format == LLMN_KV_BF16) {
+        } else if (format == LLMN_KV_BF16) {  // (KIVI sides stage f16 residual rows: the else branch)
             code = f32_to_bf16(x);
             ok = std::isfinite(bf16_to_f32(code));
         } else {
@@ -173,6 +177,15 @@ llmn_kv_cache_desc validate_kv_desc(const llmn_kv_cache_desc* desc, const Contex
     LLMN_CHECK_ARG(d.max_batch >= 0 && d.max_batch <= 65536, "desc->max_batch must be in [0, 65536] (0 = %d), got %d",
                    kKvDefaultMaxBatch, d.max_batch);
     if (d.max_batch == 0) d.max_batch = kKvDefaultMaxBatch;
+    if (kv_format_is_kivi(d.v_format)) {
+        LLMN_CHECK_ARG(d.value_group_size != 0,
+                       "desc->value_group_size must be 32, 64 or 128 when desc->v_format = %s, got 0",
+                       kv_format_name(d.v_format));
+        LLMN_CHECK_ARG(d.head_dim % d.value_group_size == 0,
+                       "desc->value_group_size = %d does not divide desc->head_dim = %d (v_format %s groups whole "
+                       "channels of one token)",
+                       d.value_group_size, d.head_dim, kv_format_name(d.v_format));
+    }
 
     KvLayout L = kv_tile_layout(d);
     if (ctx) {
@@ -182,20 +195,31 @@ llmn_kv_cache_desc validate_kv_desc(const llmn_kv_cache_desc* desc, const Contex
                        "exactly one of desc->capacity_tokens (%lld) and desc->capacity_bytes (%lld) must be > 0",
                        (long long)d.capacity_tokens, (long long)d.capacity_bytes);
         const int64_t per_block = checked_mul(L.block_stride, d.num_layers, "bytes of one block over all layers");
+        const int64_t residual = checked_mul(checked_mul(L.res_head_stride, int64_t(d.num_layers) * d.num_kv_heads,
+                                                         "KIVI residual slot size"),
+                                             d.max_batch, "KIVI residual region size");
         int64_t blocks = 0;
         if (d.capacity_tokens > 0) {
             blocks = d.capacity_tokens / d.block_size + (d.capacity_tokens % d.block_size != 0);
         } else {
-            blocks = d.capacity_bytes / per_block;
+            blocks = (d.capacity_bytes - std::min(residual, d.capacity_bytes)) / per_block;
             LLMN_CHECK_ARG(blocks >= 1,
-                           "desc->capacity_bytes = %lld is smaller than one block (%lld bytes: %d tokens x %d layers)",
-                           (long long)d.capacity_bytes, (long long)per_block, d.block_size, d.num_layers);
+                           "desc->capacity_bytes = %lld is smaller than one block (%lld bytes: %d tokens x %d layers)%s",
+                           (long long)d.capacity_bytes, (long long)per_block, d.block_size, d.num_layers,
+                           residual > 0 ? format(" plus the KIVI residual region (%lld bytes: %d slots = max_batch)",
+                                                 (long long)residual, d.max_batch).c_str()
+                                        : "");
         }
         LLMN_CHECK_ARG(blocks <= std::numeric_limits<int32_t>::max(),
                        "the cache would have %lld blocks; at most 2^31-1 are addressable (raise block_size)", (long long)blocks);
         L.num_blocks = blocks;
         L.layer_stride = checked_mul(blocks, L.block_stride, "KV pool layer size");
         L.pool_bytes = checked_mul(L.layer_stride, d.num_layers, "KV pool size");
+        L.res_region_off = L.pool_bytes;
+        L.num_res_slots = L.has_residual() ? d.max_batch : 0;
+        LLMN_CHECK_ARG(residual <= std::numeric_limits<int64_t>::max() - L.pool_bytes,
+                       "KV pool size overflows int64 (reduce desc->max_batch or the capacity)");
+        L.pool_bytes += residual;
         d.capacity_tokens = blocks * d.block_size;
         d.capacity_bytes = 0;
     }
@@ -209,6 +233,7 @@ KvCache::KvCache(std::shared_ptr<Context> ctx, const llmn_kv_cache_desc& desc, c
     refcount_.assign(size_t(layout_.num_blocks), 0);
     // Back of the stack is taken first: blocks come out in increasing order unless shuffled.
     for (int64_t i = 0; i < layout_.num_blocks; ++i) free_[size_t(i)] = int32_t(layout_.num_blocks - 1 - i);
+    for (int64_t i = layout_.num_res_slots - 1; i >= 0; --i) free_res_.push_back(int32_t(i));
     pool_ = alloc_bytes(*ctx_, LLMN_MEMORY_DEVICE, size_t(layout_.pool_bytes));
 #if defined(__linux__)
     // Decode streams 4-8 KiB head tiles from scattered blocks; with 4 KiB pages nearly every tile
@@ -276,10 +301,38 @@ void KvCache::copy_block(int32_t dst, int32_t src) {
     }
 }
 
+int32_t KvCache::take_res_slot(const char* what) {
+    if (free_res_.empty())
+        fail(LLMN_STATUS_CAPACITY_EXCEEDED,
+             "%s would make %lld live sequences, but this KV cache stores K or V as %s and has residual tiles for "
+             "desc->max_batch = %d live sequences; remove a sequence or create the cache with a larger max_batch",
+             what, (long long)seqs_.size() + 1, kv_format_name(layout_.k_kivi() ? layout_.k_format : layout_.v_format),
+             desc_.max_batch);
+    const int32_t slot = free_res_.back();
+    free_res_.pop_back();
+    return slot;
+}
+
+void KvCache::kivi_flush(const KvSequence& s, int32_t layer, int32_t block) {
+    const int32_t H = desc_.num_kv_heads, D = desc_.head_dim, bs = desc_.block_size;
+    for (int32_t h = 0; h < H; ++h) {
+        const uint8_t* res = pool() + layout_.res_tile_offset(s.res_slot, layer, h);
+        uint8_t* tile = pool() + layout_.tile_offset(layer, block, h);
+        if (layout_.k_kivi())
+            kivi_quantize_k_block(layout_.k_format, reinterpret_cast<const uint16_t*>(res + layout_.res_k_off), bs, D,
+                                  tile + layout_.k_data_off, reinterpret_cast<uint16_t*>(tile + layout_.k_aux_off));
+        if (layout_.v_kivi())
+            kivi_quantize_v_block(layout_.v_format, reinterpret_cast<const uint16_t*>(res + layout_.res_v_off), bs, D,
+                                  desc_.value_group_size, tile + layout_.v_data_off,
+                                  reinterpret_cast<uint16_t*>(tile + layout_.v_aux_off));
+    }
+}
+
 int64_t KvCache::add_sequence() {
     int64_t id = next_id_;
     KvSequence s;
     s.length.assign(size_t(desc_.num_layers), 0);
+    if (layout_.has_residual()) s.res_slot = take_res_slot("adding a sequence");
     seqs_.emplace(id, std::move(s));
     ++next_id_;
     ++tables_version_;
@@ -289,6 +342,7 @@ int64_t KvCache::add_sequence() {
 void KvCache::remove_sequence(int64_t id) {
     KvSequence& s = find(id, "sequence_id");
     for (int32_t b : s.blocks) release_block(b);
+    if (s.res_slot >= 0) free_res_.push_back(s.res_slot);
     seqs_.erase(id);
     ++tables_version_;
 }
@@ -307,8 +361,16 @@ int64_t KvCache::fork_sequence(int64_t source_id) {
     KvSequence dst;
     dst.length = src.length;
     dst.blocks.reserve(src.blocks.size());
+    if (layout_.has_residual() && free_res_.empty()) take_res_slot("forking a sequence");  // throws
     const int64_t id = next_id_;
     auto slot = seqs_.emplace(id, KvSequence{}).first;  // may throw: nothing changed yet
+    if (layout_.has_residual()) {
+        // The child's residual tiles start as a copy of the parent's (every layer's partial block).
+        dst.res_slot = take_res_slot("forking a sequence");
+        const int64_t per_slot = layout_.residual_bytes(1);
+        std::memcpy(pool() + layout_.res_tile_offset(dst.res_slot, 0, 0), pool() + layout_.res_tile_offset(src.res_slot, 0, 0),
+                    size_t(per_slot));
+    }
     for (size_t j = 0; j < full; ++j) {
         ++refcount_[size_t(src.blocks[j])];
         dst.blocks.push_back(src.blocks[j]);
@@ -327,8 +389,40 @@ int64_t KvCache::fork_sequence(int64_t source_id) {
 void KvCache::truncate_sequence(int64_t id, int64_t length) {
     KvSequence& s = find(id, "sequence_id");
     LLMN_CHECK_ARG(length >= 0, "length must be >= 0, got %lld", (long long)length);
-    for (int64_t& l : s.length) l = std::min(l, length);
     const int64_t bs = desc_.block_size;
+    if (layout_.has_residual()) {
+        // Cutting into a block that was already quantized: its kept rows go back to the residual tile
+        // as the f16 rounding of their dequantized values (so when the block refills it is quantized
+        // a second time, from these already-rounded values: the double-quantization consequence
+        // documented in docs/kv-quantization.md). Rows of a block still in the residual stay as they are.
+        const int32_t H = desc_.num_kv_heads, D = desc_.head_dim;
+        std::vector<float> row(static_cast<size_t>(D));
+        for (int32_t layer = 0; layer < desc_.num_layers; ++layer) {
+            const int64_t old_len = s.length[size_t(layer)];
+            if (length >= old_len || length % bs == 0) continue;
+            const int64_t j = length / bs;
+            if (old_len < (j + 1) * bs) continue;  // block j is the residual block: nothing quantized
+            const int32_t block = s.blocks[size_t(j)];
+            for (int32_t h = 0; h < H; ++h) {
+                uint8_t* res = pool() + layout_.res_tile_offset(s.res_slot, layer, h);
+                const uint8_t* tile = pool() + layout_.tile_offset(layer, block, h);
+                for (int32_t t = 0; t < int32_t(length % bs); ++t) {
+                    for (int side = 0; side < 2; ++side) {
+                        const int32_t fmt = side == 0 ? layout_.k_format : layout_.v_format;
+                        if (!kv_format_is_kivi(fmt)) continue;
+                        const uint16_t* aux =
+                            reinterpret_cast<const uint16_t*>(tile + (side == 0 ? layout_.k_aux_off : layout_.v_aux_off));
+                        if (side == 0) kivi_dequant_k_row(fmt, tile + layout_.k_data_off, aux, t, D, row.data());
+                        else kivi_dequant_v_row(fmt, tile + layout_.v_data_off, aux, int32_t(bs), t, D, desc_.value_group_size, row.data());
+                        uint16_t* dst = reinterpret_cast<uint16_t*>(res + (side == 0 ? layout_.res_k_off : layout_.res_v_off)) + size_t(t) * D;
+                        // clamp: the rounded-up scale can put code_max * scale + min a little past 65504
+                        for (int32_t d = 0; d < D; ++d) dst[d] = f32_to_f16(std::clamp(row[size_t(d)], -65504.0f, 65504.0f));
+                    }
+                }
+            }
+        }
+    }
+    for (int64_t& l : s.length) l = std::min(l, length);
     const size_t need = size_t((s.max_length() + bs - 1) / bs);
     if (s.blocks.size() > need) {
         while (s.blocks.size() > need) {
@@ -356,6 +450,7 @@ void KvCache::append(int64_t id, int32_t layer, const Buffer& k, const Buffer& v
 
     std::vector<uint8_t> kc, vc;
     std::vector<float> ks, vs;
+    // CUDA: the values are validated (one device scan) and written (one kernel) on the device.
     stage_rows(k, "k", desc_.k_format, num_tokens, H, D, kc, ks);
     stage_rows(v, "v", desc_.v_format, num_tokens, H, D, vc, vs);
 
@@ -403,11 +498,16 @@ void KvCache::append(int64_t id, int32_t layer, const Buffer& k, const Buffer& v
             for (int pass = 0; pass < 2; ++pass) {
                 const std::vector<uint8_t>& src = pass == 0 ? kc : vc;
                 const std::vector<float>& sc = pass == 0 ? ks : vs;
-                const int64_t rb = pass == 0 ? layout_.k_row_bytes : layout_.v_row_bytes;
+                const bool kivi = pass == 0 ? layout_.k_kivi() : layout_.v_kivi();
+                // KIVI sides: f16 rows into the residual tile (quantized into the block when it fills)
+                const int64_t rb = kivi ? int64_t(D) * 2 : (pass == 0 ? layout_.k_row_bytes : layout_.v_row_bytes);
                 run.resize(size_t(cnt * rb));
                 for (int64_t t = 0; t < cnt; ++t)
                     std::memcpy(&run[size_t(t * rb)], &src[size_t(((pos - old_len + t) * H + h) * rb)], size_t(rb));
-                int64_t off = pass == 0 ? layout_.k_row_offset(layer, block, h, row) : layout_.v_row_offset(layer, block, h, row);
+                int64_t off = kivi ? layout_.res_tile_offset(s.res_slot, layer, h) +
+                                         (pass == 0 ? layout_.res_k_off : layout_.res_v_off) + int64_t(row) * rb
+                                   : pass == 0 ? layout_.k_row_offset(layer, block, h, row)
+                                               : layout_.v_row_offset(layer, block, h, row);
                 pool_write(off, run.data(), run.size());
                 if (!sc.empty()) {
                     srun.resize(size_t(cnt));
@@ -418,6 +518,7 @@ void KvCache::append(int64_t id, int32_t layer, const Buffer& k, const Buffer& v
                 }
             }
         }
+        if (layout_.has_residual() && row + cnt == bs) kivi_flush(s, layer, block);
         pos += cnt;
     }
     s.length[size_t(layer)] = new_len;
@@ -446,10 +547,12 @@ void KvCache::read(int64_t id, int32_t layer, int64_t start, int64_t count, cons
     if (count == 0) return;
     std::vector<uint16_t> run(size_t(bs) * D);
     std::vector<float> srun(static_cast<size_t>(bs));
+    std::vector<float> frow(static_cast<size_t>(D));
     for (int pass = 0; pass < 2; ++pass) {
         const Buffer& dst = pass == 0 ? k : v;
         const int32_t fmt = pass == 0 ? desc_.k_format : desc_.v_format;
         const bool q8 = kv_format_is_q8(fmt);
+        const bool kivi = kv_format_is_kivi(fmt);
         const int64_t rb = pass == 0 ? layout_.k_row_bytes : layout_.v_row_bytes;
         std::vector<uint8_t> out(size_t(needed) * dtype_size(dst.dtype()));
         for (int64_t pos = start; pos < start + count;) {
@@ -458,6 +561,25 @@ void KvCache::read(int64_t id, int32_t layer, int64_t start, int64_t count, cons
             const int64_t cnt = std::min<int64_t>(bs - row, start + count - pos);
             const int32_t block = s.blocks[size_t(j)];
             for (int32_t h = 0; h < H; ++h) {
+                if (kivi) {  // CPU only: the pool is host memory
+                    const bool residual = (j + 1) * bs > len;  // the partial block lives in the residual tile
+                    const uint8_t* tile = pool() + layout_.tile_offset(layer, block, h);
+                    const uint16_t* res = reinterpret_cast<const uint16_t*>(
+                        pool() + layout_.res_tile_offset(s.res_slot, layer, h) + (pass == 0 ? layout_.res_k_off : layout_.res_v_off));
+                    const uint16_t* aux = reinterpret_cast<const uint16_t*>(tile + (pass == 0 ? layout_.k_aux_off : layout_.v_aux_off));
+                    for (int64_t t = 0; t < cnt; ++t) {
+                        const int32_t r = int32_t(row + t);
+                        if (residual) for (int32_t d = 0; d < D; ++d) frow[size_t(d)] = f16_to_f32(res[size_t(r) * D + d]);
+                        else if (pass == 0) kivi_dequant_k_row(fmt, tile + layout_.k_data_off, aux, r, D, frow.data());
+                        else kivi_dequant_v_row(fmt, tile + layout_.v_data_off, aux, bs, r, D, desc_.value_group_size, frow.data());
+                        const int64_t o = ((pos - start + t) * H + h) * D;
+                        for (int32_t d = 0; d < D; ++d) {
+                            if (dst.dtype() == LLMN_DTYPE_F32) reinterpret_cast<float*>(out.data())[o + d] = frow[size_t(d)];
+                            else reinterpret_cast<uint16_t*>(out.data())[o + d] = f32_to_f16(frow[size_t(d)]);
+                        }
+                    }
+                    continue;
+                }
                 int64_t off = pass == 0 ? layout_.k_row_offset(layer, block, h, row) : layout_.v_row_offset(layer, block, h, row);
                 pool_read(off, run.data(), size_t(cnt * rb));
                 if (q8)

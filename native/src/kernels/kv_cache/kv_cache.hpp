@@ -29,6 +29,7 @@ namespace llmn {
 struct KvSequence {
     std::vector<int32_t> blocks;  // logical block j -> physical block id
     std::vector<int64_t> length;  // [num_layers] tokens stored per layer
+    int32_t res_slot = -1;        // KIVI residual slot (kv_layout.hpp), -1 when the cache has none
     int64_t max_length() const;
 };
 
@@ -80,6 +81,9 @@ private:
     void copy_block(int32_t dst, int32_t src);  // all layers
     void pool_write(int64_t offset, const void* src, size_t bytes);
     void pool_read(int64_t offset, void* dst, size_t bytes) const;
+    int32_t take_res_slot(const char* what);  // throws CAPACITY_EXCEEDED when all max_batch slots are live
+    // KIVI: quantizes the residual tile of (seq, layer) into block `block` (the block just filled).
+    void kivi_flush(const KvSequence& s, int32_t layer, int32_t block);
 
     std::shared_ptr<Context> ctx_;
     llmn_kv_cache_desc desc_;
@@ -87,6 +91,7 @@ private:
     void* pool_ = nullptr;
     std::vector<int32_t> free_;      // stack of free block ids (back is taken next)
     std::vector<int32_t> refcount_;  // per block; 0 = free
+    std::vector<int32_t> free_res_;  // free KIVI residual slots (back is taken next)
     std::unordered_map<int64_t, KvSequence> seqs_;
     int64_t next_id_ = 1;
     uint64_t tables_version_ = 0;
@@ -95,7 +100,8 @@ private:
 };
 
 // Validates a description (naming the field and value); returns it with defaults resolved
-// (max_batch 0 -> 256). ctx == nullptr: planner mode (no backend restrictions). Fills the layout
+// (max_batch 0 -> 256). With an INT4/INT2 side the pool also holds max_batch residual slots (one per
+// live sequence; kv_layout.hpp), counted in layout->pool_bytes and subtracted from capacity_bytes. ctx == nullptr: planner mode (no backend restrictions). Fills the layout
 // (num_blocks/layer_stride/pool_bytes only when ctx != nullptr, i.e. for a cache to create).
 llmn_kv_cache_desc validate_kv_desc(const llmn_kv_cache_desc* desc, const Context* ctx, KvLayout* layout);
 

@@ -33,19 +33,33 @@
 //   LLMN_KV_INT8 / LLMN_KV_FP8_E4M3 (CPU backend; codecs and scale rules in kv_quant.hpp)
 //       row = head_dim bytes (int8 two's complement / OCP E4M3), aux = block_size f32 scales, one
 //       per (token, head): x = float(code) * scale[t]. Quantized on append, token by token.
-//   LLMN_KV_INT4 / LLMN_KV_INT2 (PLANNED, KIVI)
+//   LLMN_KV_INT4 / LLMN_KV_INT2 (KIVI, CPU backend; codec and rounding rules in kv_kivi.hpp)
 //       K: per-channel over the block. row = head_dim * bits / 8 bytes, channel d in bits
 //          [bits*(d % (8/bits)), ...) of byte d / (8/bits) (low bits first); aux = head_dim f16 scales
 //          followed by head_dim f16 minimums: k[t][d] = code * scale[d] + min[d]. Because a channel's
 //          scale needs the whole block, a block is quantized only when it fills: until then the
-//          sequence's newest block lives as an f16 RESIDUAL tile (the f16 layout above) in a separate
-//          residual region of the same allocation, addressed by a per-sequence residual slot rather
-//          than by the block table. q.k folds the scales into q per block (q'_d = q_d * scale_d, plus
-//          a per-block constant sum_d q_d * min_d), so the token-major row layout still streams.
+//          sequence's newest block lives as an f16 RESIDUAL tile (the f16 row layout above) in a
+//          separate residual region of the same allocation, addressed by a per-sequence residual slot
+//          rather than by the block table. q.k folds the scales into q per block (q'_d = q_d * scale_d,
+//          plus a per-block constant sum_d q_d * min_d), so the token-major row layout still streams.
 //       V: per token in groups of value_group_size channels. row as for K; aux = block_size x
 //          (head_dim / group) f16 scales followed by as many f16 minimums: v[t][d] = code * s[t][g] + m[t][g].
-//       The residual region (one f16 head tile set per live sequence) is not in head_stride; its
-//       sizing (from max_batch) will be added by the quantization work together with create().
+//          V has no statistic spanning tokens, but it shares K's residual rule (KIVI keeps both in
+//          full precision until the block fills), so one code path serves both sides.
+//       Why f16 scale/min (unlike the f32 INT8 scales): here the metadata is a large fraction of the
+//       data (INT2 V, group 32: 8 B of codes and 4 B of f16 metadata per group; f32 would make it 8 B),
+//       while the f16 rounding of a scale (2^-11 relative) is far below the 1/3 .. 1/15 step of the
+//       grid. The min is an f16 residual value, so it is stored exactly; the scale is rounded UP so
+//       that code_max * scale still covers the range.
+//       The physical block of the partial block stays allocated in the block table (capacity
+//       accounting is unchanged); its KIVI sections hold garbage until the block fills. Sides in other
+//       formats (f16/INT8/FP8) are written to the block on append as usual (mixes work per side).
+//
+// RESIDUAL REGION (only when K or V is INT4/INT2): after the layer slabs, num_res_slots (= max_batch)
+// slots; slot s holds, for every (layer, kv_head), a residual head tile: [K f16 rows block_size x
+// head_dim] if K is KIVI, then [V f16 rows] if V is KIVI. The tile of (slot, layer, head) holds the
+// rows of block floor(length[layer] / block_size) of the slot's sequence (per-layer lengths differ).
+//   res_tile_offset(slot, layer, head) = res_region_off + ((slot * num_layers + layer) * num_kv_heads + head) * res_head_stride
 //
 // Block tables live on the host (KvCache); a change of any table bumps KvCache::tables_version()
 // so a backend can keep a device mirror (int32 [batch][max_blocks] like FlashInfer/vLLM) and refresh
@@ -86,6 +100,8 @@ inline int32_t kv_format_bits(int32_t f) {
     return 0;
 }
 
+inline bool kv_format_is_kivi(int32_t f) { return f == LLMN_KV_INT4 || f == LLMN_KV_INT2; }
+
 inline int64_t kv_row_bytes(int32_t format, int32_t head_dim) { return int64_t(head_dim) * kv_format_bits(format) / 8; }
 
 // Metadata bytes of one head tile's K (is_value = false) or V section for a format.
@@ -110,6 +126,20 @@ struct KvLayout {
     int64_t block_stride = 0;  // bytes of one block of one layer
     int64_t layer_stride = 0;  // bytes of one layer slab
     int64_t pool_bytes = 0;
+    // KIVI residual region (res_head_stride = 0 when neither side is INT4/INT2)
+    int64_t res_k_off = 0, res_v_off = 0;  // within a residual head tile
+    int64_t res_head_stride = 0;
+    int64_t res_region_off = 0;            // = num_layers * layer_stride
+    int64_t num_res_slots = 0;             // = max_batch
+
+    bool k_kivi() const { return kv_format_is_kivi(k_format); }
+    bool v_kivi() const { return kv_format_is_kivi(v_format); }
+    bool has_residual() const { return res_head_stride > 0; }
+    int64_t res_tile_offset(int64_t slot, int32_t layer, int32_t kv_head) const {
+        return res_region_off + ((slot * num_layers + layer) * int64_t(num_kv_heads) + kv_head) * res_head_stride;
+    }
+    // Residual bytes of every slot (fixed overhead of a KIVI cache, independent of the token count).
+    int64_t residual_bytes(int64_t slots) const { return slots * num_layers * int64_t(num_kv_heads) * res_head_stride; }
 
     int64_t tile_offset(int32_t layer, int64_t block, int32_t kv_head) const {
         return int64_t(layer) * layer_stride + block * block_stride + int64_t(kv_head) * head_stride;
@@ -148,6 +178,13 @@ inline KvLayout kv_tile_layout(const llmn_kv_cache_desc& d) {
     off = kv_align_up(off + kv_aux_bytes(d.v_format, true, d.block_size, d.head_dim, d.value_group_size), kKvSectionAlign);
     L.head_stride = off;
     L.block_stride = L.head_stride * d.num_kv_heads;
+    const int64_t f16_tile = int64_t(d.block_size) * d.head_dim * 2;  // a multiple of 256 (bs >= 8, D % 16 == 0)
+    int64_t r = 0;
+    L.res_k_off = r;
+    if (kv_format_is_kivi(d.k_format)) r += f16_tile;
+    L.res_v_off = r;
+    if (kv_format_is_kivi(d.v_format)) r += f16_tile;
+    L.res_head_stride = r;
     return L;
 }
 

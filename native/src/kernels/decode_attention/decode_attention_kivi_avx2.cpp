@@ -1,0 +1,344 @@
+// AVX2 work-item kernel for KIVI caches (INT4/INT2 on K and/or V, the other side F16, INT4 or INT2),
+// same contract and masking as run_item_scalar. Its own file because the per-channel key scales make
+// the BLOCK, not the token, the unit of dequantization: tiles never straddle blocks here, and the
+// tuned f16 / INT8 kernels keep their straddling tiles untouched.
+// Dequantization is fused and never materialised:
+//  - 8 codes -> 8 f32 in a register: the 4 (INT4) or 2 (INT2) packed bytes are broadcast to all lanes,
+//    shifted right per lane by (bits * lane) (vpsrlvd), masked and converted (cvtdq2ps);
+//  - keys: per block, q is folded with the channel scales, q'_d = q_d * scale_d, and the constant
+//    c = sum_d q_d * min_d is added after the dot product: s_t = q' . code_t + c (one fold of R x D per
+//    block, amortised over its block_size keys);
+//  - values: per (token, group) weights p_t * s_tg multiply the code values, and sum_t p_t * m_tg is
+//    added to the group's channels once per tile (so acc += p (s code + m) without a dequantized row);
+//  - the partial (residual) block reads f16 rows from the residual tile with F16C.
+#include "decode_attention_avx2_math.hpp"
+#include "decode_attention_cpu.hpp"
+
+#include "../../core/numeric.hpp"
+#include "../kv_cache/kv_layout.hpp"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace llmn::attn_cpu {
+
+namespace {
+
+using namespace avx2_math;
+
+enum RowFmt { kF16 = 0, kI4 = 4, kI2 = 2 };
+
+template <int F>
+inline __m256 load8(const uint8_t* row, int c) {
+    if constexpr (F == kF16) {
+        return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + size_t(c) * 2)));
+    } else if constexpr (F == kI4) {
+        uint32_t w;
+        std::memcpy(&w, row + c / 2, 4);
+        const __m256i x = _mm256_srlv_epi32(_mm256_set1_epi32(int32_t(w)), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
+        return _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(0xF)));
+    } else {
+        uint16_t w;
+        std::memcpy(&w, row + c / 4, 2);
+        const __m256i x = _mm256_srlv_epi32(_mm256_set1_epi32(int32_t(w)), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
+        return _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(0x3)));
+    }
+}
+
+constexpr int64_t row_bytes(int F, int D) { return F == kF16 ? int64_t(D) * 2 : int64_t(D) * F / 8; }
+
+constexpr int kStride = kTileKeys + 8;  // score row pitch (floats)
+
+// s[r][t] = q[r] . k_t + kc[r] for RT rows x KT keys (8 accumulators).
+template <int F, int RT, int KT>
+inline void qk_block(const float* q, int D, const uint8_t* const* k, const float* kc, float* s, int t, int valid) {
+    static_assert(RT * KT == 8, "8 accumulators");
+    __m256 acc[8];
+    for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
+    for (int c = 0; c < D; c += 8) {
+        __m256 kv[KT];
+        for (int j = 0; j < KT; ++j) kv[j] = load8<F>(k[j], c);
+        for (int r = 0; r < RT; ++r) {
+            const __m256 qv = _mm256_loadu_ps(q + size_t(r) * D + c);
+            for (int j = 0; j < KT; ++j) acc[r * KT + j] = _mm256_fmadd_ps(qv, kv[j], acc[r * KT + j]);
+        }
+    }
+    alignas(32) float out[8];
+    _mm256_store_ps(out, reduce8(acc));
+    for (int r = 0; r < RT; ++r)
+        for (int j = 0; j < valid; ++j) s[size_t(r) * kStride + t + j] = out[r * KT + j] + kc[r];
+}
+
+template <int F, int RT, int KT>
+inline void qk_rows(const float* q, int D, const uint8_t* const* krows, const float* kc, int n, float* s) {
+    for (int t = 0; t < n; t += KT) {
+        const uint8_t* k[KT];
+        for (int j = 0; j < KT; ++j) k[j] = krows[std::min(t + j, n - 1)];  // tail: recompute the last key
+        qk_block<F, RT, KT>(q, D, k, kc, s, t, std::min(KT, n - t));
+    }
+}
+
+// acc[r][c..c+16) += sum_t P[g(c)][r][t] * v[t][c..c+16); P for channel chunk c is p + (c / group) * gstride
+// (gstride = 0: one weight row for every channel).
+template <int F, int RT>
+inline void pv_rows(const float* p, int64_t gstride, int group, const uint8_t* const* vrows, int n, int D, float* acc) {
+    for (int c = 0; c < D; c += 16) {
+        const float* pg = p + (c / group) * gstride;
+        __m256 a[RT][2];
+        for (int r = 0; r < RT; ++r) a[r][0] = a[r][1] = _mm256_setzero_ps();
+        for (int t = 0; t < n; ++t) {
+            const __m256 v0 = load8<F>(vrows[t], c), v1 = load8<F>(vrows[t], c + 8);
+            for (int r = 0; r < RT; ++r) {
+                const __m256 pb = _mm256_broadcast_ss(pg + size_t(r) * kStride + t);
+                a[r][0] = _mm256_fmadd_ps(pb, v0, a[r][0]);
+                a[r][1] = _mm256_fmadd_ps(pb, v1, a[r][1]);
+            }
+        }
+        for (int r = 0; r < RT; ++r) {
+            float* ar = acc + size_t(r) * D + c;
+            _mm256_storeu_ps(ar, _mm256_add_ps(_mm256_loadu_ps(ar), a[r][0]));
+            _mm256_storeu_ps(ar + 8, _mm256_add_ps(_mm256_loadu_ps(ar + 8), a[r][1]));
+        }
+    }
+}
+
+struct State {
+    std::vector<float> acc, m, l, S, P, PM, qf, kc, vsc, vmn;
+};
+
+// One tile of n <= kTileKeys keys [t0, t0 + n) inside one block. KF/VF: how this tile's rows are
+// stored (F16 for a residual tile). q: folded queries (or the plain ones), kc: per-row constants.
+// vaux: V's f16 scales/minimums of the block when VF is INT4/INT2.
+template <int KF, int VF>
+void run_tile(const Item& it, State& st, int64_t t0, int n, const uint8_t* const* K, const uint8_t* const* V,
+          const float* q, const float* kc, const uint16_t* vaux, int row0) {
+    const int D = it.head_dim, R = it.rows;
+    const float NEG_INF = -std::numeric_limits<float>::infinity();
+    float* S = st.S.data();
+    const int G = VF == kF16 ? 1 : D / it.value_group;
+    const int group = VF == kF16 ? D : it.value_group;
+    const int64_t gstride = VF == kF16 ? 0 : int64_t(R) * kStride;
+    float* P = st.P.data();
+    const int nv = (n + 7) & ~7;
+    if constexpr (VF != kF16) {
+        // per (group, key) scale and min of this tile's rows; lanes past n are 0 (their p is 0 anyway)
+        const int bs = it.block_size;
+        for (int g = 0; g < G; ++g)
+            for (int j = 0; j < nv; ++j) {
+                const bool in = j < n;
+                st.vsc[size_t(g) * kStride + j] = in ? f16_to_f32(vaux[size_t(row0 + j) * G + g]) : 0.0f;
+                st.vmn[size_t(g) * kStride + j] = in ? f16_to_f32(vaux[size_t(bs) * G + size_t(row0 + j) * G + g]) : 0.0f;
+            }
+    }
+
+    int r = 0;
+    for (; r + 4 <= R; r += 4) qk_rows<KF, 4, 2>(q + size_t(r) * D, D, K, kc + r, n, S + size_t(r) * kStride);
+    for (; r + 2 <= R; r += 2) qk_rows<KF, 2, 4>(q + size_t(r) * D, D, K, kc + r, n, S + size_t(r) * kStride);
+    for (; r < R; ++r) qk_rows<KF, 1, 8>(q + size_t(r) * D, D, K, kc + r, n, S + size_t(r) * kStride);
+
+    const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256 cap = _mm256_set1_ps(it.softcap);
+    bool any = false;
+    for (r = 0; r < R; ++r) {
+        float* s = S + size_t(r) * kStride;
+        const int64_t lo = std::max(it.row_lo[r], t0) - t0, hi = std::min(it.row_hi[r] + 1, t0 + n) - t0;
+        float* pm = st.PM.data() + size_t(r) * G;
+        if (VF != kF16) std::fill(pm, pm + G, 0.0f);
+        if (lo >= hi) {
+            for (int g = 0; g < G; ++g)
+                for (int j = 0; j < nv; j += 8) _mm256_storeu_ps(P + g * gstride + size_t(r) * kStride + j, _mm256_setzero_ps());
+            continue;
+        }
+        any = true;
+        const __m256 vlo = _mm256_set1_ps(float(lo)), vhi = _mm256_set1_ps(float(hi));
+        __m256 vmax = _mm256_set1_ps(NEG_INF);
+        for (int j = 0; j < nv; j += 8) {
+            __m256 x = _mm256_loadu_ps(s + j);
+            if (it.softcap > 0.0f) x = softcap_ps(x, cap);
+            if (it.row_slope) {
+                const __m256 rel = _mm256_add_ps(_mm256_set1_ps(float(t0 + j - it.row_hi[r])), lane);
+                x = _mm256_fmadd_ps(_mm256_set1_ps(it.row_slope[r]), rel, x);
+            }
+            const __m256 idx = _mm256_add_ps(_mm256_set1_ps(float(j)), lane);
+            const __m256 valid = _mm256_and_ps(_mm256_cmp_ps(idx, vlo, _CMP_GE_OQ), _mm256_cmp_ps(idx, vhi, _CMP_LT_OQ));
+            x = _mm256_blendv_ps(_mm256_set1_ps(NEG_INF), x, valid);
+            _mm256_storeu_ps(s + j, x);
+            vmax = _mm256_max_ps(vmax, x);
+        }
+        const float tile_max = hmax(vmax);
+        float* ar = st.acc.data() + size_t(r) * D;
+        if (tile_max > st.m[size_t(r)]) {
+            if (st.m[size_t(r)] != NEG_INF) {
+                const float alpha = std::exp(st.m[size_t(r)] - tile_max);
+                const __m256 va = _mm256_set1_ps(alpha);
+                for (int d = 0; d < D; d += 8) _mm256_storeu_ps(ar + d, _mm256_mul_ps(_mm256_loadu_ps(ar + d), va));
+                st.l[size_t(r)] *= alpha;
+            }
+            st.m[size_t(r)] = tile_max;
+        }
+        const __m256 vm = _mm256_set1_ps(st.m[size_t(r)]);
+        __m256 vsum = _mm256_setzero_ps();
+        __m256 vpm[8];
+        for (int g = 0; g < G; ++g) vpm[g] = _mm256_setzero_ps();
+        for (int j = 0; j < nv; j += 8) {
+            const __m256 x = _mm256_loadu_ps(s + j);
+            const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(NEG_INF), _CMP_NEQ_OQ);
+            const __m256 p = _mm256_and_ps(exp_ps(_mm256_sub_ps(x, vm)), keep);
+            vsum = _mm256_add_ps(vsum, p);
+            if constexpr (VF != kF16) {
+                for (int g = 0; g < G; ++g) {
+                    _mm256_storeu_ps(P + g * gstride + size_t(r) * kStride + j,
+                                     _mm256_mul_ps(p, _mm256_loadu_ps(&st.vsc[size_t(g) * kStride + j])));
+                    vpm[g] = _mm256_fmadd_ps(p, _mm256_loadu_ps(&st.vmn[size_t(g) * kStride + j]), vpm[g]);
+                }
+            } else {
+                _mm256_storeu_ps(P + size_t(r) * kStride + j, p);
+            }
+        }
+        st.l[size_t(r)] += hsum(vsum);
+        if constexpr (VF != kF16)
+            for (int g = 0; g < G; ++g) pm[g] = hsum(vpm[g]);
+    }
+    if (!any) return;
+
+    for (r = 0; r + 4 <= R; r += 4)
+        pv_rows<VF, 4>(P + size_t(r) * kStride, gstride, group, V, n, D, st.acc.data() + size_t(r) * D);
+    for (; r + 2 <= R; r += 2)
+        pv_rows<VF, 2>(P + size_t(r) * kStride, gstride, group, V, n, D, st.acc.data() + size_t(r) * D);
+    for (; r < R; ++r) pv_rows<VF, 1>(P + size_t(r) * kStride, gstride, group, V, n, D, st.acc.data() + size_t(r) * D);
+    if constexpr (VF != kF16) {
+        for (r = 0; r < R; ++r) {
+            float* ar = st.acc.data() + size_t(r) * D;
+            const float* pm = st.PM.data() + size_t(r) * G;
+            for (int g = 0; g < G; ++g) {
+                const __m256 b = _mm256_set1_ps(pm[g]);
+                for (int d = g * group; d < (g + 1) * group; d += 8)
+                    _mm256_storeu_ps(ar + d, _mm256_add_ps(_mm256_loadu_ps(ar + d), b));
+            }
+        }
+    }
+}
+
+// Keys [b0, b1) of one block: fold q for a quantized K block, then tiles of up to kTileKeys keys.
+template <int KF, int VF>
+void block_range(const Item& it, State& st, int64_t j, int64_t b0, int64_t b1) {
+    const int D = it.head_dim, R = it.rows, bs = it.block_size;
+    const uint8_t* tile = it.layer_base + int64_t(it.blocks[j]) * it.block_stride + it.head_off;
+    const float* q = it.q;
+    if constexpr (KF != kF16) {
+        const uint16_t* aux = reinterpret_cast<const uint16_t*>(tile + it.k_aux_off);
+        float* qf = st.qf.data();
+        for (int r = 0; r < R; ++r) {
+            const float* qr = it.q + size_t(r) * D;
+            __m256 c = _mm256_setzero_ps();
+            for (int d = 0; d < D; d += 8) {
+                const __m256 sc = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(aux + d)));
+                const __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(aux + D + d)));
+                const __m256 qv = _mm256_loadu_ps(qr + d);
+                _mm256_storeu_ps(qf + size_t(r) * D + d, _mm256_mul_ps(qv, sc));
+                c = _mm256_fmadd_ps(qv, mn, c);
+            }
+            st.kc[size_t(r)] = hsum(c);
+        }
+        q = qf;
+    }
+    const uint8_t* K[kTileKeys];
+    const uint8_t* V[kTileKeys];
+    const uint16_t* vaux = reinterpret_cast<const uint16_t*>(tile + it.v_aux_off);
+    for (int64_t t0 = b0; t0 < b1; t0 += kTileKeys) {
+        const int n = int(std::min<int64_t>(kTileKeys, b1 - t0));
+        const int row0 = int(t0 - j * bs);
+        for (int i = 0; i < n; ++i) {
+            K[i] = tile + it.k_data_off + (row0 + i) * row_bytes(KF, D);
+            V[i] = tile + it.v_data_off + (row0 + i) * row_bytes(VF, D);
+        }
+        run_tile<KF, VF>(it, st, t0, n, K, V, q, st.kc.data(), vaux, row0);
+    }
+}
+
+// The residual (partial) block: KIVI sides read f16 rows from the residual tile, f16 sides from the block.
+template <int KF, int VF>
+void residual_range(const Item& it, State& st, int64_t j, int64_t b0, int64_t b1) {
+    const int D = it.head_dim, bs = it.block_size;
+    const uint8_t* tile = it.layer_base + int64_t(it.blocks[j]) * it.block_stride + it.head_off;
+    const uint8_t* kb = KF == kF16 ? tile + it.k_data_off : it.res + it.res_k_off;
+    const uint8_t* vb = VF == kF16 ? tile + it.v_data_off : it.res + it.res_v_off;
+    std::fill(st.kc.begin(), st.kc.end(), 0.0f);
+    const uint8_t* K[kTileKeys];
+    const uint8_t* V[kTileKeys];
+    for (int64_t t0 = b0; t0 < b1; t0 += kTileKeys) {
+        const int n = int(std::min<int64_t>(kTileKeys, b1 - t0));
+        const int row0 = int(t0 - j * bs);
+        for (int i = 0; i < n; ++i) {
+            K[i] = kb + int64_t(row0 + i) * D * 2;
+            V[i] = vb + int64_t(row0 + i) * D * 2;
+        }
+        run_tile<kF16, kF16>(it, st, t0, n, K, V, it.q, st.kc.data(), nullptr, row0);
+    }
+}
+
+template <int KF, int VF>
+void run_item_t(const Item& it) {
+    const int D = it.head_dim, R = it.rows, bs = it.block_size;
+    const float NEG_INF = -std::numeric_limits<float>::infinity();
+    thread_local State st;
+    const int G = D / (it.value_group > 0 ? it.value_group : D);
+    st.acc.assign(size_t(R) * D, 0.0f);
+    st.m.assign(size_t(R), NEG_INF);
+    st.l.assign(size_t(R), 0.0f);
+    st.S.assign(size_t(R) * kStride, 0.0f);
+    st.P.assign(size_t(std::max(G, 1)) * R * kStride, 0.0f);
+    st.PM.assign(size_t(std::max(G, 1)) * R, 0.0f);
+    st.qf.resize(size_t(R) * D);
+    st.kc.assign(size_t(R), 0.0f);
+    st.vsc.assign(size_t(std::max(G, 1)) * kStride, 0.0f);
+    st.vmn.assign(size_t(std::max(G, 1)) * kStride, 0.0f);
+    const int64_t res_block = it.length / bs;  // == number of full blocks; a block >= it is partial
+    for (int64_t t = it.key_begin; t < it.key_end;) {
+        const int64_t j = t / bs;
+        const int64_t b1 = std::min(it.key_end, (j + 1) * bs);
+        if (j >= res_block) residual_range<KF, VF>(it, st, j, t, b1);
+        else block_range<KF, VF>(it, st, j, t, b1);
+        t = b1;
+    }
+    for (int r = 0; r < R; ++r) {
+        float* o = it.o + size_t(r) * D;
+        const float* ar = st.acc.data() + size_t(r) * D;
+        if (st.l[size_t(r)] > 0.0f) {
+            const __m256 vl = _mm256_set1_ps(st.l[size_t(r)]);
+            for (int d = 0; d < D; d += 8) _mm256_storeu_ps(o + d, _mm256_div_ps(_mm256_loadu_ps(ar + d), vl));
+            it.lse[r] = st.m[size_t(r)] + std::log(st.l[size_t(r)]);
+        } else {
+            std::memset(o, 0, size_t(D) * sizeof(float));
+            it.lse[r] = NEG_INF;
+        }
+    }
+}
+
+int row_fmt(int32_t f) { return f == LLMN_KV_INT4 ? kI4 : (f == LLMN_KV_INT2 ? kI2 : kF16); }
+
+template <int KF>
+void dispatch_v(const Item& it) {
+    switch (row_fmt(it.v_format)) {
+        case kI4: run_item_t<KF, kI4>(it); break;
+        case kI2: run_item_t<KF, kI2>(it); break;
+        default: run_item_t<KF, kF16>(it); break;
+    }
+}
+
+}  // namespace
+
+void run_item_kivi_avx2(const Item& it) {
+    switch (row_fmt(it.k_format)) {
+        case kI4: dispatch_v<kI4>(it); break;
+        case kI2: dispatch_v<kI2>(it); break;
+        default: dispatch_v<kF16>(it); break;
+    }
+}
+
+}  // namespace llmn::attn_cpu
