@@ -5,10 +5,13 @@ namespace LlmNative;
 
 /// <summary>Storage format of a KV cache's keys or values (<c>llmn_kv_format</c>).</summary>
 /// <remarks>
-/// This build stores <see cref="F16"/> on every backend and <see cref="BF16"/> on CUDA; the quantized formats are
-/// part of the API already: until the native library implements them, <see cref="KvCache.Create"/> and the planner
-/// (<see cref="KvCache.BytesPerToken"/>, <see cref="KvCache.TokensForBudget"/>) refuse them with an
-/// <see cref="LlmNativeException"/> of status <see cref="LlmNativeStatus.Unsupported"/>.
+/// <see cref="F16"/> works on every backend, <see cref="BF16"/> on CUDA only. <see cref="Int8"/>, <see cref="Fp8E4M3"/>,
+/// <see cref="Int4"/> and <see cref="Int2"/> are CPU formats: a CUDA context refuses them at <see cref="KvCache.Create"/>
+/// with an <see cref="LlmNativeException"/> of status <see cref="LlmNativeStatus.Unsupported"/>. Keys and values
+/// choose their formats independently (for example Int4 keys with F16 values). Int4/Int2 (KIVI) keep the newest,
+/// not-yet-full block of each sequence in f16 (the residual) and quantize it when it fills; such a cache holds at
+/// most <see cref="KvCacheOptions.MaxBatch"/> live sequences (one residual slot each). Accuracy and sizes:
+/// docs/kv-quantization.md.
 /// </remarks>
 /// <example>
 /// <code>
@@ -29,10 +32,13 @@ public enum KvFormat
     /// <summary>OCP FP8 E4M3, one f32 scale per (token, head).</summary>
     Fp8E4M3 = 3,
 
-    /// <summary>4-bit KIVI: keys per channel over a block, values per token in groups of <see cref="KvCacheOptions.ValueGroupSize"/>.</summary>
+    /// <summary>
+    /// 4-bit KIVI (asymmetric, f16 scale and minimum): keys per channel over the tokens of a block, values per token
+    /// in groups of <see cref="KvCacheOptions.ValueGroupSize"/> channels; the partial newest block stays f16. CPU only.
+    /// </summary>
     Int4 = 4,
 
-    /// <summary>2-bit KIVI, laid out like <see cref="Int4"/>.</summary>
+    /// <summary>2-bit KIVI, laid out like <see cref="Int4"/> (four codes per byte). CPU only.</summary>
     Int2 = 5,
 }
 
@@ -69,10 +75,18 @@ public sealed record KvCacheOptions
     /// <summary>Storage format of values. Default <see cref="KvFormat.F16"/>.</summary>
     public KvFormat VFormat { get; init; } = KvFormat.F16;
 
-    /// <summary>Channels per value group for <see cref="KvFormat.Int4"/>/<see cref="KvFormat.Int2"/> values: 32, 64 or 128; 0 = default.</summary>
+    /// <summary>
+    /// Channels per value group for <see cref="KvFormat.Int4"/>/<see cref="KvFormat.Int2"/> values: 32, 64 or 128, and it
+    /// must divide <see cref="HeadDim"/> (so head_dim 80 cannot have Int4/Int2 values). Required (non-zero) when
+    /// <see cref="VFormat"/> is Int4 or Int2; ignored (0 allowed) otherwise.
+    /// </summary>
     public int ValueGroupSize { get; init; }
 
-    /// <summary>Largest batch of one decode-attention call (sizes the workspace); 0 = 256.</summary>
+    /// <summary>
+    /// Largest batch of one decode-attention call (sizes the workspace); 0 = 256. With Int4/Int2 keys or values it is
+    /// also the most live sequences (each has an f16 residual slot of NumLayers x NumKvHeads x BlockSize x HeadDim x 2
+    /// bytes per Int4/Int2 side, allocated up front).
+    /// </summary>
     public int MaxBatch { get; init; }
 
     /// <summary>Pool size in tokens (rounded up to whole blocks); 0 when <see cref="CapacityBytes"/> is used.</summary>
@@ -91,6 +105,14 @@ public sealed record KvCacheOptions
         Defined(KFormat, nameof(KFormat), paramName);
         Defined(VFormat, nameof(VFormat), paramName);
         In(ValueGroupSize, new[] { 0, 32, 64, 128 }, nameof(ValueGroupSize), paramName);
+        if (VFormat is KvFormat.Int4 or KvFormat.Int2)
+        {
+            if (ValueGroupSize == 0)
+                throw Range(nameof(ValueGroupSize), ValueGroupSize, $"must be 32, 64 or 128 when VFormat is {VFormat}", paramName);
+            if (HeadDim % ValueGroupSize != 0)
+                throw Range(nameof(ValueGroupSize), ValueGroupSize,
+                    $"must divide HeadDim ({HeadDim}) when VFormat is {VFormat}", paramName);
+        }
         OneOf(MaxBatch, 0, 65536, nameof(MaxBatch), paramName);
         if (!forCreate) return;
         if (CapacityTokens < 0) throw Range(nameof(CapacityTokens), CapacityTokens, "must be >= 0", paramName);
