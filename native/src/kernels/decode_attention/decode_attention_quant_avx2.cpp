@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -93,15 +94,21 @@ inline void qk_rows(const float* q, int D, const uint8_t* const* krows, const fl
 }
 
 // acc[r][c..c+16) += sum_t p[r][t] * v[t][c..c+16) (p already carries V's per-token scale).
+// pf/npf: next tile's V rows, one 64-byte line of each per 64 bytes of channels, spread over the loop.
 template <int F, int RT>
-inline void pv_rows(const float* p, const uint8_t* const* vrows, int n, int D, float* acc) {
+inline void pv_rows(const float* p, const uint8_t* const* vrows, int n, int D, float* acc,
+                    const uint8_t* const* pf, int npf) {
     constexpr int U = RT == 4 ? 1 : (RT == 2 ? 2 : 4);
     for (int c = 0; c < D; c += 16) {
         __m256 a[U][RT][2];
         for (int u = 0; u < U; ++u)
             for (int r = 0; r < RT; ++r) a[u][r][0] = a[u][r][1] = _mm256_setzero_ps();
         int t = 0;
+        const int cb = c * row_bytes_per_elem(F);
+        const int npf_c = (cb & 63) == 0 ? npf : 0;
         for (; t + U <= n; t += U) {
+            for (int j = t; j < std::min(t + U, npf_c); ++j)
+                _mm_prefetch(reinterpret_cast<const char*>(pf[j] + cb), _MM_HINT_T1);
             for (int u = 0; u < U; ++u) {
                 const __m256 v0 = load8<F>(vrows[t + u], c), v1 = load8<F>(vrows[t + u], c + 8);
                 for (int r = 0; r < RT; ++r) {
@@ -148,7 +155,20 @@ void run_item_t(const Item& it) {
     const uint8_t* vr[2][kTileKeys];
     alignas(32) float ks[2][kTileKeys + 8], vs[2][kTileKeys + 8];
     const int64_t krb = int64_t(D) * row_bytes_per_elem(KF), vrb = int64_t(D) * row_bytes_per_elem(VF);
+    // Row pointers of a tile and where its per-token scales are; the scales are read one tile later
+    // (load_scales), their lines are prefetched here, so the read does not stall on memory.
+    struct Seg {
+        int j, cnt;
+        const uint8_t *kaux, *vaux;
+    };
+    Seg seg[2][kTileKeys];
+    int nseg[2] = {0, 0};
+    auto prefetch_span = [](const uint8_t* p, int bytes) {
+        const uintptr_t a = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(63), e = reinterpret_cast<uintptr_t>(p) + bytes;
+        for (uintptr_t x = a; x < e; x += 64) _mm_prefetch(reinterpret_cast<const char*>(x), _MM_HINT_T1);
+    };
     auto rows_of = [&](int64_t t0, int n, int slot) {
+        nseg[slot] = 0;
         for (int j = 0; j < n;) {
             const int64_t t = t0 + j;
             const int row = int(t % bs);
@@ -158,13 +178,25 @@ void run_item_t(const Item& it) {
                 kr[slot][j + i] = tile + it.k_data_off + size_t(row + i) * krb;
                 vr[slot][j + i] = tile + it.v_data_off + size_t(row + i) * vrb;
             }
-            if constexpr (KF != kF16) std::memcpy(&ks[slot][j], tile + it.k_aux_off + size_t(row) * 4, size_t(cnt) * 4);
-            else for (int i = 0; i < cnt; ++i) ks[slot][j + i] = 1.0f;
-            if constexpr (VF != kF16) std::memcpy(&vs[slot][j], tile + it.v_aux_off + size_t(row) * 4, size_t(cnt) * 4);
-            // exact: a power of two, and scale <= FLT_MAX / 448 leaves room for 2^8
-            if constexpr (KF == kE4M3) for (int i = 0; i < cnt; ++i) ks[slot][j + i] *= scale_factor<KF>();
-            if constexpr (VF == kE4M3) for (int i = 0; i < cnt; ++i) vs[slot][j + i] *= scale_factor<VF>();
+            Seg& sg = seg[slot][nseg[slot]++];
+            sg.j = j;
+            sg.cnt = cnt;
+            sg.kaux = tile + it.k_aux_off + size_t(row) * 4;
+            sg.vaux = tile + it.v_aux_off + size_t(row) * 4;
+            if constexpr (KF != kF16) prefetch_span(sg.kaux, cnt * 4);
+            if constexpr (VF != kF16) prefetch_span(sg.vaux, cnt * 4);
             j += cnt;
+        }
+    };
+    auto load_scales = [&](int slot) {
+        for (int g = 0; g < nseg[slot]; ++g) {
+            const Seg& sg = seg[slot][g];
+            if constexpr (KF != kF16) std::memcpy(&ks[slot][sg.j], sg.kaux, size_t(sg.cnt) * 4);
+            else for (int i = 0; i < sg.cnt; ++i) ks[slot][sg.j + i] = 1.0f;
+            if constexpr (VF != kF16) std::memcpy(&vs[slot][sg.j], sg.vaux, size_t(sg.cnt) * 4);
+            // exact: a power of two, and scale <= FLT_MAX / 448 leaves room for 2^8
+            if constexpr (KF == kE4M3) for (int i = 0; i < sg.cnt; ++i) ks[slot][sg.j + i] *= scale_factor<KF>();
+            if constexpr (VF == kE4M3) for (int i = 0; i < sg.cnt; ++i) vs[slot][sg.j + i] *= scale_factor<VF>();
         }
     };
     const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
@@ -174,6 +206,7 @@ void run_item_t(const Item& it) {
     if (n_cur > 0) rows_of(it.key_begin, n_cur, 0);
     for (int64_t t0 = it.key_begin; t0 < it.key_end; t0 += kTileKeys) {
         const int n = n_cur;
+        load_scales(cur);
         const uint8_t* const* K = kr[cur];
         const uint8_t* const* V = vr[cur];
         const float* KS = ks[cur];
@@ -184,17 +217,14 @@ void run_item_t(const Item& it) {
         const uint8_t* const* KN = kr[cur ^ 1];
         const uint8_t* const* VN = vr[cur ^ 1];
 
-        // 1. scores (the first row tile prefetches the next tile's K rows, the last one its V rows)
+        // 1. scores (the first row tile prefetches the next tile's K rows; its p.v the V rows)
         int r = 0;
         for (; r + 4 <= R; r += 4)
-            qk_rows<KF, 4, 2>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, r == 0 ? KN : VN,
-                              r == 0 || r + 4 == R ? n_cur : 0);
+            qk_rows<KF, 4, 2>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
         for (; r + 2 <= R; r += 2)
-            qk_rows<KF, 2, 4>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, r == 0 ? KN : VN,
-                              r == 0 || r + 2 == R ? n_cur : 0);
+            qk_rows<KF, 2, 4>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
         for (; r < R; ++r)
-            qk_rows<KF, 1, 8>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, r == 0 ? KN : VN,
-                              r == 0 || r + 1 == R ? n_cur : 0);
+            qk_rows<KF, 1, 8>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
 
         // 2. online softmax per row; P = weights (0 for masked keys) times V's per-token scale
         const int nv = (n + 7) & ~7;
@@ -251,9 +281,12 @@ void run_item_t(const Item& it) {
         }
 
         // 3. acc += P V
-        for (r = 0; r + 4 <= R; r += 4) pv_rows<VF, 4>(P + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D);
-        for (; r + 2 <= R; r += 2) pv_rows<VF, 2>(P + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D);
-        for (; r < R; ++r) pv_rows<VF, 1>(P + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D);
+        for (r = 0; r + 4 <= R; r += 4)
+            pv_rows<VF, 4>(P + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D, VN, r == 0 ? n_cur : 0);
+        for (; r + 2 <= R; r += 2)
+            pv_rows<VF, 2>(P + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D, VN, r == 0 ? n_cur : 0);
+        for (; r < R; ++r)
+            pv_rows<VF, 1>(P + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D, VN, r == 0 ? n_cur : 0);
         cur ^= 1;
     }
 
