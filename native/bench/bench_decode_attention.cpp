@@ -161,6 +161,15 @@ bool build(AttentionSetup& s, int32_t batch, int64_t context, benchmark::State& 
 // robust to the load of a shared machine (both halves of a round see nearly the same conditions);
 // frac_of_stream is its median over the rounds, frac_best its maximum.
 void run_decode_attention(benchmark::State& state, int32_t batch, int64_t context, int32_t splits, int32_t fmt) {
+    // LLMNATIVE_BENCH_ISA=scalar|avx2|avx512 caps the kernels (default: the best detected).
+    if (const char* isa = std::getenv("LLMNATIVE_BENCH_ISA")) {
+        const int32_t v = std::strcmp(isa, "scalar") == 0 ? LLMN_CPU_ISA_SCALAR
+                          : std::strcmp(isa, "avx2") == 0 ? LLMN_CPU_ISA_AVX2 : LLMN_CPU_ISA_AVX512;
+        if (llmn_set_cpu_isa(v) != LLMN_STATUS_OK) {
+            state.SkipWithError("LLMNATIVE_BENCH_ISA: not available on this CPU");
+            return;
+        }
+    }
     AttentionSetup s;
     if (!build(s, batch, context, state, fmt)) return;
     llmn_attention_params p{};

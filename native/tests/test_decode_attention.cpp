@@ -91,10 +91,13 @@ std::vector<int32_t> isas_to_test() {
     llmn_get_cpu_info(&info);
     std::vector<int32_t> v{LLMN_CPU_ISA_SCALAR};
     if (info.detected_isa == LLMN_CPU_ISA_AVX2 || info.detected_isa == LLMN_CPU_ISA_AVX512) v.push_back(LLMN_CPU_ISA_AVX2);
+    if (info.detected_isa == LLMN_CPU_ISA_AVX512) v.push_back(LLMN_CPU_ISA_AVX512);
     return v;
 }
 
-const char* isa_name(int32_t isa) { return isa == LLMN_CPU_ISA_SCALAR ? "scalar" : "avx2"; }
+const char* isa_name(int32_t isa) {
+    return isa == LLMN_CPU_ISA_SCALAR ? "scalar" : isa == LLMN_CPU_ISA_AVX2 ? "avx2" : "avx512";
+}
 
 struct Problem {
     int32_t H = 2, D = 64, bs = 16, G = 2, q_len = 1;
@@ -647,8 +650,9 @@ TEST(DecodeAttention, BitwiseRepeatableAcrossRunsAndThreadCounts) {
     }
 }
 
-// Scalar and AVX2 kernels both meet the reference bound (checked everywhere above); here also
-// against each other, within the sum of their bounds, on the Llama-3-8B head shape.
+// Scalar, AVX2 (and AVX-512) kernels all meet the reference bound (checked everywhere above); here
+// also each SIMD kernel against the scalar one, within the sum of their bounds, on the Llama-3-8B
+// head shape.
 TEST(DecodeAttention, ScalarAndAvx2Agree) {
     auto isas = isas_to_test();
     if (isas.size() < 2) GTEST_SKIP() << "this CPU/build has no AVX2 kernels";
@@ -664,14 +668,16 @@ TEST(DecodeAttention, ScalarAndAvx2Agree) {
     Attn a(ctx.h, pb, g);
     ASSERT_FALSE(::testing::Test::HasFatalFailure());
     auto q = a.make_q(g, false);
-    std::vector<float> outs[2];
-    for (int k = 0; k < 2; ++k) {
-        ASSERT_EQ(llmn_set_cpu_isa(isas[size_t(k)]), LLMN_STATUS_OK);
+    std::vector<std::vector<float>> outs(isas.size());
+    for (size_t k = 0; k < isas.size(); ++k) {
+        ASSERT_EQ(llmn_set_cpu_isa(isas[k]), LLMN_STATUS_OK);
         ASSERT_EQ(a.run(q, false, params_for(pb, 1), nullptr, outs[k]), LLMN_STATUS_OK) << last_error();
     }
     Reference ref = a.reference(q, false, params_for(pb, 1), nullptr, 1);
-    for (size_t i = 0; i < outs[0].size(); ++i)
-        ASSERT_LE(std::fabs(outs[0][i] - outs[1][i]), 2 * ref.bound[i / size_t(pb.D)]) << "element " << i;
+    for (size_t k = 1; k < isas.size(); ++k)
+        for (size_t i = 0; i < outs[0].size(); ++i)
+            ASSERT_LE(std::fabs(outs[0][i] - outs[k][i]), 2 * ref.bound[i / size_t(pb.D)])
+                << isa_name(isas[k]) << " element " << i;
 }
 
 // Every rejected input: status, a message naming the parameter and value, nothing written to out,

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -41,11 +42,10 @@ llmn_cpu_isa detect() {
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return LLMN_CPU_ISA_SCALAR;
     bool avx2 = b & (1u << 5), avx512f = b & (1u << 16), avx512bw = b & (1u << 30), avx512vl = b & (1u << 31);
     if (!(ymm && avx2 && fma && f16c)) return LLMN_CPU_ISA_SCALAR;
-#if defined(LLMN_HAVE_AVX512_KERNELS)
-    if (zmm && avx512f && avx512bw && avx512vl) return LLMN_CPU_ISA_AVX512;
-#else
-    (void)zmm; (void)avx512f; (void)avx512bw; (void)avx512vl;
-#endif
+    // x86-64 builds compile every *_avx512.cpp (cmake/LlmNativeSources.cmake); their kernels need
+    // F + BW + VL + DQ (the flags those files get).
+    const bool avx512dq = b & (1u << 17);
+    if (zmm && avx512f && avx512bw && avx512vl && avx512dq) return LLMN_CPU_ISA_AVX512;
     return LLMN_CPU_ISA_AVX2;
 #elif defined(__aarch64__)
     return LLMN_CPU_ISA_NEON;
@@ -55,6 +55,18 @@ llmn_cpu_isa detect() {
 }
 
 std::atomic<int> g_active_isa{-1};
+
+// Bounded spin before a pool thread sleeps on a condition variable (workers waiting for the next
+// job, the caller waiting for the last item). Decode-time calls are 0.1-2 ms long and come back to
+// back, and a futex wake-up costs tens of microseconds on a VM; but on a shared 2-core box an
+// unbounded spin would take a core from whoever does the real work, hence the bound.
+constexpr auto kSpin = std::chrono::microseconds(100);
+
+inline void cpu_relax() {
+#if LLMN_X86
+    _mm_pause();
+#endif
+}
 
 class ThreadPool {
 public:
@@ -76,32 +88,47 @@ public:
             return;
         }
         std::lock_guard<std::mutex> call_lock(call_mutex_);  // one parallel region at a time
+        job_ = &fn;
+        job_n_ = n;
+        next_.store(0, std::memory_order_relaxed);
+        error_ = nullptr;
+        pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
         {
+            // Under the mutex: a worker about to sleep re-checks generation_ under it (no lost wake-up).
             std::lock_guard<std::mutex> lock(mutex_);
-            job_ = &fn;
-            job_n_ = n;
-            next_.store(0);
-            pending_ = static_cast<int>(workers_.size());
-            error_ = nullptr;
-            ++generation_;
+            generation_.fetch_add(1, std::memory_order_release);
+            if (sleepers_ > 0) cv_.notify_all();
         }
-        cv_.notify_all();
         work();
-        std::unique_lock<std::mutex> lock(mutex_);
-        done_cv_.wait(lock, [&] { return pending_ == 0; });
+        if (!spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; })) {
+            std::unique_lock<std::mutex> lock(mutex_);
+            done_cv_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+        }
         job_ = nullptr;
         if (error_) std::rethrow_exception(error_);
     }
 
 private:
+    template <class Pred>
+    static bool spin_until(Pred pred) {
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 1;; ++i) {
+            if (pred()) return true;
+            cpu_relax();
+            if ((i & 63) == 0 && std::chrono::steady_clock::now() - t0 > kSpin) return pred();
+        }
+    }
     void start(int threads) {
-        stopping_ = false;
-        for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { loop(); });
+        stopping_.store(false);
+        // The generation a new worker has "seen" is fixed here, not when its thread gets to run:
+        // a run() posted before that would otherwise be skipped and never complete.
+        const uint64_t g0 = generation_.load();
+        for (int i = 1; i < threads; ++i) workers_.emplace_back([this, g0] { loop(g0); });
     }
     void stop() {
         {
             std::lock_guard<std::mutex> lock(mutex_);
-            stopping_ = true;
+            stopping_.store(true);
         }
         cv_.notify_all();
         for (auto& w : workers_) w.join();
@@ -122,19 +149,21 @@ private:
         }
         t_in_pool = was;
     }
-    void loop() {
-        uint64_t seen = 0;
+    void loop(uint64_t seen) {
         for (;;) {
-            {
+            auto changed = [&] { return stopping_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen; };
+            if (!spin_until(changed)) {
                 std::unique_lock<std::mutex> lock(mutex_);
-                cv_.wait(lock, [&] { return stopping_ || generation_ != seen; });
-                if (stopping_) return;
-                seen = generation_;
+                ++sleepers_;
+                cv_.wait(lock, changed);
+                --sleepers_;
             }
+            if (stopping_.load(std::memory_order_acquire)) return;
+            seen = generation_.load(std::memory_order_acquire);
             work();
-            {
-                std::lock_guard<std::mutex> lock(mutex_);
-                if (--pending_ == 0) done_cv_.notify_one();
+            if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+                std::lock_guard<std::mutex> lock(mutex_);  // the caller may be asleep in done_cv_
+                done_cv_.notify_one();
             }
         }
     }
@@ -146,9 +175,10 @@ private:
     const std::function<void(int64_t)>* job_ = nullptr;
     int64_t job_n_ = 0;
     std::atomic<int64_t> next_{0};
-    int pending_ = 0;
-    uint64_t generation_ = 0;
-    bool stopping_ = false;
+    std::atomic<int> pending_{0};
+    std::atomic<uint64_t> generation_{0};
+    std::atomic<bool> stopping_{false};
+    int sleepers_ = 0;  // guarded by mutex_
     std::exception_ptr error_;
 };
 

@@ -1,0 +1,308 @@
+// AVX-512 (F + F16C conversions on zmm) work-item kernel for f16 K and V: the AVX2 kernel's design
+// (decode_attention_avx2.cpp: same tiles, masking, online softmax, prefetch schedule) at twice the
+// vector width, for machines that have it. Why a separate kernel: decode attention does 2 x head_dim
+// multiply-adds per key and query row, which for a GQA group of 4 is 128 ymm FMAs per 512 bytes of
+// K+V. On the 2-core Zen 5 dev box (about 55 GB/s streaming read) that made the AVX2 kernel compute
+// bound at roughly half the streaming bandwidth; zmm halves the FMA count.
+//  - q.k: row tiles of 4/2/1 rows x 4/8/16 keys = 16 independent zmm accumulators (FMA latency x
+//    throughput is 8 on Zen 4/5, so 16 leaves slack for the loads and conversions), each reduced
+//    to ymm and then by the AVX2 hadd tree.
+//  - p.v: 32-channel chunks (16-channel tail for head_dim 80/96) x 4/2/1 rows, unrolled over keys to
+//    16 accumulators, partial sums added in a fixed order: bitwise reproducible.
+// Only this file's functions are compiled with AVX-512 flags, and all of them have internal linkage
+// (no inline function shared with the AVX2 files, which would let the linker pick a zmm copy).
+#include "decode_attention_cpu.hpp"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace llmn::attn_cpu {
+
+namespace {
+
+inline __m512 load_h16(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// Same reduction and polynomial as avx2_math::exp_ps (relative error ~1.5e-7), 16 lanes.
+inline __m512 exp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3365447505531f)), _mm512_set1_ps(88.3762626647949f));
+    const __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
+    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), x);
+    y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+}
+
+// c * tanh(s / c), as avx2_math::softcap_ps.
+inline __m512 softcap16(__m512 s, __m512 c) {
+    const __m512i sign = _mm512_set1_epi32(int32_t(0x80000000u));
+    const __m512 y = _mm512_div_ps(s, c);
+    const __m512 a = _mm512_castsi512_ps(_mm512_andnot_si512(sign, _mm512_castps_si512(y)));
+    const __m512 e = exp16(_mm512_mul_ps(a, _mm512_set1_ps(-2.0f)));
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512 t = _mm512_div_ps(_mm512_sub_ps(one, e), _mm512_add_ps(one, e));
+    const __m512i ys = _mm512_and_si512(sign, _mm512_castps_si512(y));
+    return _mm512_mul_ps(c, _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t), ys)));
+}
+
+inline __m256 fold(__m512 v) {
+    return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
+// [sum(a[0]), ..., sum(a[7])] in one hadd tree (a copy of avx2_math::reduce8, internal linkage).
+inline __m256 reduce8(const __m256* a) {
+    const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+    const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+constexpr int kStride = kTileKeys + 16;  // score row pitch (floats)
+
+// Prefetch to L2 (T1): measured single-threaded on 1 x 4k from DRAM, T1 / T2 / NTA within noise of
+// each other, T0 about 10% slower, none 2.4x slower.
+inline void pfx(const void* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1); }
+
+// Scores of RT rows x KT keys (RT * KT = 16) into s[r * kStride + t + j] for j < valid; also
+// prefetches pf[0 .. npf) (rows of the next tile).
+template <int RT, int KT>
+inline void qk_block(const float* q, int D, const uint16_t* const* k, float* s, int t, int valid,
+                     const uint16_t* const* pf, int npf) {
+    static_assert(RT * KT == 16, "16 accumulators");
+    __m512 acc[16];
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+    for (int c = 0; c < D; c += 16) {
+        // one 64-byte line of each of the next tile's K rows per 32 channels, spread over the loop
+        if ((c & 31) == 0)
+            for (int j = 0; j < npf; ++j) pfx(pf[j] + c);
+        __m512 kv[KT];
+        for (int j = 0; j < KT; ++j) kv[j] = load_h16(k[j] + c);
+        for (int r = 0; r < RT; ++r) {
+            __m512 qv = _mm512_loadu_ps(q + size_t(r) * D + c);
+            __asm__("" : "+v"(qv));  // one load per row, not one per FMA
+            for (int j = 0; j < KT; ++j) acc[r * KT + j] = _mm512_fmadd_ps(qv, kv[j], acc[r * KT + j]);
+        }
+    }
+    __m256 h[16];
+    for (int i = 0; i < 16; ++i) h[i] = fold(acc[i]);
+    alignas(32) float out[16];
+    _mm256_store_ps(out, reduce8(h));
+    _mm256_store_ps(out + 8, reduce8(h + 8));
+    for (int r = 0; r < RT; ++r)
+        for (int j = 0; j < valid; ++j) s[size_t(r) * kStride + t + j] = out[r * KT + j];
+}
+
+template <int RT, int KT>
+inline void qk_rows(const float* q, int D, const uint16_t* const* krows, int n, float* s,
+                    const uint16_t* const* pf = nullptr, int npf = 0) {
+    for (int t = 0; t < n; t += KT) {
+        const uint16_t* k[KT];
+        for (int j = 0; j < KT; ++j) k[j] = krows[std::min(t + j, n - 1)];  // tail: recompute the last key
+        qk_block<RT, KT>(q, D, k, s, t, std::min(KT, n - t), npf > t ? pf + t : nullptr, std::max(0, std::min(KT, npf - t)));
+    }
+}
+
+// acc[r][c .. c + 16 * CW) += sum_t p[r][t] * v[t][...] for RT rows, U-way unroll over keys.
+template <int RT, int CW>
+inline void pv_chunk(const float* p, const uint16_t* const* vrows, int n, int D, int c, float* acc,
+                     const uint16_t* const* pf, int npf) {
+    constexpr int U = 16 / (RT * CW);
+    __m512 a[U][RT][CW];
+    for (int u = 0; u < U; ++u)
+        for (int r = 0; r < RT; ++r)
+            for (int w = 0; w < CW; ++w) a[u][r][w] = _mm512_setzero_ps();
+    int t = 0;
+    for (; t + U <= n; t += U) {
+        for (int j = t; j < std::min(t + U, npf); ++j)  // one 64-byte line of each next-tile V row per chunk
+            pfx(pf[j] + c);
+        for (int u = 0; u < U; ++u) {
+            __m512 v[CW];
+            for (int w = 0; w < CW; ++w) v[w] = load_h16(vrows[t + u] + c + 16 * w);
+            for (int r = 0; r < RT; ++r) {
+                const __m512 pb = _mm512_set1_ps(p[size_t(r) * kStride + t + u]);
+                for (int w = 0; w < CW; ++w) a[u][r][w] = _mm512_fmadd_ps(pb, v[w], a[u][r][w]);
+            }
+        }
+    }
+    for (; t < n; ++t) {
+        if (t < npf) pfx(pf[t] + c);
+        __m512 v[CW];
+        for (int w = 0; w < CW; ++w) v[w] = load_h16(vrows[t] + c + 16 * w);
+        for (int r = 0; r < RT; ++r) {
+            const __m512 pb = _mm512_set1_ps(p[size_t(r) * kStride + t]);
+            for (int w = 0; w < CW; ++w) a[0][r][w] = _mm512_fmadd_ps(pb, v[w], a[0][r][w]);
+        }
+    }
+    for (int r = 0; r < RT; ++r)
+        for (int w = 0; w < CW; ++w) {
+            __m512 s = a[0][r][w];
+            for (int u = 1; u < U; ++u) s = _mm512_add_ps(s, a[u][r][w]);
+            float* ar = acc + size_t(r) * D + c + 16 * w;
+            _mm512_storeu_ps(ar, _mm512_add_ps(_mm512_loadu_ps(ar), s));
+        }
+}
+
+template <int RT>
+inline void pv_rows(const float* p, const uint16_t* const* vrows, int n, int D, float* acc,
+                    const uint16_t* const* pf = nullptr, int npf = 0) {
+    int c = 0;
+    for (; c + 32 <= D; c += 32) pv_chunk<RT, 2>(p, vrows, n, D, c, acc, pf, npf);
+    if (c < D) pv_chunk<RT, 1>(p, vrows, n, D, c, acc, pf, npf);  // head_dim 80 / 96: 16-channel tail
+}
+
+}  // namespace
+
+void run_item_avx512(const Item& it) {
+    const int D = it.head_dim, R = it.rows, bs = it.block_size;
+    if (D % 16 != 0) {  // every head_dim the cache accepts is a multiple of 16; keep the kernel total
+        run_item_avx2(it);
+        return;
+    }
+    const float NEG_INF = -std::numeric_limits<float>::infinity();
+    thread_local std::vector<float> acc, m, l, sbuf;
+    acc.assign(size_t(R) * D, 0.0f);
+    m.assign(size_t(R), NEG_INF);
+    l.assign(size_t(R), 0.0f);
+    sbuf.assign(size_t(R) * kStride, 0.0f);
+    float* S = sbuf.data();
+    // Row pointers of a ring of PD + 1 tiles: the current one and the next PD ones (the prefetch
+    // target is PD tiles ahead). PD = 2 measured no better than 1 (single thread, 1 x 4k, DRAM).
+    constexpr int PD = 1, kRing = PD + 1;
+    const uint16_t* kr[kRing][kTileKeys];
+    const uint16_t* vr[kRing][kTileKeys];
+    int nk[kRing] = {};
+    auto rows_of = [&](int64_t t0, int n, const uint16_t** kp, const uint16_t** vp) {
+        for (int j = 0; j < n;) {
+            const int64_t t = t0 + j;
+            const int row = int(t % bs);
+            const int cnt = std::min(n - j, bs - row);
+            const uint8_t* tile = it.layer_base + int64_t(it.blocks[t / bs]) * it.block_stride + it.head_off;
+            const uint16_t* k = reinterpret_cast<const uint16_t*>(tile + it.k_data_off) + size_t(row) * D;
+            const uint16_t* v = reinterpret_cast<const uint16_t*>(tile + it.v_data_off) + size_t(row) * D;
+            for (int i = 0; i < cnt; ++i) {
+                kp[j + i] = k + size_t(i) * D;
+                vp[j + i] = v + size_t(i) * D;
+            }
+            j += cnt;
+        }
+    };
+    const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 cap = _mm512_set1_ps(it.softcap);
+    const __m512 ninf = _mm512_set1_ps(NEG_INF);
+    auto tile_n = [&](int64_t t0) { return int(std::min<int64_t>(kTileKeys, std::max<int64_t>(0, it.key_end - t0))); };
+    for (int i = 0; i < PD; ++i) {
+        nk[i] = tile_n(it.key_begin + int64_t(i) * kTileKeys);
+        if (nk[i] > 0) rows_of(it.key_begin + int64_t(i) * kTileKeys, nk[i], kr[i], vr[i]);
+        if (i > 0)  // nobody prefetched these tiles during a previous tile
+            for (int j = 0; j < nk[i]; ++j)
+                for (int c = 0; c < D; c += 32) {
+                    pfx(kr[i][j] + c);
+                    pfx(vr[i][j] + c);
+                }
+    }
+    int cur = 0;
+    for (int64_t t0 = it.key_begin; t0 < it.key_end; t0 += kTileKeys) {
+        const int n = nk[cur];
+        const uint16_t* const* K = kr[cur];
+        const uint16_t* const* V = vr[cur];
+        const int ps = (cur + PD) % kRing;
+        const int n_cur = nk[ps] = tile_n(t0 + int64_t(PD) * kTileKeys);
+        if (n_cur > 0) rows_of(t0 + int64_t(PD) * kTileKeys, n_cur, kr[ps], vr[ps]);
+        const uint16_t* const* KN = kr[ps];
+        const uint16_t* const* VN = vr[ps];
+
+        // 1. scores (the first row tile also prefetches the next tile's K rows)
+        int r = 0;
+        for (; r + 4 <= R; r += 4)
+            qk_rows<4, 4>(it.q + size_t(r) * D, D, K, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
+        for (; r + 2 <= R; r += 2)
+            qk_rows<2, 8>(it.q + size_t(r) * D, D, K, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
+        for (; r < R; ++r) qk_rows<1, 16>(it.q + size_t(r) * D, D, K, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
+
+        // 2. online softmax per row; S becomes the weights P (0 for masked keys)
+        const int nv = (n + 15) & ~15;
+        for (r = 0; r < R; ++r) {
+            float* s = S + size_t(r) * kStride;
+            const int64_t lo = std::max(it.row_lo[r], t0) - t0, hi = std::min(it.row_hi[r] + 1, t0 + n) - t0;
+            if (lo >= hi) {
+                for (int j = 0; j < nv; j += 16) _mm512_storeu_ps(s + j, _mm512_setzero_ps());
+                continue;
+            }
+            const __m512 vlo = _mm512_set1_ps(float(lo)), vhi = _mm512_set1_ps(float(hi));
+            __m512 vmax = ninf;
+            for (int j = 0; j < nv; j += 16) {
+                __m512 x = _mm512_loadu_ps(s + j);
+                if (it.softcap > 0.0f) x = softcap16(x, cap);
+                if (it.row_slope) {
+                    const __m512 rel = _mm512_add_ps(_mm512_set1_ps(float(t0 + j - it.row_hi[r])), lane);
+                    x = _mm512_fmadd_ps(_mm512_set1_ps(it.row_slope[r]), rel, x);
+                }
+                const __m512 idx = _mm512_add_ps(_mm512_set1_ps(float(j)), lane);
+                const __mmask16 valid =
+                    _mm512_cmp_ps_mask(idx, vlo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(idx, vhi, _CMP_LT_OQ);
+                x = _mm512_mask_blend_ps(valid, ninf, x);
+                _mm512_storeu_ps(s + j, x);
+                vmax = _mm512_max_ps(vmax, x);
+            }
+            const float tile_max = _mm512_reduce_max_ps(vmax);
+            float* ar = acc.data() + size_t(r) * D;
+            if (tile_max > m[size_t(r)]) {
+                if (m[size_t(r)] != NEG_INF) {  // first visible tile: acc and l are still 0
+                    const float alpha = std::exp(m[size_t(r)] - tile_max);
+                    const __m512 va = _mm512_set1_ps(alpha);
+                    for (int d = 0; d < D; d += 16) _mm512_storeu_ps(ar + d, _mm512_mul_ps(_mm512_loadu_ps(ar + d), va));
+                    l[size_t(r)] *= alpha;
+                }
+                m[size_t(r)] = tile_max;
+            }
+            const __m512 vm = _mm512_set1_ps(m[size_t(r)]);
+            __m512 vsum = _mm512_setzero_ps();
+            for (int j = 0; j < nv; j += 16) {
+                const __m512 x = _mm512_loadu_ps(s + j);
+                const __mmask16 keep = _mm512_cmp_ps_mask(x, ninf, _CMP_NEQ_OQ);
+                const __m512 p = _mm512_maskz_mov_ps(keep, exp16(_mm512_sub_ps(x, vm)));
+                _mm512_storeu_ps(s + j, p);
+                vsum = _mm512_add_ps(vsum, p);
+            }
+            l[size_t(r)] += _mm512_reduce_add_ps(vsum);
+        }
+
+        // 3. acc += P V
+        for (r = 0; r + 4 <= R; r += 4)
+            pv_rows<4>(S + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D, VN, r == 0 ? n_cur : 0);
+        for (; r + 2 <= R; r += 2)
+            pv_rows<2>(S + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D, VN, r == 0 ? n_cur : 0);
+        for (; r < R; ++r) pv_rows<1>(S + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D, VN, r == 0 ? n_cur : 0);
+        cur = (cur + 1) % kRing;
+    }
+
+    for (int r = 0; r < R; ++r) {
+        float* o = it.o + size_t(r) * D;
+        const float* ar = acc.data() + size_t(r) * D;
+        if (l[size_t(r)] > 0.0f) {  // >= 1 once any key was visible
+            const __m512 vl = _mm512_set1_ps(l[size_t(r)]);
+            for (int d = 0; d < D; d += 16) _mm512_storeu_ps(o + d, _mm512_div_ps(_mm512_loadu_ps(ar + d), vl));
+            it.lse[r] = m[size_t(r)] + std::log(l[size_t(r)]);
+        } else {
+            std::memset(o, 0, size_t(D) * sizeof(float));
+            it.lse[r] = NEG_INF;
+        }
+    }
+}
+
+}  // namespace llmn::attn_cpu
