@@ -34,7 +34,7 @@ using namespace avx2_math;
 enum RowFmt { kF16 = 0, kI4 = 4, kI2 = 2 };
 
 template <int F>
-inline __m256 load8(const uint8_t* row, int c) {
+__attribute__((always_inline)) inline __m256 load8(const uint8_t* row, int c) {
     if constexpr (F == kF16) {
         return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + size_t(c) * 2)));
     } else if constexpr (F == kI4) {
@@ -56,7 +56,7 @@ constexpr int kStride = kTileKeys + 8;  // score row pitch (floats)
 
 // s[r][t] = q[r] . k_t + kc[r] for RT rows x KT keys (8 accumulators).
 template <int F, int RT, int KT>
-inline void qk_block(const float* q, int D, const uint8_t* const* k, const float* kc, float* s, int t, int valid) {
+__attribute__((always_inline)) inline void qk_block(const float* q, int D, const uint8_t* const* k, const float* kc, float* s, int t, int valid) {
     static_assert(RT * KT == 8, "8 accumulators");
     __m256 acc[8];
     for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
@@ -64,7 +64,8 @@ inline void qk_block(const float* q, int D, const uint8_t* const* k, const float
         __m256 kv[KT];
         for (int j = 0; j < KT; ++j) kv[j] = load8<F>(k[j], c);
         for (int r = 0; r < RT; ++r) {
-            const __m256 qv = _mm256_loadu_ps(q + size_t(r) * D + c);
+            __m256 qv = _mm256_loadu_ps(q + size_t(r) * D + c);
+            __asm__("" : "+x"(qv));  // keep q in a register (see decode_attention_avx2.cpp)
             for (int j = 0; j < KT; ++j) acc[r * KT + j] = _mm256_fmadd_ps(qv, kv[j], acc[r * KT + j]);
         }
     }
@@ -108,15 +109,25 @@ inline void pv_rows(const float* p, int64_t gstride, int group, const uint8_t* c
 }
 
 struct State {
-    std::vector<float> acc, m, l, S, P, PM, qf, kc, vsc, vmn;
+    std::vector<float> acc, m, l, S, P, PM, qf, kc, zero, vsc, vmn;
 };
 
-// One tile of n <= kTileKeys keys [t0, t0 + n) inside one block. KF/VF: how this tile's rows are
-// stored (F16 for a residual tile). q: folded queries (or the plain ones), kc: per-row constants.
-// vaux: V's f16 scales/minimums of the block when VF is INT4/INT2.
-template <int KF, int VF>
-void run_tile(const Item& it, State& st, int64_t t0, int n, const uint8_t* const* K, const uint8_t* const* V,
-          const float* q, const float* kc, const uint16_t* vaux, int row0) {
+// Scores of keys K[0..n) for all rows into S + offset (row pitch kStride): s = q . k + kc[r].
+template <int KF>
+void scores(const Item& it, State& st, const uint8_t* const* K, int n, const float* q, const float* kc, int offset) {
+    const int D = it.head_dim, R = it.rows;
+    float* S = st.S.data() + offset;
+    int r = 0;
+    for (; r + 4 <= R; r += 4) qk_rows<KF, 4, 2>(q + size_t(r) * D, D, K, kc + r, n, S + size_t(r) * kStride);
+    for (; r + 2 <= R; r += 2) qk_rows<KF, 2, 4>(q + size_t(r) * D, D, K, kc + r, n, S + size_t(r) * kStride);
+    for (; r < R; ++r) qk_rows<KF, 1, 8>(q + size_t(r) * D, D, K, kc + r, n, S + size_t(r) * kStride);
+}
+
+// Softmax update and P.V for one tile of n <= kTileKeys keys [t0, t0 + n) whose scores are in st.S.
+// VF: how V's rows are stored (F16 for a residual tile); for INT4/INT2 st.vsc / st.vmn hold the
+// per (group, key) scales and minimums, lanes past n zero.
+template <int VF>
+void softmax_pv(const Item& it, State& st, int64_t t0, int n, const uint8_t* const* V) {
     const int D = it.head_dim, R = it.rows;
     const float NEG_INF = -std::numeric_limits<float>::infinity();
     float* S = st.S.data();
@@ -125,21 +136,7 @@ void run_tile(const Item& it, State& st, int64_t t0, int n, const uint8_t* const
     const int64_t gstride = VF == kF16 ? 0 : int64_t(R) * kStride;
     float* P = st.P.data();
     const int nv = (n + 7) & ~7;
-    if constexpr (VF != kF16) {
-        // per (group, key) scale and min of this tile's rows; lanes past n are 0 (their p is 0 anyway)
-        const int bs = it.block_size;
-        for (int g = 0; g < G; ++g)
-            for (int j = 0; j < nv; ++j) {
-                const bool in = j < n;
-                st.vsc[size_t(g) * kStride + j] = in ? f16_to_f32(vaux[size_t(row0 + j) * G + g]) : 0.0f;
-                st.vmn[size_t(g) * kStride + j] = in ? f16_to_f32(vaux[size_t(bs) * G + size_t(row0 + j) * G + g]) : 0.0f;
-            }
-    }
-
     int r = 0;
-    for (; r + 4 <= R; r += 4) qk_rows<KF, 4, 2>(q + size_t(r) * D, D, K, kc + r, n, S + size_t(r) * kStride);
-    for (; r + 2 <= R; r += 2) qk_rows<KF, 2, 4>(q + size_t(r) * D, D, K, kc + r, n, S + size_t(r) * kStride);
-    for (; r < R; ++r) qk_rows<KF, 1, 8>(q + size_t(r) * D, D, K, kc + r, n, S + size_t(r) * kStride);
 
     const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256 cap = _mm256_set1_ps(it.softcap);
@@ -224,41 +221,81 @@ void run_tile(const Item& it, State& st, int64_t t0, int n, const uint8_t* const
     }
 }
 
-// Keys [b0, b1) of one block: fold q for a quantized K block, then tiles of up to kTileKeys keys.
-template <int KF, int VF>
-void block_range(const Item& it, State& st, int64_t j, int64_t b0, int64_t b1) {
-    const int D = it.head_dim, R = it.rows, bs = it.block_size;
-    const uint8_t* tile = it.layer_base + int64_t(it.blocks[j]) * it.block_stride + it.head_off;
-    const float* q = it.q;
-    if constexpr (KF != kF16) {
-        const uint16_t* aux = reinterpret_cast<const uint16_t*>(tile + it.k_aux_off);
-        float* qf = st.qf.data();
-        for (int r = 0; r < R; ++r) {
-            const float* qr = it.q + size_t(r) * D;
-            __m256 c = _mm256_setzero_ps();
-            for (int d = 0; d < D; d += 8) {
-                const __m256 sc = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(aux + d)));
-                const __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(aux + D + d)));
-                const __m256 qv = _mm256_loadu_ps(qr + d);
-                _mm256_storeu_ps(qf + size_t(r) * D + d, _mm256_mul_ps(qv, sc));
-                c = _mm256_fmadd_ps(qv, mn, c);
-            }
-            st.kc[size_t(r)] = hsum(c);
+// Folds q with block j's K channel scales into st.qf, and sum_d q_d min_d into st.kc.
+inline void fold_q(const Item& it, State& st, const uint8_t* tile) {
+    const int D = it.head_dim, R = it.rows;
+    const uint16_t* aux = reinterpret_cast<const uint16_t*>(tile + it.k_aux_off);
+    float* qf = st.qf.data();
+    for (int r = 0; r < R; ++r) {
+        const float* qr = it.q + size_t(r) * D;
+        __m256 c = _mm256_setzero_ps();
+        for (int d = 0; d < D; d += 8) {
+            const __m256 sc = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(aux + d)));
+            const __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(aux + D + d)));
+            const __m256 qv = _mm256_loadu_ps(qr + d);
+            _mm256_storeu_ps(qf + size_t(r) * D + d, _mm256_mul_ps(qv, sc));
+            c = _mm256_fmadd_ps(qv, mn, c);
         }
-        q = qf;
+        st.kc[size_t(r)] = hsum(c);
     }
+}
+
+// A tile of quantized (full) blocks: keys [t0, t1), at most kTileKeys, may straddle blocks. Scores run
+// per block segment (each with its own folded q); softmax and P.V run once over the tile.
+template <int KF, int VF>
+void quant_tile(const Item& it, State& st, int64_t t0, int64_t t1) {
+    const int D = it.head_dim, bs = it.block_size;
+    const int n = int(t1 - t0);
+    const int G = VF == kF16 ? 1 : D / it.value_group;
     const uint8_t* K[kTileKeys];
     const uint8_t* V[kTileKeys];
-    const uint16_t* vaux = reinterpret_cast<const uint16_t*>(tile + it.v_aux_off);
-    for (int64_t t0 = b0; t0 < b1; t0 += kTileKeys) {
-        const int n = int(std::min<int64_t>(kTileKeys, b1 - t0));
-        const int row0 = int(t0 - j * bs);
-        for (int i = 0; i < n; ++i) {
-            K[i] = tile + it.k_data_off + (row0 + i) * row_bytes(KF, D);
-            V[i] = tile + it.v_data_off + (row0 + i) * row_bytes(VF, D);
+    for (int64_t s0 = t0; s0 < t1;) {
+        const int64_t j = s0 / bs;
+        const int64_t s1 = std::min(t1, (j + 1) * bs);
+        const uint8_t* tile = it.layer_base + int64_t(it.blocks[j]) * it.block_stride + it.head_off;
+        const int row0 = int(s0 - j * bs), cnt = int(s1 - s0), off = int(s0 - t0);
+        for (int i = 0; i < cnt; ++i) {
+            K[off + i] = tile + it.k_data_off + (row0 + i) * row_bytes(KF, D);
+            V[off + i] = tile + it.v_data_off + (row0 + i) * row_bytes(VF, D);
         }
-        run_tile<KF, VF>(it, st, t0, n, K, V, q, st.kc.data(), vaux, row0);
+        if constexpr (VF != kF16) {
+            // the segment's [t][g] f16 scales and minimums are contiguous: convert 8 at a time, then
+            // transpose to [g][key] for the softmax loop
+            const uint16_t* aux = reinterpret_cast<const uint16_t*>(tile + it.v_aux_off);
+            alignas(32) float cs[kTileKeys * 8 + 8], cm[kTileKeys * 8 + 8];
+            const uint16_t* sp = aux + size_t(row0) * G;
+            const uint16_t* mp = aux + size_t(bs) * G + size_t(row0) * G;
+            const int m = cnt * G;
+            int k = 0;
+            for (; k + 8 <= m; k += 8) {
+                _mm256_store_ps(cs + k, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + k))));
+                _mm256_store_ps(cm + k, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mp + k))));
+            }
+            for (; k < m; ++k) {
+                cs[k] = _cvtsh_ss(sp[k]);
+                cm[k] = _cvtsh_ss(mp[k]);
+            }
+            for (int g = 0; g < G; ++g) {
+                float* ds = &st.vsc[size_t(g) * kStride + off];
+                float* dm = &st.vmn[size_t(g) * kStride + off];
+                for (int i = 0; i < cnt; ++i) {
+                    ds[i] = cs[i * G + g];
+                    dm[i] = cm[i * G + g];
+                }
+            }
+        }
+        if constexpr (KF != kF16) {
+            fold_q(it, st, tile);
+            scores<KF>(it, st, K + off, cnt, st.qf.data(), st.kc.data(), off);
+        } else {
+            scores<KF>(it, st, K + off, cnt, it.q, st.zero.data(), off);
+        }
+        s0 = s1;
     }
+    if constexpr (VF != kF16)
+        for (int g = 0; g < G; ++g)
+            for (int i = n; i < ((n + 7) & ~7); ++i) st.vsc[size_t(g) * kStride + i] = st.vmn[size_t(g) * kStride + i] = 0.0f;
+    softmax_pv<VF>(it, st, t0, n, V);
 }
 
 // The residual (partial) block: KIVI sides read f16 rows from the residual tile, f16 sides from the block.
@@ -268,7 +305,6 @@ void residual_range(const Item& it, State& st, int64_t j, int64_t b0, int64_t b1
     const uint8_t* tile = it.layer_base + int64_t(it.blocks[j]) * it.block_stride + it.head_off;
     const uint8_t* kb = KF == kF16 ? tile + it.k_data_off : it.res + it.res_k_off;
     const uint8_t* vb = VF == kF16 ? tile + it.v_data_off : it.res + it.res_v_off;
-    std::fill(st.kc.begin(), st.kc.end(), 0.0f);
     const uint8_t* K[kTileKeys];
     const uint8_t* V[kTileKeys];
     for (int64_t t0 = b0; t0 < b1; t0 += kTileKeys) {
@@ -278,7 +314,8 @@ void residual_range(const Item& it, State& st, int64_t j, int64_t b0, int64_t b1
             K[i] = kb + int64_t(row0 + i) * D * 2;
             V[i] = vb + int64_t(row0 + i) * D * 2;
         }
-        run_tile<kF16, kF16>(it, st, t0, n, K, V, it.q, st.kc.data(), nullptr, row0);
+        scores<kF16>(it, st, K, n, it.q, st.zero.data(), 0);
+        softmax_pv<kF16>(it, st, t0, n, V);
     }
 }
 
@@ -296,16 +333,13 @@ void run_item_t(const Item& it) {
     st.PM.assign(size_t(std::max(G, 1)) * R, 0.0f);
     st.qf.resize(size_t(R) * D);
     st.kc.assign(size_t(R), 0.0f);
+    st.zero.assign(size_t(R), 0.0f);
     st.vsc.assign(size_t(std::max(G, 1)) * kStride, 0.0f);
     st.vmn.assign(size_t(std::max(G, 1)) * kStride, 0.0f);
     const int64_t res_block = it.length / bs;  // == number of full blocks; a block >= it is partial
-    for (int64_t t = it.key_begin; t < it.key_end;) {
-        const int64_t j = t / bs;
-        const int64_t b1 = std::min(it.key_end, (j + 1) * bs);
-        if (j >= res_block) residual_range<KF, VF>(it, st, j, t, b1);
-        else block_range<KF, VF>(it, st, j, t, b1);
-        t = b1;
-    }
+    const int64_t q_end = std::min(it.key_end, res_block * bs);  // keys in quantized blocks
+    for (int64_t t = it.key_begin; t < q_end; t += kTileKeys) quant_tile<KF, VF>(it, st, t, std::min(q_end, t + kTileKeys));
+    if (it.key_end > q_end) residual_range<KF, VF>(it, st, res_block, std::max(it.key_begin, q_end), it.key_end);
     for (int r = 0; r < R; ++r) {
         float* o = it.o + size_t(r) * D;
         const float* ar = st.acc.data() + size_t(r) * D;
