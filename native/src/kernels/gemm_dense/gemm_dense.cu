@@ -20,6 +20,7 @@
 
 #include "../../core/error.hpp"
 #include "../../cuda/cuda_runtime.hpp"
+#include "../../cuda/ptx.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -33,6 +34,8 @@ namespace llmn {
 
 namespace {
 
+using namespace ptx;  // PTX wrappers and element conversions (cuda/ptx.cuh)
+
 struct DenseParams {
     const uint16_t* x;  // [m][k]
     const uint16_t* w;  // [k][n]
@@ -40,59 +43,6 @@ struct DenseParams {
     uint16_t* y;        // [m][n]
     int m, n, k;
 };
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void cp_async16_zfill(void* smem, const void* gmem, bool valid) {
-    const int src_bytes = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
-
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* smem) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(smem)));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* smem) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(smem)));
-}
-
-template <bool kBf16>
-__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    if constexpr (kBf16) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-            "{%0, %1, %2, %3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    } else {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-            "{%0, %1, %2, %3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-}
-
-template <bool kBf16>
-__device__ __forceinline__ float to_f32(uint16_t bits) {
-    if constexpr (kBf16) return __bfloat162float(__ushort_as_bfloat16(bits));
-    else return __half2float(__ushort_as_half(bits));
-}
-template <bool kBf16>
-__device__ __forceinline__ uint16_t from_f32(float v) {
-    if constexpr (kBf16) return __bfloat16_as_ushort(__float2bfloat16_rn(v));
-    else return __half_as_ushort(__float2half_rn(v));
-}
 
 // Tile shape: BM x BN output tile, BK deep k tile, 8 warps as WM x WN x WK (WK warps split each k tile).
 template <int BM_, int BN_, int BK_, int WM_, int WN_, int WK_, int STAGES_>
@@ -185,11 +135,11 @@ __global__ void __launch_bounds__(256) gemm_dense_kernel(DenseParams p) {
             uint32_t a[T::MB][4];
 #pragma unroll
             for (int i = 0; i < T::MB; ++i)
-                ldsm_x4(a[i], sa + (wm * T::TM + i * 16 + (lane & 15)) * T::A_LD + kk * 16 + (lane >> 4) * 8);
+                ldmatrix_x4(a[i], sa + (wm * T::TM + i * 16 + (lane & 15)) * T::A_LD + kk * 16 + (lane >> 4) * 8);
 #pragma unroll
             for (int j = 0; j < T::NF / 2; ++j) {
                 uint32_t b[4];  // b0/b1 of n8 fragment 2j, then of 2j+1
-                ldsm_x4_trans(b, sb + (kk * 16 + (lane & 15)) * T::B_LD + wn * T::TN + j * 16 + (lane >> 4) * 8);
+                ldmatrix_x4_trans(b, sb + (kk * 16 + (lane & 15)) * T::B_LD + wn * T::TN + j * 16 + (lane >> 4) * 8);
 #pragma unroll
                 for (int i = 0; i < T::MB; ++i) {
                     mma_16816<kBf16>(acc[i][2 * j], a[i], b[0], b[1]);
