@@ -376,7 +376,11 @@ typedef struct llmn_attention_params {
  *   sequence_ids: host array [batch];
  *   q:   [batch, q_len, num_q_heads, head_dim] buffer (f32 or f16 on CPU; f16 or bf16 on CUDA);
  *   out: same shape and dtype as q;
- *   alibi_slopes: f32 buffer [num_q_heads] or NULL (bias slope * (key_pos - query_pos)).
+ *   alibi_slopes: f32 buffer [num_q_heads] or NULL (bias slope * (key_pos - query_pos)); every slope must be
+ *     finite. The CPU backend checks that on every call. On CUDA the kernel reads the slopes from the buffer
+ *     itself (so a call captured into a CUDA graph reads them at replay time); a call on a stream that is not
+ *     capturing checks them first with a small synchronising copy (INVALID_ARGUMENT, nothing written), a
+ *     captured call cannot check them, and a non-finite slope there makes that head's output undefined.
  * Query i of a sequence of length L (including its q_len new tokens) sees keys 0 .. L - q_len + i. */
 LLMN_API llmn_status llmn_decode_attention(llmn_context context, llmn_kv_cache cache, const int64_t* sequence_ids,
                                            int32_t batch, llmn_buffer q, llmn_buffer alibi_slopes, llmn_buffer out,

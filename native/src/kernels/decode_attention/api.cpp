@@ -80,12 +80,16 @@ extern "C" LLMN_API llmn_status llmn_decode_attention(llmn_context context, llmn
             if (ab->dtype() != LLMN_DTYPE_F32)
                 fail(LLMN_STATUS_INVALID_ARGUMENT, "alibi_slopes has dtype %s; expected f32", dtype_name(ab->dtype()));
             check_buffer_count(*ab, p.num_q_heads, "alibi_slopes", "[num_q_heads]");
-            a.alibi_slopes.resize(size_t(p.num_q_heads));
-            if (ctx->is_cuda()) copy_to_host(*ctx, a.alibi_slopes.data(), ab->data(), a.alibi_slopes.size() * sizeof(float));
-            else std::copy_n(ab->as<float>(), p.num_q_heads, a.alibi_slopes.begin());
-            for (int32_t h = 0; h < p.num_q_heads; ++h)
-                LLMN_CHECK_ARG(std::isfinite(a.alibi_slopes[size_t(h)]), "alibi_slopes[%d] must be finite, got %g", h,
-                               double(a.alibi_slopes[size_t(h)]));
+            if (ctx->is_cuda()) {
+                // The kernel reads the slopes from the caller's device buffer; decode_attention.cu checks
+                // them for finiteness unless the stream is capturing (see the public header).
+                a.alibi_device = ab->as<float>();
+            } else {
+                a.alibi_slopes.assign(ab->as<float>(), ab->as<float>() + p.num_q_heads);
+                for (int32_t h = 0; h < p.num_q_heads; ++h)
+                    LLMN_CHECK_ARG(std::isfinite(a.alibi_slopes[size_t(h)]), "alibi_slopes[%d] must be finite, got %g", h,
+                                   double(a.alibi_slopes[size_t(h)]));
+            }
         }
 
         std::lock_guard<std::mutex> lock(kv->mutex());

@@ -50,7 +50,7 @@
 //    backend_state(), created on the first call and sized from desc().max_batch and num_kv_heads:
 //    the f32 partial workspace, a device mirror of the batch's block tables (rebuilt only when
 //    KvCache::tables_version() or the batch's sequences changed), and a ring of 16 pinned + device
-//    metadata slots (the per-call work list and ALiBi slopes, one cudaMemcpyAsync per call). A slot
+//    metadata slots (the per-call work list, one cudaMemcpyAsync per call). A slot
 //    is reused only after the event recorded behind its call's kernels fired, so the host blocks
 //    only when it runs 16 calls ahead of the GPU.
 //    Graph-capture caveat: a captured call records the copy FROM ITS PINNED SLOT; replaying the
@@ -58,8 +58,12 @@
 //    are captured as of the capture. Replays are therefore only valid for identical batches and
 //    lengths (e.g. benchmarks). Warm up one call outside capture (first-call allocation) and
 //    synchronise before capturing; during capture the ring does not wait on or record events, and a
-//    block-table mirror that would have to grow fails with UNSUPPORTED. api.cpp copies ALiBi slopes
-//    to the host (a synchronising copy) before this runs: ALiBi calls are not capturable today.
+//    block-table mirror that would have to grow fails with UNSUPPORTED.
+//    ALiBi: the kernel reads the slopes straight from the caller's device buffer (Params::slopes),
+//    so a captured call reads them at replay time. Their finiteness check needs the values on the
+//    host, i.e. a synchronising copy of num_q_heads floats: it runs only when the stream is not
+//    capturing (a capture cannot synchronise); captured calls take the slopes unchecked (documented
+//    in llmnative.h). A device-side check could not report an error without a later host read.
 //    Calls on one cache are assumed to come through one stream (the table mirror is updated in
 //    stream order).
 #include "decode_attention.hpp"
@@ -73,6 +77,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -579,7 +584,7 @@ public:
     // per-call metadata ring
     uint8_t* h_ring = nullptr;
     uint8_t* d_ring = nullptr;
-    size_t slot_bytes = 0, slopes_off = 0;
+    size_t slot_bytes = 0;
     cudaEvent_t ring_event[kRingSlots] = {};
     bool ring_pending[kRingSlots] = {};
     int ring_next = 0;
@@ -610,8 +615,7 @@ CudaAttnState& state_for(KvCache& cache, const Context& ctx) {
     s->d_tables = static_cast<int32_t*>(cuda::alloc_device(ctx.device(), size_t(s->table_cap) * sizeof(int32_t)));
     s->h_tables = static_cast<int32_t*>(cuda::alloc_pinned(size_t(s->table_cap) * sizeof(int32_t)));
     check(cudaEventCreateWithFlags(&s->table_event, cudaEventDisableTiming), "cudaEventCreate");
-    s->slopes_off = align256(size_t(d.max_batch) * sizeof(SeqWork));
-    s->slot_bytes = align256(s->slopes_off + size_t(kMaxGqaGroup) * d.num_kv_heads * sizeof(float));
+    s->slot_bytes = align256(size_t(d.max_batch) * sizeof(SeqWork));
     s->h_ring = static_cast<uint8_t*>(cuda::alloc_pinned(s->slot_bytes * kRingSlots));
     s->d_ring = static_cast<uint8_t*>(cuda::alloc_device(ctx.device(), s->slot_bytes * kRingSlots));
     for (int i = 0; i < kRingSlots; ++i)
@@ -714,6 +718,16 @@ void decode_attention_cuda(const Context& ctx, const DecodeAttentionArgs& a) {
     cudaStreamCaptureStatus cap_status = cudaStreamCaptureStatusNone;
     check(cudaStreamIsCapturing(stream, &cap_status), "cudaStreamIsCapturing");
     const bool capturing = cap_status != cudaStreamCaptureStatusNone;
+    const bool alibi = a.alibi_device != nullptr;
+    if (alibi && !capturing) {  // validation before anything is launched (see the header comment, item 7)
+        std::vector<float> slopes(size_t(P.num_q_heads));
+        check(cudaMemcpyAsync(slopes.data(), a.alibi_device, slopes.size() * sizeof(float), cudaMemcpyDeviceToHost, stream),
+              "cudaMemcpyAsync(alibi_slopes)");
+        check(cudaStreamSynchronize(stream), "cudaStreamSynchronize(alibi_slopes)");
+        for (int32_t h = 0; h < P.num_q_heads; ++h)
+            LLMN_CHECK_ARG(std::isfinite(slopes[size_t(h)]), "alibi_slopes[%d] must be finite, got %g", h,
+                           double(slopes[size_t(h)]));
+    }
 
     KvCache& mutable_cache = const_cast<KvCache&>(cache);  // the API layer holds the cache's mutex
     if (!mutable_cache.backend_state() && capturing)
@@ -757,12 +771,7 @@ void decode_attention_cuda(const Context& ctx, const DecodeAttentionArgs& a) {
     uint8_t* h_slot = s.h_ring + size_t(slot) * s.slot_bytes;
     uint8_t* d_slot = s.d_ring + size_t(slot) * s.slot_bytes;
     std::memcpy(h_slot, plan.work.data(), plan.work.size() * sizeof(SeqWork));
-    size_t bytes = plan.work.size() * sizeof(SeqWork);
-    const bool alibi = !a.alibi_slopes.empty();
-    if (alibi) {
-        std::memcpy(h_slot + s.slopes_off, a.alibi_slopes.data(), a.alibi_slopes.size() * sizeof(float));
-        bytes = s.slopes_off + a.alibi_slopes.size() * sizeof(float);
-    }
+    const size_t bytes = plan.work.size() * sizeof(SeqWork);
     check(cudaMemcpyAsync(d_slot, h_slot, bytes, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync(call metadata)");
 
     Params prm{};
@@ -786,7 +795,7 @@ void decode_attention_cuda(const Context& ctx, const DecodeAttentionArgs& a) {
     prm.window = P.window;
     prm.scale = P.scale;
     prm.softcap = P.softcap;
-    prm.slopes = alibi ? reinterpret_cast<const float*>(d_slot + s.slopes_off) : nullptr;
+    prm.slopes = a.alibi_device;  // the caller's buffer, read by the kernel (null without ALiBi)
     prm.q = a.q->data();
     prm.out = a.out->data();
     prm.io_bf16 = a.q->dtype() == LLMN_DTYPE_BF16 ? 1 : 0;

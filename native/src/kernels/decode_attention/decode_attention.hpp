@@ -38,7 +38,8 @@ struct DecodeAttentionArgs {
     std::vector<int64_t> lengths;         // [batch] tokens in params.layer (>= q_len)
     const Buffer* q = nullptr;            // [batch, q_len, num_q_heads, head_dim]
     const Buffer* out = nullptr;          // same shape and dtype; may be the same buffer as q
-    std::vector<float> alibi_slopes;      // [num_q_heads] host copy, empty without ALiBi
+    std::vector<float> alibi_slopes;      // CPU: [num_q_heads] validated copy, empty without ALiBi
+    const float* alibi_device = nullptr;  // CUDA: the caller's device buffer [num_q_heads], null without ALiBi
     llmn_attention_params params{};       // validated
     int32_t group = 1;                    // num_q_heads / num_kv_heads, 1..16
 };
