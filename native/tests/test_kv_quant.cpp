@@ -76,9 +76,12 @@ std::vector<int32_t> isas_to_test() {
     llmn_get_cpu_info(&info);
     std::vector<int32_t> v{LLMN_CPU_ISA_SCALAR};
     if (info.detected_isa == LLMN_CPU_ISA_AVX2 || info.detected_isa == LLMN_CPU_ISA_AVX512) v.push_back(LLMN_CPU_ISA_AVX2);
+    if (info.detected_isa == LLMN_CPU_ISA_AVX512) v.push_back(LLMN_CPU_ISA_AVX512);  // the zmm loops of the quant kernel
     return v;
 }
-const char* isa_name(int32_t isa) { return isa == LLMN_CPU_ISA_SCALAR ? "scalar" : "avx2"; }
+const char* isa_name(int32_t isa) {
+    return isa == LLMN_CPU_ISA_SCALAR ? "scalar" : (isa == LLMN_CPU_ISA_AVX2 ? "avx2" : "avx512");
+}
 
 llmn_kv_cache_desc make_desc(int32_t layers, int32_t heads, int32_t dim, int32_t bs, int32_t kf, int32_t vf,
                              int64_t tokens) {

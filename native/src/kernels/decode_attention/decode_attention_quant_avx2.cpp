@@ -3,17 +3,26 @@
 // (decode_attention_avx2.cpp) so that one stays untouched; the math helpers are repeated here.
 // Dequantization is fused into the row loads and never materialised:
 //  - a row chunk of 8 codes becomes 8 f32 in a register: INT8 by cvtepi8_epi32 + cvtepi32_ps, E4M3 by
-//    re-packing the bits as f16 of value * 2^-8 (4 integer ops) + F16C, the 2^8 folded into the
+//    re-packing the bits as f16 of value * 2^-8 (3 integer ops) + F16C, the 2^8 folded into the
 //    per-token scale (exact), f16 by F16C;
 //  - q.k runs on the code values and the per-token scale is applied once per score afterwards:
 //    s_t = scale_t * (q . code_t);
 //  - p.v uses the weights p_t * scale_t against the code values (the softmax denominator l sums the
 //    unscaled p_t).
 // Tiles: up to 64 keys; q.k in row tiles of 4/2/1 query rows x 2/4/8 keys (8 accumulators); p.v in
-// row tiles of 4/2/1 rows x 16 channels. Next tile's rows are prefetched to L2 during q.k.
+// row tiles of 4/2/1 rows x 16 channels. The next tile's K rows are prefetched to L2 spread over the
+// first row tile's q.k, its V rows over the first row tile's p.v (with a single 4-row tile, GQA 4 and
+// q_len 1, V used to get no prefetch at all), its scale lines when its row pointers are built; the
+// scales are read one tile later.
+// Where active_isa() == AVX512 the q.k and p.v loops run at zmm width (16 accumulators; see the
+// "zmm variant" section): per key and GQA group of 4 this kernel does 2 x 4 x head_dim multiply-adds
+// against 2 x head_dim bytes of INT8/FP8 K+V, so with ymm it is compute bound near the streaming
+// bandwidth of the dev box (2-core Zen 5), i.e. no faster than the memory-bound f16 kernel. Measured
+// (bench_attention_quant.cpp, same rounds): see docs/kv-quantization.md, "INT8/FP8 CPU speed".
 #include "decode_attention_avx2_math.hpp"
 #include "decode_attention_cpu.hpp"
 
+#include "../../cpu/cpu_runtime.hpp"
 #include "../kv_cache/kv_quant.hpp"
 
 #include <immintrin.h>
@@ -40,13 +49,12 @@ inline __m256 load8(const uint8_t* row, int c) {
     } else if constexpr (F == kI8) {
         return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c))));
     } else {
-        // E4M3 -> f16 bits: byte into the high half of a 16-bit lane (s eeee mmm 0..0), arithmetic
-        // shift right by 1 and clear bit 14: s 0 eeee mmm 0000000 is the f16 of value * 2^-8 exactly
-        // (exponent bias 15 vs 7; E4M3 subnormals become f16 subnormals, which F16C converts
-        // exactly). The 2^8 is folded into the row's scale (kE4M3Unscale), so 4 integer ops + cvtph.
-        const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c));
-        const __m128i h = _mm_and_si128(_mm_srai_epi16(_mm_unpacklo_epi8(_mm_setzero_si128(), b), 1),
-                                        _mm_set1_epi16(int16_t(0xBF80)));
+        // E4M3 -> f16 bits: sign-extend each byte to 16 bits and shift left by 7 (s s eeee mmm 0000000),
+        // then clear bit 14: s 0 eeee mmm 0000000 is the f16 of value * 2^-8 exactly (exponent bias 15
+        // vs 7; E4M3 subnormals become f16 subnormals, which F16C converts exactly). The 2^8 is folded
+        // into the row's scale (kE4M3Unscale), so 3 integer ops (the first with the load) + cvtph.
+        const __m128i w = _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c)));
+        const __m128i h = _mm_and_si128(_mm_slli_epi16(w, 7), _mm_set1_epi16(int16_t(0xBF80)));
         return _mm256_cvtph_ps(h);
     }
 }
@@ -139,7 +147,122 @@ inline void pv_rows(const float* p, const uint8_t* const* vrows, int n, int D, f
     }
 }
 
-template <int KF, int VF>
+// ---- zmm variant (run when active_isa() == AVX512) -----------------------------------------------
+// Same tiles, masking, softmax and operation order per score as above, at twice the width: the AVX2
+// path does 128 ymm FMAs per key per GQA group of 4 and is compute bound below the streaming
+// bandwidth, zmm halves that. Only the q.k and p.v loops are zmm (target attribute, internal linkage,
+// so no zmm copy of a shared inline function can reach the AVX2 paths); softmax stays ymm.
+// GCC 12's AVX-512 intrinsics initialise their undefined operand from itself (false -W[maybe-]uninitialized).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+#define LLMN_QZ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+
+template <int F>
+LLMN_QZ inline __m512 load16(const uint8_t* row, int c) {
+    if constexpr (F == kF16) {
+        return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + size_t(c) * 2)));
+    } else if constexpr (F == kI8) {
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c))));
+    } else {  // the bit re-packing of load8, 16 lanes
+        const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c)));
+        return _mm512_cvtph_ps(_mm256_and_si256(_mm256_slli_epi16(w, 7), _mm256_set1_epi16(int16_t(0xBF80))));
+    }
+}
+
+LLMN_QZ inline __m256 fold16(__m512 v) {
+    return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
+// RT rows x KT keys, RT * KT = 16 accumulators (FMA latency x throughput is 8 on Zen 4/5).
+template <int F, int RT, int KT>
+LLMN_QZ inline void qk_block16(const float* q, int D, const uint8_t* const* k, const float* ks, float* s, int t,
+                               int valid) {
+    static_assert(RT * KT == 16, "16 accumulators");
+    __m512 acc[16];
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+    for (int c = 0; c < D; c += 16) {
+        __m512 kv[KT];
+        for (int j = 0; j < KT; ++j) kv[j] = load16<F>(k[j], c);
+        for (int r = 0; r < RT; ++r) {
+            __m512 qv = _mm512_loadu_ps(q + size_t(r) * D + c);
+            __asm__("" : "+v"(qv));
+            for (int j = 0; j < KT; ++j) acc[r * KT + j] = _mm512_fmadd_ps(qv, kv[j], acc[r * KT + j]);
+        }
+    }
+    __m256 h[16];
+    for (int i = 0; i < 16; ++i) h[i] = fold16(acc[i]);
+    alignas(32) float out[16];
+    _mm256_store_ps(out, reduce8(h));
+    _mm256_store_ps(out + 8, reduce8(h + 8));
+    for (int r = 0; r < RT; ++r)
+        for (int j = 0; j < valid; ++j) s[size_t(r) * kStride + t + j] = out[r * KT + j] * ks[t + j];
+}
+
+template <int F, int RT, int KT>
+LLMN_QZ void qk_rows16(const float* q, int D, const uint8_t* const* krows, const float* ks, int n, float* s,
+                       const uint8_t* const* pf, int npf) {
+    for (int t = 0; t < n; t += KT) {
+        for (int j = t; j < std::min(t + KT, npf); ++j)
+            for (int b = 0; b < D * row_bytes_per_elem(F); b += 64)
+                _mm_prefetch(reinterpret_cast<const char*>(pf[j] + b), _MM_HINT_T1);
+        const uint8_t* k[KT];
+        for (int j = 0; j < KT; ++j) k[j] = krows[std::min(t + j, n - 1)];  // tail: recompute the last key
+        qk_block16<F, RT, KT>(q, D, k, ks, s, t, std::min(KT, n - t));
+    }
+}
+
+// acc[r][c .. c + 16 * CW) += sum_t p[r][t] * v[t][...]: U = 16 / (RT * CW) keys unrolled, partial
+// sums added in a fixed order.
+template <int F, int RT, int CW>
+LLMN_QZ inline void pv_chunk16(const float* p, const uint8_t* const* vrows, int n, int c, int D, float* acc,
+                               const uint8_t* const* pf, int npf) {
+    constexpr int U = 16 / (RT * CW);
+    __m512 a[U][RT][CW];
+    for (int u = 0; u < U; ++u)
+        for (int r = 0; r < RT; ++r)
+            for (int w = 0; w < CW; ++w) a[u][r][w] = _mm512_setzero_ps();
+    const int cb = c * row_bytes_per_elem(F);
+    const int npf_c = (cb & 63) == 0 ? npf : 0;  // one line of each next-tile V row per 64 bytes
+    int t = 0;
+    for (; t + U <= n; t += U) {
+        for (int j = t; j < std::min(t + U, npf_c); ++j) _mm_prefetch(reinterpret_cast<const char*>(pf[j] + cb), _MM_HINT_T1);
+        for (int u = 0; u < U; ++u) {
+            __m512 v[CW];
+            for (int w = 0; w < CW; ++w) v[w] = load16<F>(vrows[t + u], c + 16 * w);
+            for (int r = 0; r < RT; ++r) {
+                const __m512 pb = _mm512_set1_ps(p[size_t(r) * kStride + t + u]);
+                for (int w = 0; w < CW; ++w) a[u][r][w] = _mm512_fmadd_ps(pb, v[w], a[u][r][w]);
+            }
+        }
+    }
+    for (; t < n; ++t) {
+        __m512 v[CW];
+        for (int w = 0; w < CW; ++w) v[w] = load16<F>(vrows[t], c + 16 * w);
+        for (int r = 0; r < RT; ++r) {
+            const __m512 pb = _mm512_set1_ps(p[size_t(r) * kStride + t]);
+            for (int w = 0; w < CW; ++w) a[0][r][w] = _mm512_fmadd_ps(pb, v[w], a[0][r][w]);
+        }
+    }
+    for (int r = 0; r < RT; ++r)
+        for (int w = 0; w < CW; ++w) {
+            __m512 sum = a[0][r][w];
+            for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, a[u][r][w]);
+            float* ar = acc + size_t(r) * D + c + 16 * w;
+            _mm512_storeu_ps(ar, _mm512_add_ps(_mm512_loadu_ps(ar), sum));
+        }
+}
+
+template <int F, int RT>
+LLMN_QZ void pv_rows16(const float* p, const uint8_t* const* vrows, int n, int D, float* acc,
+                       const uint8_t* const* pf, int npf) {
+    int c = 0;
+    for (; c + 32 <= D; c += 32) pv_chunk16<F, RT, 2>(p, vrows, n, c, D, acc, pf, npf);
+    if (c < D) pv_chunk16<F, RT, 1>(p, vrows, n, c, D, acc, pf, npf);  // head_dim % 32 == 16
+}
+
+template <int KF, int VF, bool Z>
 void run_item_t(const Item& it) {
     const int D = it.head_dim, R = it.rows, bs = it.block_size;
     const float NEG_INF = -std::numeric_limits<float>::infinity();
@@ -219,12 +342,21 @@ void run_item_t(const Item& it) {
 
         // 1. scores (the first row tile prefetches the next tile's K rows; its p.v the V rows)
         int r = 0;
-        for (; r + 4 <= R; r += 4)
-            qk_rows<KF, 4, 2>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
-        for (; r + 2 <= R; r += 2)
-            qk_rows<KF, 2, 4>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
-        for (; r < R; ++r)
-            qk_rows<KF, 1, 8>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
+        if constexpr (Z) {
+            for (; r + 4 <= R; r += 4)
+                qk_rows16<KF, 4, 4>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
+            for (; r + 2 <= R; r += 2)
+                qk_rows16<KF, 2, 8>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
+            for (; r < R; ++r)
+                qk_rows16<KF, 1, 16>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
+        } else {
+            for (; r + 4 <= R; r += 4)
+                qk_rows<KF, 4, 2>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
+            for (; r + 2 <= R; r += 2)
+                qk_rows<KF, 2, 4>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
+            for (; r < R; ++r)
+                qk_rows<KF, 1, 8>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
+        }
 
         // 2. online softmax per row; P = weights (0 for masked keys) times V's per-token scale
         const int nv = (n + 7) & ~7;
@@ -281,12 +413,21 @@ void run_item_t(const Item& it) {
         }
 
         // 3. acc += P V
-        for (r = 0; r + 4 <= R; r += 4)
-            pv_rows<VF, 4>(P + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D, VN, r == 0 ? n_cur : 0);
-        for (; r + 2 <= R; r += 2)
-            pv_rows<VF, 2>(P + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D, VN, r == 0 ? n_cur : 0);
-        for (; r < R; ++r)
-            pv_rows<VF, 1>(P + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D, VN, r == 0 ? n_cur : 0);
+        for (r = 0; r + 4 <= R; r += 4) {
+            float* a4 = acc.data() + size_t(r) * D;
+            if constexpr (Z) pv_rows16<VF, 4>(P + size_t(r) * kStride, V, n, D, a4, VN, r == 0 ? n_cur : 0);
+            else pv_rows<VF, 4>(P + size_t(r) * kStride, V, n, D, a4, VN, r == 0 ? n_cur : 0);
+        }
+        for (; r + 2 <= R; r += 2) {
+            float* a2 = acc.data() + size_t(r) * D;
+            if constexpr (Z) pv_rows16<VF, 2>(P + size_t(r) * kStride, V, n, D, a2, VN, r == 0 ? n_cur : 0);
+            else pv_rows<VF, 2>(P + size_t(r) * kStride, V, n, D, a2, VN, r == 0 ? n_cur : 0);
+        }
+        for (; r < R; ++r) {
+            float* a1 = acc.data() + size_t(r) * D;
+            if constexpr (Z) pv_rows16<VF, 1>(P + size_t(r) * kStride, V, n, D, a1, VN, r == 0 ? n_cur : 0);
+            else pv_rows<VF, 1>(P + size_t(r) * kStride, V, n, D, a1, VN, r == 0 ? n_cur : 0);
+        }
         cur ^= 1;
     }
 
@@ -306,23 +447,31 @@ void run_item_t(const Item& it) {
 
 int row_fmt(int32_t f) { return f == LLMN_KV_INT8 ? kI8 : (f == LLMN_KV_FP8_E4M3 ? kE4M3 : kF16); }
 
-template <int KF>
+template <int KF, bool Z>
 void dispatch_v(const Item& it) {
     switch (row_fmt(it.v_format)) {
-        case kI8: run_item_t<KF, kI8>(it); break;
-        case kE4M3: run_item_t<KF, kE4M3>(it); break;
-        default: run_item_t<KF, kF16>(it); break;
+        case kI8: run_item_t<KF, kI8, Z>(it); break;
+        case kE4M3: run_item_t<KF, kE4M3, Z>(it); break;
+        default: run_item_t<KF, kF16, Z>(it); break;
+    }
+}
+
+template <bool Z>
+void dispatch_k(const Item& it) {
+    switch (row_fmt(it.k_format)) {
+        case kI8: dispatch_v<kI8, Z>(it); break;
+        case kE4M3: dispatch_v<kE4M3, Z>(it); break;
+        default: dispatch_v<kF16, Z>(it); break;
     }
 }
 
 }  // namespace
 
+// The zmm loops are chosen here rather than in select_kernel (decode_attention_cpu.cpp), so that the
+// quantized-KV kernel stays one entry point.
 void run_item_quant_avx2(const Item& it) {
-    switch (row_fmt(it.k_format)) {
-        case kI8: dispatch_v<kI8>(it); break;
-        case kE4M3: dispatch_v<kE4M3>(it); break;
-        default: dispatch_v<kF16>(it); break;
-    }
+    if (cpu::active_isa() == LLMN_CPU_ISA_AVX512) dispatch_k<true>(it);
+    else dispatch_k<false>(it);
 }
 
 }  // namespace llmn::attn_cpu
