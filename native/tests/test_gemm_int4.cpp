@@ -6,17 +6,19 @@
 //  * importers: hand-packed GPTQ (v1 and v2, sym and asym, with and without g_idx, f16/f32 scales) and
 //    AWQ tensors dequantize to exactly the matrix they encode; literal words pin the nibble orders;
 //  * GEMM: against a float64 product of the DEQUANTIZED weight (llmn_int4_weight_dequantize) on fresh
-//    random, outlier-heavy data, for the scalar reference and both AVX2 inner loops, M in
+//    random, outlier-heavy data, for the scalar reference, both AVX2 inner loops and (on AVX-512
+//    machines) the AVX-512 ones, VNNI and not, M in
 //    {1,3,16,17,64,200,300}, odd K and N, every group size, sym/asym, act-order, f16/f32, bias or not;
 //    y is poisoned with NaN before every run and a sentinel after the last row must survive;
 //  * bad input: status, a message naming the parameter, y untouched, no object created;
 //  * dense baseline: same reference and bounds.
 //
 // Error bounds (u = 2^-24, gamma(n) = n u / (1 - n u), S = sum_k |x_k| |w_kn| + |bias_n|):
-//  * f32 paths (scalar, AVX2 F32): dequantized weights are exact in f32, each output is a sequential
+//  * AVX-512 Int8 / F32 must also be bitwise identical to AVX2 Int8 / F32 (same arithmetic per output).
+//  * f32 paths (scalar, AVX2/AVX-512 F32): dequantized weights are exact in f32, each output is a sequential
 //    f32 sum of <= Kp + 1 terms (Kp = packed rows incl. padding <= K + 32 * groups), so
 //    |y - y_ref| <= gamma(Kp + 2) * S.
-//  * AVX2 Int8: activations are rounded to int8 per 32-row block with scale amax_b / 127, so
+//  * AVX2 / AVX-512 Int8: activations are rounded to int8 per 32-row block with scale amax_b / 127, so
 //    |dx_k| <= amax_b / 254 (times 1 + 2^-20 for the f32 rounding of the scale and its reciprocal);
 //    the integer dot products and zero-point corrections are exact, the f32 part is bounded as above
 //    with |x| replaced by |x| + |dx|. So |y - y_ref| <= E_q + gamma(Kp + 4) * (S + E_q), with
@@ -166,6 +168,33 @@ bool have_avx2() {
     llmn_get_cpu_info(&info);
     return info.detected_isa == LLMN_CPU_ISA_AVX2 || info.detected_isa == LLMN_CPU_ISA_AVX512;
 }
+
+bool have_avx512() {
+    llmn_cpu_info info{};
+    llmn_get_cpu_info(&info);
+    return info.detected_isa == LLMN_CPU_ISA_AVX512;
+}
+
+// The SIMD ISAs this machine can run (AVX-512 machines test both the AVX2 and the AVX-512 kernels).
+std::vector<int32_t> simd_isas() {
+    std::vector<int32_t> v;
+    if (have_avx2()) v.push_back(LLMN_CPU_ISA_AVX2);
+    if (have_avx512()) v.push_back(LLMN_CPU_ISA_AVX512);
+    return v;
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+// Forces the AVX-512 Int8 kernel without VNNI (vpmaddubsw) for its lifetime.
+struct NoVnniScope {
+    bool on;
+    explicit NoVnniScope(bool disable) : on(disable) {
+        if (on) llmn::int4cpu::set_avx512_vnni(false);
+    }
+    ~NoVnniScope() {
+        if (on) llmn::int4cpu::set_avx512_vnni(true);
+    }
+};
+#endif
 
 // Heavy-tailed data: mostly N(0, sigma), ~2% outliers 30-100x larger, some exact zeros.
 std::vector<float> outlier_data(std::mt19937_64& g, int64_t count, float sigma) {
@@ -634,10 +663,18 @@ TEST(Int4Import, RejectsBadTensorsAndCreatesNothing) {
 
 namespace {
 
-enum class Path { Scalar, Avx2Int8, Avx2F32 };
+enum class Path { Scalar, Avx2Int8, Avx2F32, Avx512Int8, Avx512Int8NoVnni, Avx512F32 };
 const char* path_name(Path p) {
-    return p == Path::Scalar ? "scalar" : p == Path::Avx2Int8 ? "avx2-int8" : "avx2-f32";
+    switch (p) {
+        case Path::Scalar: return "scalar";
+        case Path::Avx2Int8: return "avx2-int8";
+        case Path::Avx2F32: return "avx2-f32";
+        case Path::Avx512Int8: return "avx512-int8";
+        case Path::Avx512Int8NoVnni: return "avx512-int8-novnni";
+        default: return "avx512-f32";
+    }
 }
+bool is_int8(Path p) { return p == Path::Avx2Int8 || p == Path::Avx512Int8 || p == Path::Avx512Int8NoVnni; }
 
 struct GemmCase {
     int64_t m, k, n;
@@ -739,18 +776,35 @@ void run_case(llmn_context ctx, const GemmCase& c, std::mt19937_64& g) {
         paths.push_back(Path::Avx2Int8);
         paths.push_back(Path::Avx2F32);
     }
+    if (have_avx512()) {
+        paths.push_back(Path::Avx512Int8);
+        paths.push_back(Path::Avx512Int8NoVnni);
+        paths.push_back(Path::Avx512F32);
+    }
     const double kp_terms = double(nblocks) * 32.0 + 4.0;
+    std::vector<uint8_t> avx2_int8, avx2_f32;  // raw outputs of the AVX2 paths
     for (Path p : paths) {
         SCOPED_TRACE(path_name(p));
-        IsaScope isa(p == Path::Scalar ? LLMN_CPU_ISA_SCALAR : LLMN_CPU_ISA_AVX2);
-        ComputeScope cm(p == Path::Avx2F32 ? llmn::int4cpu::Compute::F32 : llmn::int4cpu::Compute::Int8);
+        const bool avx512 = p == Path::Avx512Int8 || p == Path::Avx512Int8NoVnni || p == Path::Avx512F32;
+        IsaScope isa(p == Path::Scalar ? LLMN_CPU_ISA_SCALAR : avx512 ? LLMN_CPU_ISA_AVX512 : LLMN_CPU_ISA_AVX2);
+        ComputeScope cm(p == Path::Avx2F32 || p == Path::Avx512F32 ? llmn::int4cpu::Compute::F32
+                                                                    : llmn::int4cpu::Compute::Int8);
+#if defined(__x86_64__) || defined(_M_X64)
+        NoVnniScope nv(p == Path::Avx512Int8NoVnni);
+#endif
         yb.poison();
         LLMN_ASSERT_OK(llmn_gemm_int4(ctx, xb.h, W.h, c.bias ? bb.h : nullptr, yb.h, M));
         const std::vector<float> y = yb.get();
+        // The AVX-512 kernels do the AVX2 kernels' arithmetic per output (exact integer dot products,
+        // then the same f32 operations in the same order): bitwise identical results.
+        if (p == Path::Avx2Int8) avx2_int8 = yb.raw();
+        if (p == Path::Avx2F32) avx2_f32 = yb.raw();
+        if (p == Path::Avx512Int8 || p == Path::Avx512Int8NoVnni) EXPECT_TRUE(yb.raw() == avx2_int8) << "differs from avx2-int8";
+        if (p == Path::Avx512F32) EXPECT_TRUE(yb.raw() == avx2_f32) << "differs from avx2-f32";
         int bad = 0;
         double worst = 0;
         for (int64_t i = 0; i < M * N; ++i) {
-            const double eqi = p == Path::Avx2Int8 ? eq[i] : 0.0;
+            const double eqi = is_int8(p) ? eq[i] : 0.0;
             double bound = eqi + gamma_n(kp_terms) * (sabs[i] + eqi) + 1e-12 * sabs[i];
             if (c.f16) bound += (std::fabs(ref[i]) + bound) / 2048.0 + 1.0 / 33554432.0;
             const double e = std::fabs(double(y[i]) - ref[i]);
@@ -828,7 +882,10 @@ TEST(Int4Gemm, DeterministicAcrossThreadCounts) {
     LLMN_ASSERT_OK(llmn_int4_weight_quantize(ctx.h, &d, LLMN_DTYPE_F32, w.data(), &W.h));
     Buf xb(ctx.h, LLMN_DTYPE_F32, M * K), yb(ctx.h, LLMN_DTYPE_F32, M * N);
     xb.put(x);
+    for (int32_t isa : simd_isas())
     for (auto mode : {llmn::int4cpu::Compute::Int8, llmn::int4cpu::Compute::F32}) {
+        SCOPED_TRACE(testing::Message() << "isa " << isa << " mode " << int(mode));
+        IsaScope is(isa);
         ComputeScope cm(mode);
         std::vector<std::vector<uint8_t>> outs;
         for (int threads : {1, 2, 3}) {
@@ -854,8 +911,9 @@ TEST(Int4Gemm, NonFiniteActivationsPoisonTheirRow) {
     LLMN_ASSERT_OK(llmn_int4_weight_quantize(ctx.h, &d, LLMN_DTYPE_F32, w.data(), &W.h));
     Buf xb(ctx.h, LLMN_DTYPE_F32, M * K), yb(ctx.h, LLMN_DTYPE_F32, M * N);
     xb.put(x);
-    for (int32_t isa : {int32_t(LLMN_CPU_ISA_SCALAR), int32_t(LLMN_CPU_ISA_AVX2)}) {
-        if (isa == LLMN_CPU_ISA_AVX2 && !have_avx2()) continue;
+    std::vector<int32_t> isas = simd_isas();
+    isas.insert(isas.begin(), LLMN_CPU_ISA_SCALAR);
+    for (int32_t isa : isas) {
         IsaScope s(isa);
         yb.poison();
         LLMN_ASSERT_OK(llmn_gemm_int4(ctx.h, xb.h, W.h, nullptr, yb.h, M));

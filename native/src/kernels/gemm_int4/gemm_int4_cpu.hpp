@@ -96,6 +96,10 @@ void store_panel(const Call& c, int64_t r0, int64_t r1, int64_t n0, int cols, co
 void gemm_scalar(const Call& c);
 #if defined(__x86_64__) || defined(_M_X64)
 void gemm_avx2(const Call& c, Compute mode);
+// gemm_int4_avx512.cpp: requires active_isa() == AVX512; vnni: the CPU has AVX512-VNNI.
+void gemm_avx512(const Call& c, Compute mode, bool vnni);
+bool avx512_vnni();                  // CPUID, unless disabled below
+void set_avx512_vnni(bool allowed);  // process-wide; false forces the non-VNNI AVX-512 loop (tests)
 #endif
 
 }  // namespace llmn::int4cpu
