@@ -1,12 +1,13 @@
 // KvCache bookkeeping and the host-mediated data path (append converts and validates on the host,
-// then writes whole rows into the pool with memcpy on CPU or stream-ordered copies on CUDA). The
-// data path is backend-neutral on purpose: it makes a CUDA cache fully usable before any CUDA
-// append kernel exists; a fused device-side append can replace it later without changing the layout.
+// then writes whole rows into the pool with memcpy on CPU or stream-ordered copies on CUDA). On CUDA,
+// append validates and writes on the device instead (kv_append_cuda.hpp; same checks, same bytes);
+// read-back and copy-on-write stay on this path.
 #include "kv_cache.hpp"
 
 #include "../../core/numeric.hpp"
 #include "../../cuda/cuda_runtime.hpp"
 #include "kv_kivi.hpp"
+#include "kv_append_cuda.hpp"
 #include "kv_quant.hpp"
 
 #include <algorithm>
@@ -451,8 +452,13 @@ void KvCache::append(int64_t id, int32_t layer, const Buffer& k, const Buffer& v
     std::vector<uint8_t> kc, vc;
     std::vector<float> ks, vs;
     // CUDA: the values are validated (one device scan) and written (one kernel) on the device.
-    stage_rows(k, "k", desc_.k_format, num_tokens, H, D, kc, ks);
-    stage_rows(v, "v", desc_.v_format, num_tokens, H, D, vc, vs);
+    const bool device_path = ctx_->is_cuda();
+    if (device_path) {
+        kv_cuda_validate_append(*ctx_, k, v, desc_.k_format, desc_.v_format, num_tokens, H, D);
+    } else {
+        stage_rows(k, "k", desc_.k_format, num_tokens, H, D, kc, ks);
+        stage_rows(v, "v", desc_.v_format, num_tokens, H, D, vc, vs);
+    }
 
     // Capacity: new blocks past the table plus copies of shared blocks this write touches.
     const size_t need_blocks = size_t((new_len + bs - 1) / bs);
@@ -484,6 +490,11 @@ void KvCache::append(int64_t id, int32_t layer, const Buffer& k, const Buffer& v
     }
     while (s.blocks.size() < need_blocks) s.blocks.push_back(take_block());
     if (tables_changed) ++tables_version_;
+    if (device_path) {
+        kv_cuda_write_append(*ctx_, layout_, pool(), layer, s.blocks.data(), old_len, num_tokens, k, v);
+        s.length[size_t(layer)] = new_len;
+        return;
+    }
 
     // Rows: one contiguous run per (block segment, head) for K and for V, plus the run of their
     // per-token scales in the tile's aux section for INT8/FP8.

@@ -1,0 +1,276 @@
+// CUDA KV-cache append: the device-side validation scan and the convert/quantize + scatter kernel
+// (contract and the reason for the one synchronising flag read: kv_append_cuda.hpp).
+//
+// Why one warp per (token, head, side) row: a row is 64..256 values, and the INT8/E4M3 formats need
+// the row's max |x| before any code can be written. A warp holds a whole row in registers (<= 8
+// values per lane), reduces the max with shuffles (max is exact, so the order cannot change the
+// scale) and writes the codes and the scale; f16/bf16 rows skip the reduction. Appends are a few
+// rows per decode step (or one prefill), far from bandwidth bound, so simplicity won over vector
+// stores. All per-element arithmetic (codes, scale, acceptance rule) is kv_quant_cuda.cuh, shared
+// with the CPU-run tests that check it against kv_quant.hpp and kv_cache.cpp bit for bit.
+#include "kv_append_cuda.hpp"
+#include "kv_quant_cuda.cuh"
+
+#include "../../core/error.hpp"
+#include "../../core/numeric.hpp"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <mutex>
+
+namespace llmn {
+
+namespace {
+
+using namespace kvq_cuda;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr unsigned long long kNoError = ~0ull;
+
+void check(cudaError_t err, const char* what) {
+    if (err != cudaSuccess) {
+        cudaGetLastError();
+        fail(err == cudaErrorMemoryAllocation ? LLMN_STATUS_OUT_OF_MEMORY : LLMN_STATUS_BACKEND_ERROR,
+             "CUDA error in KV-cache append (%s): %s (%s, code %d)", what, cudaGetErrorString(err), cudaGetErrorName(err),
+             int(err));
+    }
+}
+
+__device__ __forceinline__ float load_input(const void* p, int32_t dtype, int64_t i) {
+    if (dtype == LLMN_DTYPE_F32) return static_cast<const float*>(p)[i];
+    const uint16_t h = static_cast<const uint16_t*>(p)[i];
+    if (dtype == LLMN_DTYPE_F16) return __half2float(__ushort_as_half(h));
+    return __uint_as_float(uint32_t(h) << 16);  // bf16
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation scan: first offending element over k (indices [0, count)) then v ([count, 2 count)).
+// ---------------------------------------------------------------------------------------------
+
+struct ScanParams {
+    const void* src[2];
+    int32_t dtype[2];
+    int32_t format[2];
+    int64_t count;
+    unsigned long long* first_bad;
+};
+
+__global__ void __launch_bounds__(kThreads) scan_kernel(const ScanParams p) {
+    const int64_t total = 2 * p.count;
+    for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < total; i += int64_t(gridDim.x) * kThreads) {
+        const int side = i >= p.count ? 1 : 0;
+        const float x = load_input(p.src[side], p.dtype[side], i - side * p.count);
+        if (append_value_status(p.format[side], x) != 0) atomicMin(p.first_bad, static_cast<unsigned long long>(i));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Write kernel: one warp per (side, token, head) row of this launch.
+// ---------------------------------------------------------------------------------------------
+
+struct WriteParams {
+    uint8_t* layer_base;  // pool + layer * layer_stride
+    int64_t block_stride, head_stride;
+    int64_t data_off[2], aux_off[2], row_bytes[2];
+    int32_t format[2];
+    const void* src[2];
+    int32_t dtype[2];
+    int32_t heads, dim, block_size;
+    int64_t pos0;         // sequence position of this launch's first token
+    int64_t src_token0;   // its index in the k/v buffers
+    int32_t num_tokens;   // tokens of this launch
+    int64_t block0;       // logical block index of blocks[0]
+    int32_t blocks[kAppendBlocksPerLaunch];
+};
+
+__global__ void __launch_bounds__(kThreads) write_kernel(const WriteParams p) {
+    const int lane = int(threadIdx.x) & 31;
+    const int64_t rows = int64_t(p.num_tokens) * p.heads;
+    const int64_t r = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+    if (r >= 2 * rows) return;  // whole warps only: the shuffles below see full warps
+    const int side = r >= rows ? 1 : 0;
+    const int64_t rr = r - side * rows;
+    const int32_t tok = int32_t(rr / p.heads), h = int32_t(rr % p.heads);
+    const RowPos rp = row_pos(p.pos0 + tok, p.block_size);
+    const int64_t blk = p.blocks[rp.block_index - p.block0];
+    uint8_t* tile = p.layer_base + blk * p.block_stride + int64_t(h) * p.head_stride;
+    uint8_t* dst = tile + p.data_off[side] + int64_t(rp.row) * p.row_bytes[side];
+    const int64_t src0 = ((p.src_token0 + tok) * p.heads + h) * int64_t(p.dim);
+    const int32_t fmt = p.format[side];
+    constexpr int kPer = 8;  // head_dim <= 256 = 8 x 32
+    float x[kPer];
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+        const int d = lane + 32 * i;
+        x[i] = d < p.dim ? load_input(p.src[side], p.dtype[side], src0 + d) : 0.0f;
+        amax = fmaxf(amax, fabsf(x[i]));
+    }
+    if (fmt == LLMN_KV_F16 || fmt == LLMN_KV_BF16) {
+        uint16_t* out = reinterpret_cast<uint16_t*>(dst);
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) {
+            const int d = lane + 32 * i;
+            if (d < p.dim)
+                out[d] = fmt == LLMN_KV_F16 ? __half_as_ushort(__float2half_rn(x[i]))
+                                            : __bfloat16_as_ushort(__float2bfloat16_rn(x[i]));
+        }
+        return;
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+    const float scale = row_scale(fmt, amax);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+        const int d = lane + 32 * i;
+        if (d < p.dim) dst[d] = scale == 0.0f ? uint8_t(0) : quantize_value(fmt, x[i], scale);
+    }
+    if (lane == 0) *reinterpret_cast<float*>(tile + p.aux_off[side] + int64_t(rp.row) * 4) = scale;
+}
+
+// One 8-byte flag per device (pinned read-back slot + device word), kept for the process: appends
+// on a device take turns on it (each holds it for its scan and read-back only).
+struct Scratch {
+    std::mutex mu;
+    unsigned long long* d_flag = nullptr;
+    unsigned long long* h_flag = nullptr;
+};
+
+Scratch& scratch_for(int32_t device) {
+    constexpr int32_t kMaxDevices = 256;
+    static std::mutex map_mu;
+    static Scratch* table[kMaxDevices] = {};  // never freed: process-lifetime CUDA objects
+    if (device < 0 || device >= kMaxDevices)
+        fail(LLMN_STATUS_UNSUPPORTED, "KV-cache append (CUDA): device ordinal %d is out of range", device);
+    std::lock_guard<std::mutex> lock(map_mu);
+    Scratch*& s = table[device];
+    if (!s) {
+        auto* n = new Scratch;
+        if (cudaMalloc(reinterpret_cast<void**>(&n->d_flag), sizeof(unsigned long long)) != cudaSuccess ||
+            cudaMallocHost(reinterpret_cast<void**>(&n->h_flag), sizeof(unsigned long long)) != cudaSuccess) {
+            cudaGetLastError();
+            if (n->d_flag) cudaFree(n->d_flag);
+            delete n;
+            fail(LLMN_STATUS_OUT_OF_MEMORY, "KV-cache append (CUDA): could not allocate the 8-byte validation flag");
+        }
+        s = n;
+    }
+    return *s;
+}
+
+float host_value(const Context& ctx, const Buffer& b, int64_t i) {
+    const size_t es = size_t(dtype_size(b.dtype()));
+    uint32_t raw = 0;
+    copy_to_host(ctx, &raw, static_cast<const uint8_t*>(b.data()) + size_t(i) * es, es);
+    if (b.dtype() == LLMN_DTYPE_F32) return float_of(raw);
+    if (b.dtype() == LLMN_DTYPE_F16) return f16_to_f32(uint16_t(raw));
+    return bf16_to_f32(uint16_t(raw));
+}
+
+}  // namespace
+
+void kv_cuda_validate_append(const Context& ctx, const Buffer& k, const Buffer& v, int32_t k_format, int32_t v_format,
+                             int32_t num_tokens, int32_t heads, int32_t dim) {
+    for (int32_t f : {k_format, v_format})
+        if (f != LLMN_KV_F16 && f != LLMN_KV_BF16 && f != LLMN_KV_INT8 && f != LLMN_KV_FP8_E4M3)
+            fail(LLMN_STATUS_UNSUPPORTED, "llmn_kv_cache_append (CUDA) writes LLMN_KV_F16, LLMN_KV_BF16, LLMN_KV_INT8 and "
+                                          "LLMN_KV_FP8_E4M3 rows; this cache stores %s", kv_format_name(f));
+    check(cudaSetDevice(ctx.device()), "cudaSetDevice");
+    auto stream = static_cast<cudaStream_t>(ctx.stream());
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    check(cudaStreamIsCapturing(stream, &cap), "cudaStreamIsCapturing");
+    if (cap != cudaStreamCaptureStatusNone)
+        fail(LLMN_STATUS_UNSUPPORTED,
+             "llmn_kv_cache_append (CUDA) validates the appended values with a synchronising read-back and cannot run "
+             "while the context's stream is capturing a CUDA graph");
+    const int64_t count = int64_t(num_tokens) * heads * dim;
+    Scratch& s = scratch_for(ctx.device());
+    unsigned long long first_bad = kNoError;
+    {
+        std::lock_guard<std::mutex> lock(s.mu);
+        check(cudaMemsetAsync(s.d_flag, 0xFF, sizeof(unsigned long long), stream), "cudaMemsetAsync(flag)");
+        ScanParams p{};
+        p.src[0] = k.data();
+        p.src[1] = v.data();
+        p.dtype[0] = k.dtype();
+        p.dtype[1] = v.dtype();
+        p.format[0] = k_format;
+        p.format[1] = v_format;
+        p.count = count;
+        p.first_bad = s.d_flag;
+        const int64_t want = (2 * count + kThreads - 1) / kThreads;
+        const unsigned grid = unsigned(std::min<int64_t>(want, 4096));
+        scan_kernel<<<grid, kThreads, 0, stream>>>(p);
+        check(cudaGetLastError(), "scan kernel launch");
+        check(cudaMemcpyAsync(s.h_flag, s.d_flag, sizeof(unsigned long long), cudaMemcpyDeviceToHost, stream),
+              "cudaMemcpyAsync(flag)");
+        check(cudaStreamSynchronize(stream), "cudaStreamSynchronize(flag)");
+        first_bad = *s.h_flag;
+    }
+    if (first_bad == kNoError) return;
+    const int side = first_bad >= static_cast<unsigned long long>(count) ? 1 : 0;
+    const int64_t i = int64_t(first_bad) - side * count;
+    const char* param = side ? "v" : "k";
+    const int32_t fmt = side ? v_format : k_format;
+    const float x = host_value(ctx, side ? v : k, i);
+    const long long t = i / (int64_t(heads) * dim), h = (i / dim) % heads, d = i % dim;
+    switch (append_value_status(fmt, x)) {
+        case 1:
+            fail(LLMN_STATUS_INVALID_ARGUMENT, "%s[token %lld, head %lld, channel %lld] is NaN; the KV cache stores finite values only",
+                 param, t, h, d);
+        case 2:
+            fail(LLMN_STATUS_INVALID_ARGUMENT, "%s[token %lld, head %lld, channel %lld] is %sInf; the KV cache stores finite values only",
+                 param, t, h, d, x < 0 ? "-" : "+");
+        default:
+            fail(LLMN_STATUS_INVALID_ARGUMENT, "%s[token %lld, head %lld, channel %lld] = %g overflows the cache's %s storage",
+                 param, t, h, d, double(x), kv_format_name(fmt));
+    }
+}
+
+void kv_cuda_write_append(const Context& ctx, const KvLayout& L, uint8_t* pool, int32_t layer, const int32_t* blocks,
+                          int64_t old_len, int32_t num_tokens, const Buffer& k, const Buffer& v) {
+    check(cudaSetDevice(ctx.device()), "cudaSetDevice");
+    auto stream = static_cast<cudaStream_t>(ctx.stream());
+    WriteParams p{};
+    p.layer_base = pool + int64_t(layer) * L.layer_stride;
+    p.block_stride = L.block_stride;
+    p.head_stride = L.head_stride;
+    p.data_off[0] = L.k_data_off;
+    p.data_off[1] = L.v_data_off;
+    p.aux_off[0] = L.k_aux_off;
+    p.aux_off[1] = L.v_aux_off;
+    p.row_bytes[0] = L.k_row_bytes;
+    p.row_bytes[1] = L.v_row_bytes;
+    p.format[0] = L.k_format;
+    p.format[1] = L.v_format;
+    p.src[0] = k.data();
+    p.src[1] = v.data();
+    p.dtype[0] = k.dtype();
+    p.dtype[1] = v.dtype();
+    p.heads = L.num_kv_heads;
+    p.dim = L.head_dim;
+    p.block_size = L.block_size;
+    const int64_t bs = L.block_size, new_len = old_len + num_tokens;
+    // Launches cover whole runs of at most kAppendBlocksPerLaunch logical blocks.
+    for (int64_t pos = old_len; pos < new_len;) {
+        const int64_t j0 = pos / bs;
+        const int64_t end = std::min(new_len, (j0 + kAppendBlocksPerLaunch) * bs);
+        const int64_t j1 = (end - 1) / bs;  // last block touched
+        for (int64_t j = j0; j <= j1; ++j) p.blocks[j - j0] = blocks[j];
+        p.block0 = j0;
+        p.pos0 = pos;
+        p.src_token0 = pos - old_len;
+        p.num_tokens = int32_t(end - pos);
+        const int64_t warps = 2 * int64_t(p.num_tokens) * p.heads;
+        const unsigned grid = unsigned((warps + kWarps - 1) / kWarps);
+        write_kernel<<<grid, kThreads, 0, stream>>>(p);
+        check(cudaGetLastError(), "write kernel launch");
+        pos = end;
+    }
+}
+
+}  // namespace llmn
