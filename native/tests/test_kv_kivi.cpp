@@ -15,6 +15,7 @@
 #include "test_util.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -791,4 +792,97 @@ TEST(KvKivi, AccuracyVsF16) {
     const double et = rel_error(attention(ctx.h, ft.cache, ft.ids, 0, Hq, s.D, 1, q, 0), of);
     std::printf("  outlier keys, V f16: per-channel INT4 K rel error %.4f, per-token INT4 K %.4f (%.1fx)\n", ec, et, et / ec);
     EXPECT_LT(2 * ec, et) << "per-channel INT4 keys should be well ahead (4.8x .. 9x over seeds 1..12)";
+}
+
+// Sliding window (starting mid-block and inside the residual block), soft-cap and ALiBi on KIVI
+// caches, scalar and AVX2, q_len 3, splits 1 and 3, against float64 over the read-back cache. Bound:
+// the FusedMatchesFloat64Reference bound with two more score terms: the soft-cap evaluation
+// (|c tanh(s/c) - exact| <= c (eps_exp/2 + 3u) + u |s|, as derived in test_decode_attention.cpp; the
+// map is 1-Lipschitz so earlier score errors do not grow) and the ALiBi product/add (2u |slope| N + u Smax).
+TEST(KvKivi, WindowSoftcapAlibiMatchFloat64) {
+    CpuStateGuard guard;
+    Ctx ctx;
+    KiviSetup s;
+    s.D = 128;
+    s.G = 2;
+    s.q_len = 3;
+    s.outliers = true;
+    s.lengths = {45, 300, 1001};
+    const float softcap = 7.0f;
+    for (const auto& f2 : {std::array<int32_t, 2>{LLMN_KV_INT4, LLMN_KV_INT2}, std::array<int32_t, 2>{LLMN_KV_INT2, LLMN_KV_F16}})
+        for (int32_t window : {0, 37, 200}) {
+            Filled f;
+            fill(ctx.h, s, f2[0], f2[1], test_seed() + 7 + uint64_t(window), f);
+            const int32_t Hq = s.H * s.G, HD = s.H * s.D, D = s.D, B = int32_t(s.lengths.size()), Q = s.q_len;
+            std::mt19937_64 g(test_seed() + 11);
+            const std::vector<float> q = gaussian(g, size_t(B) * Q * Hq * D, 1.0f);
+            std::vector<float> slopes(static_cast<size_t>(Hq));
+            for (int32_t h = 0; h < Hq; ++h) slopes[size_t(h)] = std::ldexp(1.0f, -(h + 1));
+            const float scf = 1.0f / std::sqrt(float(D));
+            for (int32_t isa : isas_to_test()) {
+                LLMN_ASSERT_OK(llmn_set_cpu_isa(isa));
+                for (int32_t splits : {1, 3}) {
+                    const int64_t n = int64_t(B) * Q * Hq * D;
+                    Buf qb(ctx.h, LLMN_DTYPE_F32, n), ob(ctx.h, LLMN_DTYPE_F32, n), ab(ctx.h, LLMN_DTYPE_F32, Hq);
+                    qb.upload(q);
+                    ab.upload(slopes);
+                    ob.upload(std::vector<float>(size_t(n), std::nanf("")));
+                    llmn_attention_params p{};
+                    p.num_q_heads = Hq;
+                    p.q_len = Q;
+                    p.num_splits = splits;
+                    p.scale = scf;
+                    p.softcap = softcap;
+                    p.window = window;
+                    LLMN_ASSERT_OK(llmn_decode_attention(ctx.h, f.cache, f.ids.data(), B, qb.h, ab.h, ob.h, &p));
+                    const std::vector<float> o = ob.download<float>(n);
+                    for (int32_t b = 0; b < B; ++b) {
+                        const int64_t len = s.lengths[size_t(b)];
+                        std::vector<float> k, v;
+                        read(ctx.h, f.cache, f.ids[size_t(b)], 0, 0, len, HD, k, v);
+                        for (int32_t i = 0; i < Q; ++i)
+                            for (int32_t hq = 0; hq < Hq; ++hq) {
+                                const int32_t h = hq / s.G;
+                                const int64_t pos = len - Q + i, lo = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
+                                const float* qr = &q[size_t(((b * Q + i) * Hq + hq) * D)];
+                                std::vector<double> kabs(size_t(D), 0.0), sc(size_t(pos + 1));
+                                double m = -INFINITY, Smax = 0, Vmax = 0, Astar = 0;
+                                for (int64_t t = lo; t <= pos; ++t)
+                                    for (int32_t d = 0; d < D; ++d) {
+                                        kabs[size_t(d)] = std::max(kabs[size_t(d)], double(std::fabs(k[size_t((t * s.H + h) * D + d)])));
+                                        Vmax = std::max(Vmax, double(std::fabs(v[size_t((t * s.H + h) * D + d)])));
+                                    }
+                                for (int32_t d = 0; d < D; ++d) Astar += 3 * std::fabs(double(qr[d] * scf)) * kabs[size_t(d)];
+                                for (int64_t t = lo; t <= pos; ++t) {
+                                    double dot = 0;
+                                    for (int32_t d = 0; d < D; ++d) dot += double(qr[d] * scf) * k[size_t((t * s.H + h) * D + d)];
+                                    Smax = std::max(Smax, std::fabs(dot));
+                                    dot = softcap * std::tanh(dot / softcap) + double(slopes[size_t(hq)]) * double(t - pos);
+                                    sc[size_t(t)] = dot;
+                                    m = std::max(m, dot);
+                                }
+                                double l = 0;
+                                std::vector<double> ref(size_t(D), 0.0);
+                                for (int64_t t = lo; t <= pos; ++t) {
+                                    const double w = std::exp(sc[size_t(t)] - m);
+                                    l += w;
+                                    for (int32_t d = 0; d < D; ++d) ref[size_t(d)] += w * v[size_t((t * s.H + h) * D + d)];
+                                }
+                                const double N = double(pos - lo + 1), T = std::ceil(N / 8.0) + splits, V3 = 3 * Vmax;
+                                const double S2 = softcap + std::fabs(slopes[size_t(hq)]) * N;  // |score| after cap + bias
+                                const double eta = (2 * D + 8) * kU * Astar + softcap * (kEpsExp / 2 + 3 * kU) + kU * Smax +
+                                                   2 * kU * std::fabs(slopes[size_t(hq)]) * N + kU * S2 + kEpsExp + 2 * kU * S2 + 2 * kU;
+                                const double merge = 2 * (2 * kU * (S2 + std::log(N) + 2) + kEpsExp + (splits + 2) * kU) * V3 + splits * kU * V3;
+                                const double bound = 1.25 * (2 * eta * V3 + 2 * (N + T + 4) * kU * V3 + merge) + 8 * kU * V3;
+                                for (int32_t d = 0; d < D; ++d) {
+                                    const double err = std::fabs(double(o[size_t(((b * Q + i) * Hq + hq) * D + d)]) - ref[size_t(d)] / l);
+                                    ASSERT_LE(err, bound) << fmt_name(f2[0]) << "/" << fmt_name(f2[1]) << " " << isa_name(isa)
+                                                          << " window " << window << " splits " << splits << " seq " << b
+                                                          << " query " << i << " head " << hq << " ch " << d;
+                                }
+                            }
+                    }
+                }
+            }
+        }
 }
