@@ -254,6 +254,16 @@ void quant_tile(const Item& it, State& st, int64_t t0, int64_t t1) {
         const int64_t s1 = std::min(t1, (j + 1) * bs);
         const uint8_t* tile = it.layer_base + int64_t(it.blocks[j]) * it.block_stride + it.head_off;
         const int row0 = int(s0 - j * bs), cnt = int(s1 - s0), off = int(s0 - t0);
+        if (row0 == 0 || s0 == it.key_begin) {
+            // Blocks are scattered, so the hardware prefetcher cannot run ahead across them: pull the
+            // next block's whole head tile (codes and scale/min sections) into L2 while this one runs.
+            const int64_t jn = j + 1;
+            if (jn * bs < it.key_end) {
+                const uint8_t* nt = it.layer_base + int64_t(it.blocks[jn]) * it.block_stride + it.head_off;
+                const int64_t tile_bytes = it.v_aux_off + (VF != kF16 ? int64_t(bs) * G * 4 : 0);
+                for (int64_t b = 0; b < tile_bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(nt + b), _MM_HINT_T1);
+            }
+        }
         for (int i = 0; i < cnt; ++i) {
             K[off + i] = tile + it.k_data_off + (row0 + i) * row_bytes(KF, D);
             V[off + i] = tile + it.v_data_off + (row0 + i) * row_bytes(VF, D);
