@@ -49,7 +49,8 @@ internal static class Report
         md.AppendLine(CommitOverride is string sha
             ? $"- git commit: `{sha}` (built from an export of that commit)"
             : $"- git commit: `{Git("rev-parse HEAD")}`{Dirty()}");
-        md.AppendLine($"- machine: {cpu.ModelName}, {cpu.LogicalCores} logical cores, L3 {cpu.L3CacheBytes >> 20} MiB, {Math.Round(MemTotalGiB(), 1)} GiB RAM; LlmNative ISA {cpu.ActiveIsa}, pool threads {cpu.Threads}; ORT intra-op threads {Onnx.OrtModels.Threads} (one global pool)");
+        string l3 = cpu.L3CacheBytes > 0 ? $"L3 {cpu.L3CacheBytes >> 20} MiB" : "L3 size not reported by the OS";
+        md.AppendLine($"- machine: {cpu.ModelName}{CpuFamily()}, {cpu.LogicalCores} logical cores, {l3}, {Math.Round(MemTotalGiB(), 1)} GiB RAM; LlmNative ISA {cpu.ActiveIsa}, pool threads {cpu.Threads}; ORT intra-op threads {Onnx.OrtModels.Threads} (one global pool)");
         md.AppendLine($"- LlmNative {LlmNativeInfo.Version} ({LlmNativeInfo.LibraryPath}); ONNX Runtime {Microsoft.ML.OnnxRuntime.OrtEnv.Instance().GetVersionString()}; .NET {Environment.Version}");
         md.AppendLine($"- command: `dotnet run --project tests/LlmNative.Benchmarks -c Release -- {string.Join(' ', facts.Args)}` ({(facts.Full ? "full" : "short")} configuration)");
         md.AppendLine($"- load average (1/5/15 min) before: {facts.LoadBefore}; after: {facts.LoadAfter}");
@@ -201,6 +202,19 @@ internal static class Report
 
     public static double Load1() =>
         double.TryParse(LoadAverage().Split(' ')[0], NumberStyles.Float, Inv, out double v) ? v : 0;
+
+    // " (family F model M)" from /proc/cpuinfo: the model name of a VM can be as bare as "AMD EPYC".
+    private static string CpuFamily()
+    {
+        try
+        {
+            string[] lines = File.ReadLines("/proc/cpuinfo").TakeWhile(l => l.Length > 0).ToArray();
+            string? Field(string key) => lines.FirstOrDefault(l => l.StartsWith(key, StringComparison.Ordinal) && l.Substring(key.Length).TrimStart().StartsWith(':'))?.Split(':', 2)[1].Trim();
+            string? family = Field("cpu family"), model = Field("model");
+            return family is null || model is null ? "" : $" (family {family} model {model})";
+        }
+        catch (IOException) { return ""; }
+    }
 
     private static double MemTotalGiB()
     {
