@@ -337,13 +337,16 @@ TEST(KvCache, AppendReadRoundTripEveryShape) {
         auto kf = kb.download<float>(count * H * D);
         for (int64_t i = 0; i < count * H * D; ++i)
             ASSERT_EQ(f16(kf[size_t(i)]), model[id].k[2][size_t(start * H * D + i)]);
-        // Blocks are scattered: some table is not a run of consecutive increasing ids.
+        // Blocks are scattered: some table is not a run of consecutive increasing ids. Checked for
+        // block sizes <= 64 only: there every sequence spans several blocks, so an unscattered pool has
+        // a vanishing probability; with 128/256 a sequence of <= 300 tokens may hold one or two blocks,
+        // and a shuffled pool can hand out consecutive ids by chance (seen: seed 141670090).
         bool scattered = false;
         for (int64_t sid : ids) {
             const auto& t = c.internal().sequence(sid, "id").blocks;
             for (size_t j = 1; j < t.size(); ++j) scattered |= t[j] != t[j - 1] + 1;
         }
-        EXPECT_TRUE(scattered);
+        if (bs <= 64) EXPECT_TRUE(scattered);
     }
 }
 
