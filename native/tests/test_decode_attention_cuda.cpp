@@ -31,6 +31,8 @@
 #include "kernels/decode_attention/decode_attention.hpp"
 #include "kernels/decode_attention/decode_attention_cuda_plan.cuh"
 #include "kernels/kv_cache/kv_cache.hpp"
+#include "kernels/kv_cache/kv_quant.hpp"
+#include "kernels/kv_cache/kv_quant_cuda.cuh"
 #include "test_util.hpp"
 
 #include <algorithm>
@@ -102,6 +104,7 @@ struct Problem {
     int32_t H = 2, D = 64, bs = 16, G = 2, q_len = 1;
     int32_t layers = 2, layer = 1;  // attention reads layer 1; layer 0 holds different data
     int32_t kv_format = LLMN_KV_F16;
+    int32_t v_format = -1;  // -1: same as kv_format (which is then K's format)
     std::vector<int64_t> lengths;
     bool outliers = false;
     int32_t max_batch = 64;
@@ -225,7 +228,8 @@ public:
         d.num_kv_heads = pb.H;
         d.head_dim = pb.D;
         d.block_size = pb.bs;
-        d.k_format = d.v_format = pb.kv_format;
+        d.k_format = pb.kv_format;
+        d.v_format = pb.v_format >= 0 ? pb.v_format : pb.kv_format;
         d.max_batch = pb.max_batch;
         d.capacity_tokens = total + 16 * pb.bs;
         const uint64_t shuffle_seed = g();
@@ -519,21 +523,38 @@ EmuResult emulate(const EmuInput& in) {
         const int64_t span = ke > kb ? ke - kb : 0;
         const int ntiles = int((span + g.tile_keys - 1) / g.tile_keys);
         std::vector<float> kt(size_t(g.tile_keys) * D), vt(size_t(g.tile_keys) * D);
+        // 8-bit sides: codes in kt/vt, per-token scale x q8_scale_factor in ksc/vsc (as compute_tile forms it)
+        const bool kq8 = llmn::kv_format_is_q8(L.k_format), vq8 = llmn::kv_format_is_q8(L.v_format);
+        std::vector<float> ksc(size_t(g.tile_keys)), vsc(size_t(g.tile_keys));
         for (int i = 0; i < ntiles; ++i) {
             const int64_t t0 = kb + int64_t(i) * g.tile_keys;
-            for (int j = 0; j < g.tile_keys; ++j)  // load_tile
-                for (int c = 0; c < g.chunks; ++c)
-                    for (int e = 0; e < ac::kVec; ++e) {
-                        const int64_t t = t0 + j;
-                        float kv[2] = {0.0f, 0.0f};
-                        if (t < ke) {
-                            const int64_t blk = table[t >> shift];
-                            kv[0] = load_elem(head_base + ac::kv_chunk_offset(blk, L.block_stride, L.k_data_off, t, mask, D, c) + 2 * e, L.k_format);
-                            kv[1] = load_elem(head_base + ac::kv_chunk_offset(blk, L.block_stride, L.v_data_off, t, mask, D, c) + 2 * e, L.v_format);
-                        }
-                        kt[size_t(j) * D + c * ac::kVec + e] = kv[0];
-                        vt[size_t(j) * D + c * ac::kVec + e] = kv[1];
+            for (int j = 0; j < g.tile_keys; ++j) {  // load_tile
+                const int64_t t = t0 + j;
+                const int64_t blk = t < ke ? table[t >> shift] : 0;
+                for (int side = 0; side < 2; ++side) {
+                    const int32_t fmt = side ? L.v_format : L.k_format;
+                    const int64_t off = side ? L.v_data_off : L.k_data_off;
+                    float* dst = (side ? vt.data() : kt.data()) + size_t(j) * D;
+                    if (!llmn::kv_format_is_q8(fmt)) {
+                        for (int c = 0; c < g.chunks; ++c)
+                            for (int e = 0; e < ac::kVec; ++e)
+                                dst[c * ac::kVec + e] =
+                                    t < ke ? load_elem(head_base + ac::kv_chunk_offset(blk, L.block_stride, off, t, mask, D, c) + 2 * e, fmt)
+                                           : 0.0f;
+                        continue;
                     }
+                    const bool fp8 = fmt == LLMN_KV_FP8_E4M3;
+                    for (int x = 0; x < g.chunks; ++x) {  // lane x: bytes [8x, 8x + 8) = half of 16-byte chunk x / 2
+                        uint32_t w[2] = {0, 0};
+                        if (t < ke) std::memcpy(w, head_base + ac::kv_row_chunk_offset(blk, L.block_stride, off, t, mask, D, x / 2) + (x % 2) * 8, 8);
+                        llmn::kvq_cuda::q8x8_to_f32(fp8, w[0], w[1], dst + x * ac::kVec);
+                    }
+                    float sc = 0.0f;
+                    if (t < ke)
+                        std::memcpy(&sc, head_base + ac::kv_scale_offset(blk, L.block_stride, side ? L.v_aux_off : L.k_aux_off, t, mask), 4);
+                    (side ? vsc : ksc)[size_t(j)] = sc * llmn::kvq_cuda::q8_scale_factor(fp8);
+                }
+            }
             for (int z = 0; z < g.z; ++z)  // compute_tile
                 for (int y = 0; y < g.y; ++y)
                     for (int k = 0; k < g.rpt; ++k) {
@@ -550,7 +571,9 @@ EmuResult emulate(const EmuInput& in) {
                                     for (int e = 0; e < ac::kVec; ++e)
                                         part[size_t(x)] = std::fma(qr[(rk * g.lanes + x) * ac::kVec + e],
                                                                    kt[size_t(tt) * D + x * ac::kVec + e], part[size_t(x)]);
-                                const float s = ac::score_transform(butterfly(part), P.softcap, alibi, slope[rk], t, hi[rk]);
+                                float dot = butterfly(part);
+                                if (kq8) dot *= ksc[size_t(tt)];
+                                const float s = ac::score_transform(dot, P.softcap, alibi, slope[rk], t, hi[rk]);
                                 sc[size_t(jj)] = s;
                                 if (t < ke && t >= lo[rk] && t <= hi[rk]) {
                                     vis |= 1u << jj;
@@ -566,7 +589,8 @@ EmuResult emulate(const EmuInput& in) {
                                     float vv[ac::kVec] = {};
                                     if (x < g.chunks)
                                         for (int e = 0; e < ac::kVec; ++e) vv[e] = vt[size_t(tt) * D + x * ac::kVec + e];
-                                    ac::state_add(s, sc[size_t(jj)], vv);
+                                    if (vq8) ac::state_add_scaled(s, sc[size_t(jj)], vsc[size_t(tt)], vv);
+                                    else ac::state_add(s, sc[size_t(jj)], vv);
                                 }
                             }
                         }
@@ -969,6 +993,7 @@ TEST(DecodeAttentionCudaPlan, EmulatedKernelsMatchReferenceAndCpuBackend) {
         int64_t wave;
         std::vector<int64_t> lengths;
         int32_t io;
+        int32_t kf = LLMN_KV_F16, vf = LLMN_KV_F16;  // CPU caches: f16, INT8, E4M3 (mixed)
     };
     std::vector<Case> cases = {
         {64, 16, 2, 1, 1, 0, 0, 0.0f, false, 528, {1, 2, 17, 300, quick() ? 900 : 2100}, LLMN_DTYPE_F16},
@@ -984,6 +1009,13 @@ TEST(DecodeAttentionCudaPlan, EmulatedKernelsMatchReferenceAndCpuBackend) {
         {64, 16, 3, 1, 1, 0, 0, 0.0f, false, 1, {1, 300, 2000}, LLMN_DTYPE_F16},     // "full" device: no split
         {128, 16, 1, 16, 8, 5, 6, 0.0f, false, 528, {8, 40, 700}, LLMN_DTYPE_F16},   // chunks + window: empty chunk ranges
         {64, 8, 2, 7, 8, 12, 1, 10.0f, true, 528, {8, 13, 300}, LLMN_DTYPE_BF16},    // chunks + window, direct output
+        // fused 8-bit dequantization (scales per token, K after the dot product, V folded into p)
+        {64, 16, 2, 4, 1, 0, 0, 0.0f, false, 528, {1, 17, 300, 1100}, LLMN_DTYPE_F16, LLMN_KV_INT8, LLMN_KV_INT8},
+        {128, 16, 2, 4, 2, 0, 3, 0.0f, false, 528, {2, 33, 700}, LLMN_DTYPE_F16, LLMN_KV_FP8_E4M3, LLMN_KV_FP8_E4M3},
+        {80, 8, 2, 7, 1, 0, 0, 0.0f, false, 132, {1, 40, 900}, LLMN_DTYPE_BF16, LLMN_KV_INT8, LLMN_KV_F16},
+        {96, 32, 1, 8, 2, 0, 4, 0.0f, false, 528, {2, 130, 400}, LLMN_DTYPE_F16, LLMN_KV_F16, LLMN_KV_FP8_E4M3},
+        {256, 16, 2, 16, 2, 0, 0, 0.0f, false, 132, {2, 77, 900}, LLMN_DTYPE_F16, LLMN_KV_FP8_E4M3, LLMN_KV_INT8},
+        {64, 32, 2, 2, 3, 9, 2, 20.0f, true, 528, {3, 50, 310}, LLMN_DTYPE_F16, LLMN_KV_INT8, LLMN_KV_FP8_E4M3},
     };
     for (const Case& cs : cases) {
         Problem pb;
@@ -994,6 +1026,8 @@ TEST(DecodeAttentionCudaPlan, EmulatedKernelsMatchReferenceAndCpuBackend) {
         pb.q_len = cs.q_len;
         pb.lengths = cs.lengths;
         pb.outliers = cs.window > 0 || cs.alibi;
+        pb.kv_format = cs.kf;
+        pb.v_format = cs.vf;
         Caches c(pb, g, {cpu.h});
         ASSERT_FALSE(::testing::Test::HasFatalFailure());
         llmn_attention_params p = params_for(pb, cs.splits);
@@ -1008,7 +1042,10 @@ TEST(DecodeAttentionCudaPlan, EmulatedKernelsMatchReferenceAndCpuBackend) {
         for (int32_t n : emu.plan.splits) nmax = std::max(nmax, n);
         const std::string name = "emulated D " + std::to_string(cs.D) + " G " + std::to_string(cs.G) + " q_len " +
                                  std::to_string(cs.q_len) + " splits " + std::to_string(nmax) + " chunks " +
-                                 std::to_string(emu.rows.chunks) + " " + dtype_str(cs.io);
+                                 std::to_string(emu.rows.chunks) + " " + dtype_str(cs.io) +
+                                 (cs.kf != LLMN_KV_F16 || cs.vf != LLMN_KV_F16
+                                      ? std::string(" ") + llmn::kv_format_name(cs.kf) + "/" + llmn::kv_format_name(cs.vf)
+                                      : std::string());
         if (cs.splits == 0 && cs.wave > 1) EXPECT_GT(nmax, 1) << name << ": auto policy should split these";
         const Reference ref = reference(pb, c.kf, c.vf, q, p, sl, nmax, cs.io);
         expect_close(emu.out, ref, pb.D, name);
@@ -1041,7 +1078,9 @@ struct GpuHarness {
 
 void check_gpu(GpuHarness& hx, const Problem& pb, std::mt19937_64& g, const std::string& name, const std::vector<int32_t>& splits,
                int32_t io_dtype, const llmn_attention_params* custom = nullptr, const std::vector<float>* slopes = nullptr) {
-    const bool with_cpu = pb.kv_format == LLMN_KV_F16;
+    // a CPU cache exists for f16 / INT8 / E4M3 sides (bf16 caches are CUDA only)
+    const int32_t vfmt = pb.v_format >= 0 ? pb.v_format : pb.kv_format;
+    const bool with_cpu = pb.kv_format != LLMN_KV_BF16 && vfmt != LLMN_KV_BF16;
     std::vector<llmn_context> ctxs = {hx.gpu.h};
     if (with_cpu) ctxs.push_back(hx.cpu.h);
     Caches c(pb, g, ctxs);
@@ -1056,8 +1095,8 @@ void check_gpu(GpuHarness& hx, const Problem& pb, std::mt19937_64& g, const std:
         std::vector<float> out;
         ASSERT_EQ(c.run(0, q, io_dtype, p, slopes, out), LLMN_STATUS_OK) << name << ": " << last_error();
         const Reference ref = reference(pb, c.kf, c.vf, q, p, slopes, n == 0 ? 64 : n, io_dtype);
-        const std::string what = name + " [cuda " + dtype_str(io_dtype) + (pb.kv_format == LLMN_KV_BF16 ? " bf16-cache" : "") +
-                                 ", splits " + (n ? std::to_string(n) : "auto") + "]";
+        const std::string what = name + " [cuda " + dtype_str(io_dtype) + " cache " + llmn::kv_format_name(pb.kv_format) + "/" +
+                                 llmn::kv_format_name(vfmt) + ", splits " + (n ? std::to_string(n) : "auto") + "]";
         expect_close(out, ref, pb.D, what);
         if (with_cpu) {
             if (cpu_out.empty()) {
@@ -1378,4 +1417,62 @@ TEST(DecodeAttentionCuda, RejectsMixedKvFormats) {
         EXPECT_NE(last_error().find("k_format"), std::string::npos) << last_error();
     }
     llmn_kv_cache_destroy(kc);
+}
+
+TEST(DecodeAttentionCuda, Quantized8BitCachesMatchReferenceAndCpu) {
+    LLMN_REQUIRE_CUDA();
+    GpuHarness hx;
+    auto g = rng(212);
+    struct Case {
+        int32_t kf, vf, D, bs, G, q_len;
+    };
+    // same-format, mixed 8-bit, and 8-bit with a 16-bit side (bf16 sides have no CPU twin)
+    for (Case cs : {Case{LLMN_KV_INT8, LLMN_KV_INT8, 128, 16, 4, 1}, Case{LLMN_KV_FP8_E4M3, LLMN_KV_FP8_E4M3, 64, 8, 2, 4},
+                    Case{LLMN_KV_INT8, LLMN_KV_FP8_E4M3, 80, 32, 8, 1}, Case{LLMN_KV_FP8_E4M3, LLMN_KV_INT8, 96, 16, 1, 2},
+                    Case{LLMN_KV_INT8, LLMN_KV_F16, 256, 16, 16, 1}, Case{LLMN_KV_F16, LLMN_KV_FP8_E4M3, 128, 64, 4, 8},
+                    Case{LLMN_KV_FP8_E4M3, LLMN_KV_BF16, 64, 16, 4, 1}, Case{LLMN_KV_BF16, LLMN_KV_INT8, 128, 16, 2, 2}}) {
+        Problem pb;
+        pb.H = 2;
+        pb.G = cs.G;
+        pb.D = cs.D;
+        pb.bs = cs.bs;
+        pb.q_len = cs.q_len;
+        pb.kv_format = cs.kf;
+        pb.v_format = cs.vf;
+        pb.outliers = true;
+        pb.lengths = {std::max(1, cs.q_len), 17, 130, 900, 2500};
+        for (int32_t io : {LLMN_DTYPE_F16, LLMN_DTYPE_BF16})
+            check_gpu(hx, pb, g, std::string("8-bit ") + llmn::kv_format_name(cs.kf) + "/" + llmn::kv_format_name(cs.vf), {0, 1, 4}, io);
+    }
+}
+
+TEST(DecodeAttentionCuda, AlibiSlopesAreReadFromTheDeviceBufferAndValidated) {
+    LLMN_REQUIRE_CUDA();
+    GpuHarness hx;
+    auto g = rng(213);
+    Problem pb;
+    pb.H = 2;
+    pb.G = 2;
+    pb.D = 64;
+    pb.lengths = {5, 300};
+    Caches c(pb, g, {hx.gpu.h});
+    ASSERT_FALSE(::testing::Test::HasFatalFailure());
+    const auto q = c.make_q(g, LLMN_DTYPE_F16);
+    const llmn_attention_params p = params_for(pb);
+    // two different slope sets through the same call path give their own references
+    for (float base : {-8.0f, -2.0f}) {
+        std::vector<float> slopes(4);
+        for (size_t h = 0; h < slopes.size(); ++h) slopes[h] = std::pow(2.0f, base * float(h + 1) / 4.0f);
+        std::vector<float> out;
+        ASSERT_EQ(c.run(0, q, LLMN_DTYPE_F16, p, &slopes, out), LLMN_STATUS_OK) << last_error();
+        expect_close(out, reference(pb, c.kf, c.vf, q, p, &slopes, 64, LLMN_DTYPE_F16), pb.D, "alibi base " + std::to_string(base));
+    }
+    // a non-finite slope is rejected (the stream is not capturing) and nothing is written
+    for (float bad : {std::nanf(""), INFINITY}) {
+        std::vector<float> slopes = {0.5f, 0.25f, bad, 0.125f};
+        std::vector<float> out;
+        EXPECT_EQ(c.run(0, q, LLMN_DTYPE_F16, p, &slopes, out), LLMN_STATUS_INVALID_ARGUMENT);
+        EXPECT_NE(last_error().find("alibi_slopes[2] must be finite"), std::string::npos) << last_error();
+        for (float o : out) ASSERT_TRUE(std::isnan(o)) << "output written by a rejected call";
+    }
 }

@@ -35,9 +35,23 @@
 //    reaches it). All the index math and per-element arithmetic are host+device functions in
 //    decode_attention_cuda_plan.cuh, shared with the CPU-run unit tests.
 //
-// 5. Compile-time dispatch happens in ONE place (select_kernel): head_dim (64/80/96/128/256) x cache
-//    element type (f16/bf16) x row bucket (1/4/8/16/32). Query/output dtype, group size, q_len,
-//    soft-cap, window and ALiBi are runtime values: they cost nothing in the streaming loop.
+// 5. Compile-time dispatch happens in ONE place (select_kernel): head_dim (64/80/96/128/256) x K/V
+//    side pair x row bucket (1/4/8/16/32). Side pairs: f16/f16 and bf16/bf16 with fixed element
+//    types, and the three pairs with an 8-bit side (8-bit/8-bit, 8-bit/16-bit, 16-bit/8-bit) whose
+//    exact variant (INT8 or E4M3, f16 or bf16) is a warp-uniform runtime value (Params::k_code,
+//    v_code): 125 kernels instead of 400 for every format pair. Query/output dtype, group size,
+//    q_len, soft-cap, window and ALiBi are runtime values: they cost nothing in the streaming loop.
+//
+// 5b. INT8 / FP8-E4M3 sides (kv_quant.hpp semantics, one f32 scale per (token, head)) are dequantized
+//    inside this kernel, never into memory: the 8-bit rows move global -> shared in 16-byte cp.async
+//    chunks like 16-bit rows (half as many), the per-token scales of the tile's keys follow as 4-byte
+//    cp.async into the tail of the stage buffer (the stage size is unchanged: 8-bit rows free more
+//    than the scales take). A lane decodes its 8 codes from an 8-byte shared load with integer ops
+//    (kv_quant_cuda.cuh: INT8 via the 2^23 magic number, E4M3 as f16 bit patterns of value * 2^-8,
+//    exact, the 2^8 folded into the scale; no sm_89 cvt needed). K: the dot product runs on the raw
+//    code values and the key's scale multiplies the reduced dot once; V: the scale is folded into
+//    the softmax weight (state_add_scaled: o += (p * scale) * code), so per element the 8-bit path
+//    costs the decode only.
 //
 // 6. Split policy (num_splits = 0, make_plan): no split when batch x kv heads x row chunks already
 //    fills one wave (SMs x resident CTAs from the occupancy API); otherwise pieces of at least 256
@@ -68,6 +82,7 @@
 //    stream order).
 #include "decode_attention.hpp"
 #include "decode_attention_cuda_plan.cuh"
+#include "../kv_cache/kv_quant_cuda.cuh"
 
 #include "../../core/error.hpp"
 #include "../../core/log.hpp"
@@ -109,6 +124,8 @@ void check(cudaError_t err, const char* what) {
 struct Params {
     const uint8_t* layer_base;  // pool + layer * layer_stride
     int64_t block_stride, head_stride, k_off, v_off;
+    int64_t k_aux_off, v_aux_off;  // per-token f32 scales of INT8 / E4M3 sides
+    int32_t k_code, v_code;     // runtime element variant of a side: KvX16 0 f16 / 1 bf16; KvQ8 0 INT8 / 1 E4M3
     int32_t block_shift;        // log2(block_size)
     const int32_t* tables;      // flattened block tables of the batch
     const SeqWork* work;        // [num_seqs] schedule order
@@ -153,6 +170,51 @@ struct KvBf16 {
     }
 };
 
+// K/V side types (template parameters of the split kernel): how one lane turns its 8 elements of
+// row tt of a stage buffer into floats. 16-bit rows take D / 8 16-byte chunks, 8-bit rows D / 16; a
+// lane always owns elements [8x, 8x + 8), i.e. 16 bytes of a 16-bit row or 8 bytes of an 8-bit one
+// (rows still move global -> shared in 16-byte cp.async chunks). KvF16/KvBf16 are fixed types (the
+// common same-format caches); KvX16 picks f16/bf16 at run time (uniform branch) and KvQ8 INT8/E4M3,
+// which keeps mixed-format caches to a few instantiations. 8-bit sides leave the per-token scale
+// out of the decoded values: K applies it to the dot product, V folds it into the softmax weight.
+struct KvF16Side {
+    static constexpr bool kQ8 = false;
+    template <int D>
+    static __device__ __forceinline__ void load(const uint4* rows, int tt, int x, int, float* f) {
+        KvF16::to_float(rows[tt * (D / 8) + x], f);
+    }
+};
+struct KvBf16Side {
+    static constexpr bool kQ8 = false;
+    template <int D>
+    static __device__ __forceinline__ void load(const uint4* rows, int tt, int x, int, float* f) {
+        KvBf16::to_float(rows[tt * (D / 8) + x], f);
+    }
+};
+struct KvX16Side {
+    static constexpr bool kQ8 = false;
+    template <int D>
+    static __device__ __forceinline__ void load(const uint4* rows, int tt, int x, int code, float* f) {
+        const uint4 raw = rows[tt * (D / 8) + x];
+        if (code) KvBf16::to_float(raw, f);
+        else KvF16::to_float(raw, f);
+    }
+};
+struct KvQ8Side {
+    static constexpr bool kQ8 = true;
+    template <int D>
+    static __device__ __forceinline__ void load(const uint4* rows, int tt, int x, int code, float* f) {
+        const uint2 raw = reinterpret_cast<const uint2*>(rows)[tt * (D / 8) + x];
+        kvq_cuda::q8x8_to_f32(code != 0, raw.x, raw.y, f);
+    }
+};
+
+// uint4 chunks of one row of a side in a stage buffer.
+template <class S, int D>
+constexpr int row_vec() {
+    return S::kQ8 ? D / 16 : D / 8;
+}
+
 __device__ __forceinline__ uint4 pack_out(const float* f, bool bf16) {
     uint32_t w[4];
 #pragma unroll
@@ -189,6 +251,17 @@ __device__ __forceinline__ void cp_async_commit() {
 #endif
 }
 
+// 4 bytes global -> shared (an INT8 / E4M3 per-token scale); valid = false writes zero.
+__device__ __forceinline__ void cp_async4(float* smem, const void* gmem, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    const int bytes = valid ? 4 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes) : "memory");
+#else
+    *smem = valid ? *static_cast<const float*>(gmem) : 0.0f;
+#endif
+}
+
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -219,29 +292,60 @@ __device__ __forceinline__ float warp_max(float v) {
 struct Stream {
     const uint8_t* head_base;  // layer_base + kv_head * head_stride
     const int32_t* table;      // this sequence's physical block ids
-    int64_t block_stride, k_off, v_off;
+    int64_t block_stride, k_off, v_off, k_aux_off, v_aux_off;
     int32_t block_shift, block_mask;
     int64_t key_end;
 };
 
+// Stage buffer layout (uint4 units): K rows [0, kKeyVec), V rows [kKeyVec, kKeyVec + kValVec), then
+// the f32 scales of the 8-bit sides (K's tile_keys, then V's). Always within geometry().stage_vec:
+// 16-bit rows fill it exactly, 8-bit rows take half of a side's share and their scales 1/4 uint4 per key.
+template <int D, int ROWS, class KT, class VT>
+struct StageLayout {
+    static constexpr Geometry g = geometry(D, ROWS);
+    static constexpr int kRowK = row_vec<KT, D>(), kRowV = row_vec<VT, D>();
+    static constexpr int kKeyVec = g.tile_keys * kRowK, kValVec = g.tile_keys * kRowV;
+    static constexpr int kScales = (KT::kQ8 ? g.tile_keys : 0) + (VT::kQ8 ? g.tile_keys : 0);
+    static_assert((kKeyVec + kValVec) * 16 + kScales * 4 <= g.stage_vec * 16, "stage buffer");
+    static_assert(g.tile_keys % 4 == 0, "scales start 16-byte aligned");
+};
+
 // Stage 1: copy K and V rows of keys [t0, t0 + tile_keys) into stage buffer `dst` (K rows, then V
 // rows, each row = chunks x 16 bytes). Keys at or past key_end are zero-filled, never read.
-template <int D, int ROWS>
+template <int D, int ROWS, class KT, class VT>
 __device__ __forceinline__ void load_tile(uint4* dst, const Stream& st, int64_t t0) {
-    constexpr Geometry g = geometry(D, ROWS);
-    constexpr int per_kv = g.tile_keys * g.chunks;
-    for (int idx = threadIdx.x; idx < 2 * per_kv; idx += kThreads) {
-        const int kv = idx >= per_kv ? 1 : 0;
-        const int rem = idx - kv * per_kv;
-        const int j = rem / g.chunks, c = rem - j * g.chunks;
+    using SL = StageLayout<D, ROWS, KT, VT>;
+    constexpr Geometry g = SL::g;
+    constexpr int64_t kRowBytesK = KT::kQ8 ? D : 2 * D, kRowBytesV = VT::kQ8 ? D : 2 * D;
+    for (int idx = threadIdx.x; idx < SL::kKeyVec + SL::kValVec; idx += kThreads) {
+        const int kv = idx >= SL::kKeyVec ? 1 : 0;
+        const int rem = idx - kv * SL::kKeyVec;
+        const int per = kv ? SL::kRowV : SL::kRowK;
+        const int j = rem / per, c = rem - j * per;
         const int64_t t = t0 + j;
         const bool valid = t < st.key_end;
         const uint8_t* src = st.head_base;
         if (valid) {
             const int64_t blk = __ldg(st.table + (t >> st.block_shift));
-            src = st.head_base + kv_chunk_offset(blk, st.block_stride, kv ? st.v_off : st.k_off, t, st.block_mask, D, c);
+            src = st.head_base + kv_row_chunk_offset(blk, st.block_stride, kv ? st.v_off : st.k_off, t, st.block_mask,
+                                                     kv ? kRowBytesV : kRowBytesK, c);
         }
         cp_async16(dst + idx, src, valid);
+    }
+    if constexpr (SL::kScales > 0) {
+        float* scales = reinterpret_cast<float*>(dst + SL::kKeyVec + SL::kValVec);
+        for (int idx = threadIdx.x; idx < SL::kScales; idx += kThreads) {
+            const bool is_v = !KT::kQ8 || idx >= g.tile_keys;
+            const int j = KT::kQ8 && is_v ? idx - g.tile_keys : idx;
+            const int64_t t = t0 + j;
+            const bool valid = t < st.key_end;
+            const uint8_t* src = st.head_base;
+            if (valid) {
+                const int64_t blk = __ldg(st.table + (t >> st.block_shift));
+                src = st.head_base + kv_scale_offset(blk, st.block_stride, is_v ? st.v_aux_off : st.k_aux_off, t, st.block_mask);
+            }
+            cp_async4(scales + idx, src, valid);
+        }
     }
 }
 
@@ -255,12 +359,16 @@ struct Rows {
 
 // Stages 2 + 3 for one tile in shared memory: scores of this thread's keys, then the online softmax
 // and the P.V accumulation, per row and per sub-tile of ksub keys.
-template <int D, int ROWS, class KvT>
+template <int D, int ROWS, class KT, class VT>
 __device__ __forceinline__ void compute_tile(const uint4* tile, int64_t t0, int64_t key_end, const Rows<geometry(D, ROWS).rpt>& rw,
-                                             State* st, int x, int z, float softcap, bool alibi) {
-    constexpr Geometry g = geometry(D, ROWS);
+                                             State* st, int x, int z, float softcap, bool alibi, int k_code, int v_code) {
+    using SL = StageLayout<D, ROWS, KT, VT>;
+    constexpr Geometry g = SL::g;
     const uint4* ks = tile;
-    const uint4* vs = tile + g.tile_keys * g.chunks;
+    const uint4* vs = tile + SL::kKeyVec;
+    const float* k_scales = reinterpret_cast<const float*>(tile + SL::kKeyVec + SL::kValVec);
+    const float* v_scales = k_scales + (KT::kQ8 ? g.tile_keys : 0);
+    const float k_factor = kvq_cuda::q8_scale_factor(k_code != 0), v_factor = kvq_cuda::q8_scale_factor(v_code != 0);
     const bool lane_on = x < g.chunks;
 #pragma unroll
     for (int k = 0; k < g.rpt; ++k) {
@@ -276,11 +384,12 @@ __device__ __forceinline__ void compute_tile(const uint4* tile, int64_t t0, int6
                 float part = 0.0f;
                 if (lane_on) {
                     float kf[kVec];
-                    KvT::to_float(ks[tt * g.chunks + x], kf);
+                    KT::template load<D>(ks, tt, x, k_code, kf);
 #pragma unroll
                     for (int e = 0; e < kVec; ++e) part = fmaf(rw.q[k][e], kf[e], part);
                 }
-                const float dot = lanes_sum<g.lanes>(part);
+                float dot = lanes_sum<g.lanes>(part);
+                if constexpr (KT::kQ8) dot *= k_scales[tt] * k_factor;  // per-token scale after the dot product
                 const float s = score_transform(dot, softcap, alibi, rw.slope[k], t, rw.hi[k]);
                 sc[jj] = s;
                 if (t < key_end && t >= rw.lo[k] && t <= rw.hi[k]) {
@@ -295,18 +404,19 @@ __device__ __forceinline__ void compute_tile(const uint4* tile, int64_t t0, int6
                 const int tt = geo_tile_key(g, z, sb * g.ksub + jj);
                 float vf[kVec];
                 if (lane_on) {
-                    KvT::to_float(vs[tt * g.chunks + x], vf);
+                    VT::template load<D>(vs, tt, x, v_code, vf);
                 } else {
 #pragma unroll
                     for (int e = 0; e < kVec; ++e) vf[e] = 0.0f;
                 }
-                state_add(st[k], sc[jj], vf);
+                if constexpr (VT::kQ8) state_add_scaled(st[k], sc[jj], v_scales[tt] * v_factor, vf);  // scale folded into p
+                else state_add(st[k], sc[jj], vf);
             }
         }
     }
 }
 
-template <int D, int ROWS, class KvT>
+template <int D, int ROWS, class KT, class VT>
 __global__ void __launch_bounds__(kThreads) split_kernel(const Params p) {
     constexpr Geometry g = geometry(D, ROWS);
     static_assert(g.y * g.rpt == ROWS && g.y * g.z == g.slots && g.kpt * g.z == g.tile_keys, "geometry");
@@ -366,6 +476,8 @@ __global__ void __launch_bounds__(kThreads) split_kernel(const Params p) {
     ss.block_stride = p.block_stride;
     ss.k_off = p.k_off;
     ss.v_off = p.v_off;
+    ss.k_aux_off = p.k_aux_off;
+    ss.v_aux_off = p.v_aux_off;
     ss.block_shift = p.block_shift;
     ss.block_mask = (1 << p.block_shift) - 1;
     ss.key_end = ke;
@@ -379,18 +491,18 @@ __global__ void __launch_bounds__(kThreads) split_kernel(const Params p) {
     const int ntiles = int((span + g.tile_keys - 1) / g.tile_keys);
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
-        if (s < ntiles) load_tile<D, ROWS>(smem + s * g.stage_vec, ss, kb + int64_t(s) * g.tile_keys);
+        if (s < ntiles) load_tile<D, ROWS, KT, VT>(smem + s * g.stage_vec, ss, kb + int64_t(s) * g.tile_keys);
         cp_async_commit();
     }
     const bool alibi = p.slopes != nullptr;
     for (int i = 0; i < ntiles; ++i) {
         const int nxt = i + kStages - 1;
-        if (nxt < ntiles) load_tile<D, ROWS>(smem + (nxt % kStages) * g.stage_vec, ss, kb + int64_t(nxt) * g.tile_keys);
+        if (nxt < ntiles) load_tile<D, ROWS, KT, VT>(smem + (nxt % kStages) * g.stage_vec, ss, kb + int64_t(nxt) * g.tile_keys);
         cp_async_commit();
         cp_async_wait<kStages - 1>();
         __syncthreads();
-        compute_tile<D, ROWS, KvT>(smem + (i % kStages) * g.stage_vec, kb + int64_t(i) * g.tile_keys, ke, rw, st, x, z,
-                                   p.softcap, alibi);
+        compute_tile<D, ROWS, KT, VT>(smem + (i % kStages) * g.stage_vec, kb + int64_t(i) * g.tile_keys, ke, rw, st, x, z,
+                                      p.softcap, alibi, p.k_code, p.v_code);
         __syncthreads();  // the next iteration's copies overwrite this stage
     }
     cp_async_wait<0>();
@@ -491,45 +603,54 @@ struct KernelInfo {
     int rows;
 };
 
-template <int D, int ROWS, class KvT>
+template <int D, int ROWS, class KT, class VT>
 void launch_split(unsigned grid, int smem, cudaStream_t stream, const Params& p) {
-    split_kernel<D, ROWS, KvT><<<grid, kThreads, smem, stream>>>(p);
+    split_kernel<D, ROWS, KT, VT><<<grid, kThreads, smem, stream>>>(p);
 }
 
-template <int D, int ROWS, class KvT>
+template <int D, int ROWS, class KT, class VT>
 KernelInfo kernel_info() {
-    return KernelInfo{&launch_split<D, ROWS, KvT>, reinterpret_cast<const void*>(&split_kernel<D, ROWS, KvT>),
+    return KernelInfo{&launch_split<D, ROWS, KT, VT>, reinterpret_cast<const void*>(&split_kernel<D, ROWS, KT, VT>),
                       geometry(D, ROWS).smem_bytes, ROWS};
 }
 
-template <int D, class KvT>
+template <int D, class KT, class VT>
 KernelInfo by_rows(int bucket) {
     switch (bucket) {
-        case 1: return kernel_info<D, 1, KvT>();
-        case 4: return kernel_info<D, 4, KvT>();
-        case 8: return kernel_info<D, 8, KvT>();
-        case 16: return kernel_info<D, 16, KvT>();
+        case 1: return kernel_info<D, 1, KT, VT>();
+        case 4: return kernel_info<D, 4, KT, VT>();
+        case 8: return kernel_info<D, 8, KT, VT>();
+        case 16: return kernel_info<D, 16, KT, VT>();
         case 32:
-            if constexpr (max_rows_bucket(D) >= 32) return kernel_info<D, 32, KvT>();
+            if constexpr (max_rows_bucket(D) >= 32) return kernel_info<D, 32, KT, VT>();
             break;
     }
     fail(LLMN_STATUS_INTERNAL, "decode attention: no kernel for head_dim %d with %d rows", D, bucket);
 }
 
-template <class KvT>
+template <class KT, class VT>
 KernelInfo by_head_dim(int head_dim, int bucket) {
     switch (head_dim) {
-        case 64: return by_rows<64, KvT>(bucket);
-        case 80: return by_rows<80, KvT>(bucket);
-        case 96: return by_rows<96, KvT>(bucket);
-        case 128: return by_rows<128, KvT>(bucket);
-        case 256: return by_rows<256, KvT>(bucket);
+        case 64: return by_rows<64, KT, VT>(bucket);
+        case 80: return by_rows<80, KT, VT>(bucket);
+        case 96: return by_rows<96, KT, VT>(bucket);
+        case 128: return by_rows<128, KT, VT>(bucket);
+        case 256: return by_rows<256, KT, VT>(bucket);
     }
     fail(LLMN_STATUS_UNSUPPORTED, "decode attention (CUDA): head_dim %d is not compiled (64, 80, 96, 128, 256)", head_dim);
 }
 
-KernelInfo select_kernel(int head_dim, int kv_format, int bucket) {
-    return kv_format == LLMN_KV_BF16 ? by_head_dim<KvBf16>(head_dim, bucket) : by_head_dim<KvF16>(head_dim, bucket);
+bool is_q8(int32_t f) { return f == LLMN_KV_INT8 || f == LLMN_KV_FP8_E4M3; }
+bool is_16bit(int32_t f) { return f == LLMN_KV_F16 || f == LLMN_KV_BF16; }
+
+// Five side pairs x 5 head dims x 5 row buckets: same-format f16 and bf16 caches get fixed types,
+// every pair with an 8-bit side resolves the element variant at run time (Params::k_code/v_code).
+KernelInfo select_kernel(int head_dim, int32_t k_format, int32_t v_format, int bucket) {
+    if (is_q8(k_format) && is_q8(v_format)) return by_head_dim<KvQ8Side, KvQ8Side>(head_dim, bucket);
+    if (is_q8(k_format)) return by_head_dim<KvQ8Side, KvX16Side>(head_dim, bucket);
+    if (is_q8(v_format)) return by_head_dim<KvX16Side, KvQ8Side>(head_dim, bucket);
+    return k_format == LLMN_KV_BF16 ? by_head_dim<KvBf16Side, KvBf16Side>(head_dim, bucket)
+                                    : by_head_dim<KvF16Side, KvF16Side>(head_dim, bucket);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -705,10 +826,14 @@ void decode_attention_cuda(const Context& ctx, const DecodeAttentionArgs& a) {
     const KvCache& cache = *a.cache;
     const KvLayout& L = cache.layout();
     const llmn_attention_params& P = a.params;
-    if (L.k_format != L.v_format || (L.k_format != LLMN_KV_F16 && L.k_format != LLMN_KV_BF16))
+    const bool formats_ok = (is_16bit(L.k_format) && L.v_format == L.k_format) ||
+                            (is_q8(L.k_format) && (is_q8(L.v_format) || is_16bit(L.v_format))) ||
+                            (is_16bit(L.k_format) && is_q8(L.v_format));
+    if (!formats_ok)
         fail(LLMN_STATUS_UNSUPPORTED,
-             "llmn_decode_attention (CUDA) reads caches with k_format == v_format, LLMN_KV_F16 or LLMN_KV_BF16; this "
-             "cache has k_format %s and v_format %s",
+             "llmn_decode_attention (CUDA) reads caches whose k_format and v_format are each LLMN_KV_F16, LLMN_KV_BF16, "
+             "LLMN_KV_INT8 or LLMN_KV_FP8_E4M3 (f16 and bf16 are not mixed with each other); this cache has k_format %s "
+             "and v_format %s",
              kv_format_name(L.k_format), kv_format_name(L.v_format));
     const int32_t D = L.head_dim, H = L.num_kv_heads, G = a.group, Q = P.q_len, B = a.batch;
     LLMN_CHECK_ARG(a.q->dtype() == LLMN_DTYPE_F16 || a.q->dtype() == LLMN_DTYPE_BF16, "q must be f16 or bf16 on CUDA, got %s",
@@ -740,7 +865,7 @@ void decode_attention_cuda(const Context& ctx, const DecodeAttentionArgs& a) {
     refresh_tables(s, cache, a, ctx, stream, capturing);
 
     const RowPlan rp = row_plan(D, G, Q);
-    const KernelInfo ki = select_kernel(D, L.k_format, rp.bucket);
+    const KernelInfo ki = select_kernel(D, L.k_format, L.v_format, rp.bucket);
 
     PlanInput in;
     in.batch = B;
@@ -780,6 +905,10 @@ void decode_attention_cuda(const Context& ctx, const DecodeAttentionArgs& a) {
     prm.head_stride = L.head_stride;
     prm.k_off = L.k_data_off;
     prm.v_off = L.v_data_off;
+    prm.k_aux_off = L.k_aux_off;
+    prm.v_aux_off = L.v_aux_off;
+    prm.k_code = (L.k_format == LLMN_KV_BF16 || L.k_format == LLMN_KV_FP8_E4M3) ? 1 : 0;
+    prm.v_code = (L.v_format == LLMN_KV_BF16 || L.v_format == LLMN_KV_FP8_E4M3) ? 1 : 0;
     prm.block_shift = log2_exact(L.block_size);
     prm.tables = s.d_tables;
     prm.work = reinterpret_cast<const SeqWork*>(d_slot);

@@ -196,6 +196,17 @@ LLMN_HD int64_t kv_chunk_offset(int64_t block, int64_t block_stride, int64_t sec
     return block * block_stride + section_off + (t & block_mask) * int64_t(head_dim * 2) + int64_t(c) * 16;
 }
 
+// The same for rows of any byte length (INT8 / E4M3 rows are head_dim bytes: head_dim / 16 chunks).
+LLMN_HD int64_t kv_row_chunk_offset(int64_t block, int64_t block_stride, int64_t section_off, int64_t t, int block_mask,
+                                    int64_t row_bytes, int c) {
+    return block * block_stride + section_off + (t & block_mask) * row_bytes + int64_t(c) * 16;
+}
+
+// Byte offset of token t's f32 scale in an INT8 / E4M3 aux section (aux_off = k_aux_off or v_aux_off).
+LLMN_HD int64_t kv_scale_offset(int64_t block, int64_t block_stride, int64_t aux_off, int64_t t, int block_mask) {
+    return block * block_stride + aux_off + (t & block_mask) * 4;
+}
+
 // Workspace row of (kv head h, split s, row r) of a split sequence; R = group * q_len rows.
 LLMN_HD int64_t ws_row(int32_t ws_row_base, int h, int n, int s, int R, int r) {
     return int64_t(ws_row_base) + (int64_t(h) * n + s) * R + r;
@@ -239,6 +250,15 @@ LLMN_HD void state_add(State& s, float score, const float* v) {
     const float p = expf(score - s.m);
     s.l += p;
     for (int e = 0; e < kVec; ++e) s.o[e] = fmaf(p, v[e], s.o[e]);
+}
+
+// state_add for an 8-bit V row holding codes: v = code * vscale, with the per-token scale folded
+// into the softmax weight (p * vscale, one multiply per key instead of one per element).
+LLMN_HD void state_add_scaled(State& s, float score, float vscale, const float* codes) {
+    const float p = expf(score - s.m);
+    s.l += p;
+    const float pv = p * vscale;
+    for (int e = 0; e < kVec; ++e) s.o[e] = fmaf(pv, codes[e], s.o[e]);
 }
 
 // Merges the states of the Z key slots (fixed order z = 0..Z-1). m/l of slot z at ml[z * stride_ml],

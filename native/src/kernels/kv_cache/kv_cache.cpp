@@ -45,22 +45,15 @@ void check_format(int32_t format, const char* field, const Context* ctx) {
                  "desc->%s = LLMN_KV_BF16 (1) is CUDA only; a CPU cache stores LLMN_KV_F16 (0)", field);
         return;
     }
-    if (kv_format_is_q8(format)) {
-        // Quantize-on-append works on any backend (host data path), but no CUDA attention kernel
-        // reads these rows yet: refuse them on CUDA rather than create a cache nothing can attend over.
-        if (ctx && ctx->is_cuda())
-            fail(LLMN_STATUS_UNSUPPORTED,
-                 "desc->%s = %s (%d) is not yet on CUDA: a CUDA cache stores LLMN_KV_F16 (0) or LLMN_KV_BF16 (1); "
-                 "%s is available on the CPU backend",
-                 field, kv_format_name(format), format, kv_format_name(format));
-        return;
-    }
+    // INT8 / FP8-E4M3: every backend (CUDA: device quantize-on-append in kv_append.cu, dequantization
+    // fused into decode_attention.cu).
+    if (kv_format_is_q8(format)) return;
     // KIVI INT4/INT2: the residual tiles and block quantization run on the host data path, but no
     // CUDA attention kernel reads them yet.
     if (ctx && ctx->is_cuda())
         fail(LLMN_STATUS_UNSUPPORTED,
-             "desc->%s = %s (%d) is not yet on CUDA: a CUDA cache stores LLMN_KV_F16 (0) or LLMN_KV_BF16 (1); "
-             "%s (KIVI) is available on the CPU backend",
+             "desc->%s = %s (%d) is not yet on CUDA: a CUDA cache stores LLMN_KV_F16 (0), LLMN_KV_BF16 (1), "
+             "LLMN_KV_INT8 (2) or LLMN_KV_FP8_E4M3 (3); %s (KIVI) is available on the CPU backend",
              field, kv_format_name(format), format, kv_format_name(format));
 }
 
