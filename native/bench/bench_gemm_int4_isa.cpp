@@ -125,6 +125,64 @@ void BM_Int4GemmIsa(benchmark::State& st) {
 #endif
 }
 
+// Compute ceiling per ISA: one small weight (K 4096, N 256 x threads, about 512 KiB per thread,
+// cache resident) used over and over, so memory bandwidth does not limit it. W_bytes/s at M = 1 says
+// how fast the kernel could consume weights: it must be well above the streaming read.
+void BM_Int4GemmIsaHot(benchmark::State& st) {
+    const int64_t m = st.range(0);
+    const int32_t isa = int32_t(st.range(1));
+    const bool vnni = st.range(2) != 0;
+    llmn_cpu_info info{};
+    llmn_get_cpu_info(&info);
+    if (isa > info.detected_isa) {
+        st.SkipWithError("ISA not available on this CPU");
+        return;
+    }
+#if defined(__x86_64__)
+    if (isa == LLMN_CPU_ISA_AVX512 && vnni && !llmn::int4cpu::avx512_vnni()) {
+        st.SkipWithError("no AVX512-VNNI");
+        return;
+    }
+    llmn::int4cpu::set_avx512_vnni(vnni);
+#endif
+    if (llmn_set_cpu_isa(isa) != LLMN_STATUS_OK) isa_die("llmn_set_cpu_isa");
+    const int64_t K = 4096, N = 256 * int64_t(llmn::cpu::thread_count());
+    std::vector<int32_t> qweight(static_cast<size_t>(K / 8 * N));
+    std::mt19937 g(99);
+    for (auto& v : qweight) v = int32_t(g());
+    std::vector<uint16_t> scales(static_cast<size_t>(K / 128 * N), 0x2000);
+    llmn_gptq_tensors t{K, N, 128, 1, LLMN_GPTQ_V2, LLMN_DTYPE_F16, qweight.data(), nullptr, scales.data(), nullptr};
+    llmn_int4_weight w = nullptr;
+    if (llmn_int4_weight_import_gptq(isa_context(), &t, &w) != LLMN_STATUS_OK) isa_die("import_gptq");
+    int64_t wbytes = 0;
+    llmn_int4_weight_get_size_bytes(w, &wbytes);
+    llmn_buffer x = nullptr, y = nullptr;
+    if (llmn_buffer_create(isa_context(), LLMN_DTYPE_F16, m * K, LLMN_MEMORY_DEVICE, &x) != LLMN_STATUS_OK) isa_die("x");
+    if (llmn_buffer_create(isa_context(), LLMN_DTYPE_F16, m * N, LLMN_MEMORY_DEVICE, &y) != LLMN_STATUS_OK) isa_die("y");
+    {
+        std::vector<uint16_t> xv(static_cast<size_t>(m * K));
+        for (auto& v : xv) v = uint16_t(0x3000 + (g() & 0x3ff) + ((g() & 1) << 15));
+        llmn_buffer_upload(x, 0, xv.data(), m * K);
+    }
+    double best = 1e30;
+    for (auto _ : st) {
+        const auto t0 = std::chrono::steady_clock::now();
+        if (llmn_gemm_int4(isa_context(), x, w, nullptr, y, m) != LLMN_STATUS_OK) isa_die("gemm");
+        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    const double it = double(st.iterations()), flop = 2.0 * double(m) * double(K) * double(N);
+    st.counters["W_bytes/s"] = benchmark::Counter(double(wbytes) * it, benchmark::Counter::kIsRate);
+    st.counters["W_bytes/s_best"] = double(wbytes) / best;
+    st.counters["FLOP/s_best"] = flop / best;
+    llmn_buffer_destroy(x);
+    llmn_buffer_destroy(y);
+    llmn_int4_weight_destroy(w);
+    llmn_set_cpu_isa(info.detected_isa);
+#if defined(__x86_64__)
+    llmn::int4cpu::set_avx512_vnni(true);
+#endif
+}
+
 void isa_args(benchmark::internal::Benchmark* b) {
     b->ArgNames({"M", "shape", "isa", "f32path", "vnni"});
     for (int shape = 0; shape < 4; ++shape)
@@ -141,3 +199,8 @@ void isa_args(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 BENCHMARK(BM_Int4GemmIsa)->Apply(isa_args);
+BENCHMARK(BM_Int4GemmIsaHot)
+    ->ArgNames({"M", "isa", "vnni"})
+    ->Args({1, LLMN_CPU_ISA_AVX2, 0})->Args({1, LLMN_CPU_ISA_AVX512, 1})->Args({1, LLMN_CPU_ISA_AVX512, 0})
+    ->Args({16, LLMN_CPU_ISA_AVX2, 0})->Args({16, LLMN_CPU_ISA_AVX512, 1})->Args({16, LLMN_CPU_ISA_AVX512, 0})
+    ->UseRealTime()->Unit(benchmark::kMicrosecond);

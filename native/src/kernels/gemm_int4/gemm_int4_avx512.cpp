@@ -1,12 +1,12 @@
 // AVX-512 (F/BW/VL/DQ, + VNNI where present) INT4 GEMM over the packed layout of gemm_int4_cpu.hpp.
 //
-// MEASUREMENTS: see the end of this comment.
-//
-// Why a separate kernel: on the Zen 5 dev box (about 50 GB/s streaming read over 2 cores) the AVX2
-// kernel's per-byte instruction count matters again at M = 1, and at M = 16 the kernel is compute
-// bound. Same outer structure as gemm_int4_avx2.cpp (work items = runs of whole panels, so every
-// output is computed by one item in a fixed order: bitwise identical for any thread count; software
-// prefetch inside a panel's contiguous byte stream; M processed in passes of 256 rows).
+// Why a separate kernel: the 2-core Zen 5 dev box streams 60-70 GB/s when quiet (BM_GemmStreamRead),
+// and one core running the AVX2 kernel consumes at most ~35-38 GB/s of hot (cache-resident) weights at
+// M = 1 (BM_Int4GemmIsaHot, 1 thread), so AVX2 cannot keep up with DRAM once a core is disturbed;
+// at M = 16 the kernel is compute bound outright. Same outer structure as gemm_int4_avx2.cpp (work
+// items = runs of whole panels, so every output is computed by one item in a fixed order: bitwise
+// identical for any thread count; software prefetch inside a panel's contiguous byte stream; M
+// processed in passes of 256 rows).
 //
 // Shape of the Int8 inner loop (the default; same activation quantization as AVX2):
 //  * A zmm covers two 8-column tiles: the 128-byte tile blocks of tiles t and t+1 are loaded as 4
@@ -28,6 +28,24 @@
 //    because integer dot products are exact (tests check the identity).
 // F32 (exact) path: the AVX2 F32 loop on two tiles per zmm, with the same FMA chains per column
 // (same chunking, row groups and chain assignment), so it is bitwise identical to AVX2 F32 too.
+//
+// Measured 2026-12-04 on the 2-core Zen 5 dev box (AVX-512 F/BW/VL/DQ/VNNI), GPTQ g128 sym weights
+// from DRAM, f16 activations, 2 threads, median of 3 (bench_gemm_int4_isa.cpp):
+//   build/g512/native/bench/llmnative_bench --benchmark_repetitions=3 --benchmark_min_time=0.3
+//     --benchmark_filter='GemmStreamRead|Int4GemmIsa/M:(1|16)/shape:(0|3)/isa:./f32path:0/vnni:1|Int4GemmIsa/M:(1|16)/shape:(0|3)/isa:1'
+// The box was shared (load 2.5-5, other builds and benchmarks; the streaming read itself varied
+// 27-70 GB/s between runs), so only same-run ratios mean much:
+//   M = 16 (compute bound): AVX2 228 -> AVX-512 647 GFLOP/s at 4096^2, 104 -> 338 at 8192^2 (load
+//     2.5); 279 -> 782 and 153 -> 492 in an earlier run at load 2.8: 2.8-3.3x. One thread, best call:
+//     ~440 GFLOP/s per core at both shapes (VNNI; vpmaddubsw ~10 % slower).
+//   M = 1, % of the same run's streaming read (means): quietest run (stream 59 GB/s): AVX2 37 GB/s
+//     (63 %) / 46 (78 %), AVX-512 49 (82 %) / 56 (95 %) at 4096^2 / 8192^2. At 4096^2 a call is
+//     ~150 us, so the fixed cost of a call (pool wake-up, activation quantization, the last item)
+//     is a visible share; fastest single calls reach 59-65 GB/s there.
+//   Hot weights (cache resident, 1 thread, M = 1): AVX2 35-38 GB/s, AVX-512 VNNI 67-78 GB/s.
+//   Exact F32 path, 1 thread, 4096^2: M = 1 AVX2 5.0-5.2 -> AVX-512 12.6-13.2 GB/s; M = 16 37-49 ->
+//     123 GFLOP/s.
+// ONNX Runtime is not installed on this box, so the MatMulNBits ratios were not measured here.
 //
 // Only this file's functions get AVX-512 code; all have internal linkage and the file uses no
 // std:: containers (no inline function shared with other files could get a zmm copy picked by the
@@ -53,11 +71,16 @@ namespace llmn::int4cpu {
 
 namespace {
 
-constexpr int64_t kChunkBlocks = 32;      // F32 path: as AVX2 (its FMA chains are summed per chunk)
+constexpr int64_t kChunkBlocks = 32;      // blocks per chunk (16 KiB of weights); F32: as AVX2, whose
+                                          // FMA chains are summed per chunk
 constexpr int64_t kMaxRowsPerPass = 256;  // as AVX2
 constexpr int64_t kSliceRows = 32;        // Int8: rows served per weight block while it is in registers
 constexpr int kMaxMR = 4;                 // F32 row groups, as AVX2
-constexpr int kPrefetchBytes = 1024;
+// Software prefetch distance in a panel's stream. Measured at M = 1, 4096^2 and 8192^2 (2 threads,
+// fastest call in GB/s, builds alternated, 2026-12-04, box under load 3-7): one round none 22-30,
+// 1 KiB (the AVX2 value) 26-46, 2 KiB 30-57, 4 KiB 35-51; a second round 2 KiB 33-79, 4 KiB 32-85,
+// 8 KiB 41-80. 0-1 KiB are clearly worse; 2-8 KiB cannot be told apart in that noise.
+constexpr int kPrefetchBytes = 2048;
 constexpr int kItemsPerThread = 16;
 
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
