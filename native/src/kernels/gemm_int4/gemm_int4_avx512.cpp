@@ -33,15 +33,19 @@
 // from DRAM, f16 activations, 2 threads, median of 3 (bench_gemm_int4_isa.cpp):
 //   build/g512/native/bench/llmnative_bench --benchmark_repetitions=3 --benchmark_min_time=0.3
 //     --benchmark_filter='GemmStreamRead|Int4GemmIsa/M:(1|16)/shape:(0|3)/isa:./f32path:0/vnni:1|Int4GemmIsa/M:(1|16)/shape:(0|3)/isa:1'
-// The box was shared (load 2.5-5, other builds and benchmarks; the streaming read itself varied
+// The box was shared (load 2-5, other builds and benchmarks; the streaming read itself varied
 // 27-70 GB/s between runs), so only same-run ratios mean much:
 //   M = 16 (compute bound): AVX2 228 -> AVX-512 647 GFLOP/s at 4096^2, 104 -> 338 at 8192^2 (load
-//     2.5); 279 -> 782 and 153 -> 492 in an earlier run at load 2.8: 2.8-3.3x. One thread, best call:
-//     ~440 GFLOP/s per core at both shapes (VNNI; vpmaddubsw ~10 % slower).
-//   M = 1, % of the same run's streaming read (means): quietest run (stream 59 GB/s): AVX2 37 GB/s
-//     (63 %) / 46 (78 %), AVX-512 49 (82 %) / 56 (95 %) at 4096^2 / 8192^2. At 4096^2 a call is
+//     2.5); 279 -> 782 and 153 -> 492 in an earlier run at load 2.8 (1 KiB
+//     prefetch then): 2.8-3.3x. One thread, best call:
+//     440-510 GFLOP/s per core at both shapes (VNNI; vpmaddubsw ~10 % slower).
+//   M = 1, % of the same run's streaming read (means): in a prefetch-comparison run with this
+//     kernel (one series per case, not a median; stream 59 GB/s): AVX2 37 GB/s (63 %) / 46 (78 %), AVX-512 49 (82 %) / 56 (95 %) at 4096^2 / 8192^2. At 4096^2 a call is
 //     ~150 us, so the fixed cost of a call (pool wake-up, activation quantization, the last item)
 //     is a visible share; fastest single calls reach 59-65 GB/s there.
+//   Last run (14:53 UTC, load 2.0-2.1, stream 51.6 GB/s): M = 1 AVX2 35.3 (68 %) / 18.0 (35 %, a
+//     disturbed case), AVX-512 44.3 (86 %) / 52.9 GB/s (102 %) at 4096^2 / 8192^2; M = 16 AVX2 142 / 289
+//     -> AVX-512 456 / 928 GFLOP/s.
 //   Hot weights (cache resident, 1 thread, M = 1): AVX2 35-38 GB/s, AVX-512 VNNI 67-78 GB/s.
 //   Exact F32 path, 1 thread, 4096^2: M = 1 AVX2 5.0-5.2 -> AVX-512 12.6-13.2 GB/s; M = 16 37-49 ->
 //     123 GFLOP/s.
