@@ -40,9 +40,10 @@
 //     prefetch then): 2.8-3.3x. One thread, best call:
 //     440-510 GFLOP/s per core at both shapes (VNNI; vpmaddubsw ~10 % slower).
 //   M = 1, % of the same run's streaming read (means): in a prefetch-comparison run with this
-//     kernel (one series per case, not a median; stream 59 GB/s): AVX2 37 GB/s (63 %) / 46 (78 %), AVX-512 49 (82 %) / 56 (95 %) at 4096^2 / 8192^2. At 4096^2 a call is
-//     ~150 us, so the fixed cost of a call (pool wake-up, activation quantization, the last item)
-//     is a visible share; fastest single calls reach 59-65 GB/s there.
+//     kernel (one series per case, not a median; stream 59 GB/s): AVX2 37 GB/s (63 %) / 46 (78 %),
+//     AVX-512 49 (82 %) / 56 (95 %) at 4096^2 / 8192^2. At 4096^2 a call is ~150 us, so the fixed
+//     cost of a call (pool wake-up, activation quantization, the last item) is a visible share;
+//     fastest single calls reach 59-65 GB/s there.
 //   Last run (14:53 UTC, load 2.0-2.1, stream 51.6 GB/s): M = 1 AVX2 35.3 (68 %) / 18.0 (35 %, a
 //     disturbed case), AVX-512 44.3 (86 %) / 52.9 GB/s (102 %) at 4096^2 / 8192^2; M = 16 AVX2 142 / 289
 //     -> AVX-512 456 / 928 GFLOP/s.
