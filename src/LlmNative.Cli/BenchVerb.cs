@@ -378,7 +378,9 @@ internal static class BenchVerb
             long perToken = KvCache.BytesPerToken(options);
             long kvBytes = (long)context * perToken;
             int copies = Copies(kvBytes, target);
-            using KvCache cache = KvCache.Create(ctx, options with { CapacityTokens = (long)copies * (context + 16) });
+            // One live sequence per rotation copy: MaxBatch also bounds the live sequences of a KIVI cache
+            // (one f16 residual slot each), so it is sized for all copies, not for the batch of one call.
+            using KvCache cache = KvCache.Create(ctx, options with { CapacityTokens = (long)copies * (context + 16), MaxBatch = copies });
             long[] ids = Enumerable.Range(0, copies).Select(_ => cache.AddSequence()).ToArray();
             const int Chunk = 512;
             int chunkElems = Chunk * KvHeads * HeadDim;
