@@ -52,6 +52,9 @@ gtest_summary() {  # the totals gtest prints at the end, and the failed tests
   grep -E '^\[  (PASSED|FAILED|SKIPPED) +\] [0-9]+ test' "$1" 2>/dev/null | sed 's/^/    /' | tee -a "$summary"
   grep -E '^\[  FAILED  \] [A-Za-z]' "$1" 2>/dev/null | sort -u | head -n 20 | sed 's/^/    /' | tee -a "$summary"
 }
+if [ ! -d "$prebuilt" ] && [ -f "$root/.gpu/prebuilt.tar.xz" ]; then
+  tar -C "$root/.gpu" -xJf "$root/.gpu/prebuilt.tar.xz" && note "unpacked .gpu/prebuilt.tar.xz"
+fi
 gpu_filter='*Cuda*:*CUDA*:*Gpu*:*GPU*'
 peer_args=()
 if [ -f "$peers" ]; then peer_args=(--peers "$peers"); else note "no peers.py at $peers: torch peers skipped"; fi
