@@ -149,12 +149,24 @@ class Budget:
         return False
 
 
-def bench_gemm(lib, ctx, backend, shapes, ms, cache_bytes, quick, peers=None, budget=None):
-    out = []
-    act_dtype = F16
+def bench_gemm(lib, ctx, backend, shapes, ms, cache_bytes, quick, peers=None, budget=None, out=None,
+               save=lambda: None):
+    out = [] if out is None else out
     for (k, n) in shapes:
         if budget and not budget.ok(f"gemm {k}x{n}"):
             continue
+        try:
+            gemm_shape(lib, ctx, backend, k, n, ms, cache_bytes, quick, peers, out, save)
+        except Exception as ex:  # a failing shape is a result too; the next shape still runs
+            out.append({"k": k, "n": n, "error": str(ex)})
+            print(f"gemm {k}x{n} failed: {ex}", file=sys.stderr)
+            save()
+    return out
+
+
+def gemm_shape(lib, ctx, backend, k, n, ms, cache_bytes, quick, peers, out, save):
+    act_dtype = F16
+    if True:
         w_int4_bytes = k * n // 2
         copies = max(2, math.ceil(3 * cache_bytes / w_int4_bytes))
         dense_copies = max(2, math.ceil(3 * cache_bytes / (k * n * 2)))
@@ -198,6 +210,7 @@ def bench_gemm(lib, ctx, backend, shapes, ms, cache_bytes, quick, peers=None, bu
                 if d4 and dd:
                     row["device_speedup_vs_dense"] = dd / d4
             out.append(row)
+            save()
             for b in (x, y):
                 lib("llmn_buffer_destroy", b)
             print(f"gemm k={k} n={n} m={m}: int4 {t4*1e6:.1f} us, dense {td*1e6:.1f} us", file=sys.stderr)
@@ -219,21 +232,33 @@ def bench_gemm(lib, ctx, backend, shapes, ms, cache_bytes, quick, peers=None, bu
                 row["torch_fp16_seconds"] = r["seconds"]
                 ours = row.get("int4_device_seconds") or row["int4_seconds"]
                 row["speedup_vs_torch_fp16"] = r["seconds"] / ours
-    return out
+            save()
 
 
 def bench_attention(lib, ctx, backend, batches, contexts, fmt, quick, hq=32, hkv=8, d=128, peers=None,
-                    budget=None):
-    out = []
-    chunk = 1024
-    kv_chunk = half_tile(chunk * hkv * d, 1.0)
+                    budget=None, out=None, save=lambda: None):
+    out = [] if out is None else out
     for b in batches:
         for ctx_len in contexts:
-            kv_bytes = 2 * b * hkv * ctx_len * d * 2
-            if backend == "cuda" and kv_bytes > 40e9:
-                continue
             if budget and not budget.ok(f"attention {fmt} b={b} ctx={ctx_len}"):
                 continue
+            try:
+                attention_config(lib, ctx, backend, b, ctx_len, fmt, quick, hq, hkv, d, peers, out)
+            except Exception as ex:  # recorded; the next configuration still runs
+                out.append({"batch": b, "context": ctx_len, "format": fmt, "error": str(ex)})
+                print(f"attention {fmt} b={b} ctx={ctx_len} failed: {ex}", file=sys.stderr)
+            save()
+    return out
+
+
+def attention_config(lib, ctx, backend, b, ctx_len, fmt, quick, hq, hkv, d, peers, out):
+    chunk = 1024
+    kv_chunk = half_tile(chunk * hkv * d, 1.0)
+    if True:
+        if True:
+            kv_bytes = 2 * b * hkv * ctx_len * d * 2
+            if backend == "cuda" and kv_bytes > 40e9:
+                return
             desc = KvCacheDesc(1, hkv, d, 16, KV_FORMATS[fmt], KV_FORMATS[fmt], 64, max(b, 1),
                                b * (ctx_len + 16) + 64, 0)
             cache = C.c_void_p()
@@ -241,7 +266,7 @@ def bench_attention(lib, ctx, backend, batches, contexts, fmt, quick, hq=32, hkv
                 lib("llmn_kv_cache_create", ctx, C.byref(desc), C.byref(cache))
             except RuntimeError as e:
                 out.append({"batch": b, "context": ctx_len, "format": fmt, "error": str(e)})
-                continue
+                return
             kbuf = lib.buffer(ctx, F16, chunk * hkv * d, kv_chunk)
             seqs = (C.c_int64 * b)()
             for s in range(b):
@@ -286,7 +311,6 @@ def bench_attention(lib, ctx, backend, batches, contexts, fmt, quick, hq=32, hkv
             for buf in (kbuf, q, o):
                 lib("llmn_buffer_destroy", buf)
             lib("llmn_kv_cache_destroy", cache)
-    return out
 
 
 def load_peers(path, backend, l2):
@@ -316,14 +340,24 @@ def main():
     ap.add_argument("--out", help="write the JSON here instead of stdout")
     a = ap.parse_args()
     budget = Budget(a.budget)
+    result = {}
+
+    def save(final=False):  # after every configuration: a timeout or crash keeps what was measured
+        if not a.out:
+            return
+        result["complete"] = final
+        result["skipped"] = budget.skipped
+        with open(a.out + ".tmp", "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(a.out + ".tmp", a.out)
 
     lib = Lib(a.lib)
     info = CudaInfo()
     lib("llmn_get_cuda_info", C.byref(info))
-    result = {"library": os.path.abspath(a.lib), "backend": a.backend,
+    result.update({"library": os.path.abspath(a.lib), "backend": a.backend,
               "cuda": {"compiled": info.compiled, "available": info.available,
                        "driver": info.driver_version, "runtime": info.runtime_version,
-                       "reason": info.unavailable_reason.decode()}}
+                       "reason": info.unavailable_reason.decode()}})
     backend = 1 if a.backend == "cuda" else 0
     cache_bytes = 32 << 20
     if backend == 1:
@@ -350,17 +384,22 @@ def main():
     if a.quick:
         shapes, ms, batches, contexts = [(1024, 1024)], [1, 16], [1], [256]
     if a.only in ("gemm", "all"):
-        result["gemm_int4"] = bench_gemm(lib, ctx, a.backend, shapes, ms, cache_bytes, a.quick, peers, budget)
+        result["gemm_int4"] = []
+        bench_gemm(lib, ctx, a.backend, shapes, ms, cache_bytes, a.quick, peers, budget, result["gemm_int4"], save)
     if a.only in ("attention", "all"):
         result["decode_attention"] = []
-        for fmt in [f for f in a.formats.split(",") if f]:
-            result["decode_attention"] += bench_attention(lib, ctx, a.backend, batches, contexts, fmt, a.quick,
-                                                          peers=peers, budget=budget)
+        # priority order, every format at a shape before the next shape, so that a short budget still
+        # compares the formats where the targets are (batch 1 x 32k, then 1 x 4k, then batch 8)
+        order = sorted(((b, c) for b in batches for c in contexts),
+                       key=lambda bc: ({1: 0, 8: 1}.get(bc[0], 2), {32768: 0, 4096: 1}.get(bc[1], 2), bc))
+        for (b, c) in order:
+            for fmt in [f for f in a.formats.split(",") if f]:
+                bench_attention(lib, ctx, a.backend, [b], [c], fmt, a.quick, peers=peers, budget=budget,
+                                out=result["decode_attention"], save=save)
     lib("llmn_context_destroy", ctx)
     result["skipped"] = budget.skipped
     if a.out:
-        with open(a.out, "w") as f:
-            json.dump(result, f, indent=1)
+        save(final=True)
     else:
         json.dump(result, sys.stdout, indent=1)
         print()
