@@ -107,7 +107,7 @@ def timed(lib, ctx, fn, reps):
     return (time.perf_counter() - t) / reps
 
 
-def device_time(lib, ctx, fn, reps):
+def device_time(lib, ctx, fn, reps, breakdown=None):
     """GPU seconds per call of everything fn puts on the device (kernels + copies), from torch.profiler;
     None without torch / CUDA or when the profiler records nothing."""
     try:
@@ -129,11 +129,81 @@ def device_time(lib, ctx, fn, reps):
             v = getattr(e, "self_device_time_total", None)
             if v is None:
                 v = getattr(e, "self_cuda_time_total", 0.0)
-            total_us += float(v or 0.0)
+            v = float(v or 0.0)
+            total_us += v
+            if breakdown is not None and v > 0:  # per kernel / copy: where the time goes
+                name = e.key
+                for short in ("split_kernel", "merge_kernel", "gemm_int4_fast_kernel", "gemm_int4_reference_kernel",
+                              "gather_x_kernel", "Memcpy", "Memset"):
+                    if short in name:
+                        name = short
+                        break
+                breakdown[name[:60]] = breakdown.get(name[:60], 0.0) + v * 1e-6 / reps
     except Exception as ex:  # keep the wall-clock numbers if the profiler is unusable here
         print(f"device_time: profiler failed: {ex}", file=sys.stderr)
         return None
     return total_us * 1e-6 / reps if total_us > 0 else None
+
+
+def torch_device_time(fn, reps):
+    """GPU seconds per call of a torch callable, by the same profiler measure as ours (device_time):
+    CUDA-event times of a short torch call include the host's dispatch gaps when the kernel is shorter
+    than the Python call, which would flatter us."""
+    try:
+        import torch
+        from torch.profiler import profile, ProfilerActivity
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                fn()
+            torch.cuda.synchronize()
+        total_us = 0.0
+        for e in prof.key_averages():
+            v = getattr(e, "self_device_time_total", None)
+            if v is None:
+                v = getattr(e, "self_cuda_time_total", 0.0)
+            total_us += float(v or 0.0)
+        return total_us * 1e-6 / reps if total_us > 0 else None
+    except Exception as ex:
+        print(f"torch_device_time failed: {ex}", file=sys.stderr)
+        return None
+
+
+def torch_gemm_device(k, n, ms, l2_bytes, reps=50):
+    """torch fp16 matmul GPU time per call for each m, weights rotated past L2 like peers.gemm_fp16."""
+    import torch
+    copies = max(2, math.ceil(3 * l2_bytes / (k * n * 2)))
+    ws = [torch.randn(k, n, dtype=torch.float16, device="cuda") for _ in range(copies)]
+    out = {}
+    for m in ms:
+        x = torch.randn(m, k, dtype=torch.float16, device="cuda")
+        i = [0]
+
+        def step():
+            torch.matmul(x, ws[i[0] % copies])
+            i[0] += 1
+        out[m] = torch_device_time(step, reps)
+    del ws
+    return out
+
+
+def torch_sdpa_device(b, ctx_len, hq, hkv, d, reps=30):
+    import torch
+    q = torch.randn(b, hq, 1, d, dtype=torch.float16, device="cuda")
+    k = torch.randn(b, hkv, ctx_len, d, dtype=torch.float16, device="cuda")
+    v = torch.randn(b, hkv, ctx_len, d, dtype=torch.float16, device="cuda")
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    try:
+        sdpa(q, k, v, enable_gqa=True)
+        fn = lambda: sdpa(q, k, v, enable_gqa=True)
+    except TypeError:
+        g = hq // hkv
+        fn = lambda: sdpa(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1))
+    t = torch_device_time(fn, reps)
+    del q, k, v
+    return t
 
 
 class Budget:
@@ -166,73 +236,81 @@ def bench_gemm(lib, ctx, backend, shapes, ms, cache_bytes, quick, peers=None, bu
 
 def gemm_shape(lib, ctx, backend, k, n, ms, cache_bytes, quick, peers, out, save):
     act_dtype = F16
-    if True:
-        w_int4_bytes = k * n // 2
-        copies = max(2, math.ceil(3 * cache_bytes / w_int4_bytes))
-        dense_copies = max(2, math.ceil(3 * cache_bytes / (k * n * 2)))
-        qweight = os.urandom(k * n // 2)
-        scales = half_tile((k // 128) * n, 0.01)
-        weights = []
-        for _ in range(copies):
-            t = GptqTensors(k, n, 128, 1, 0, F16, C.cast(C.c_char_p(qweight), C.c_void_p).value, None,
-                            C.cast(C.c_char_p(scales), C.c_void_p).value, None)
-            w = C.c_void_p()
-            lib("llmn_int4_weight_import_gptq", ctx, C.byref(t), C.byref(w))
-            weights.append(w)
-        dense_data = half_tile(k * n, 0.02)
-        dense = [lib.buffer(ctx, act_dtype, k * n, dense_data) for _ in range(dense_copies)]
-        for m in ms:
-            x = lib.buffer(ctx, act_dtype, m * k, half_tile(m * k))
-            y = lib.buffer(ctx, act_dtype, m * n)
-            i = [0]
+    w_int4_bytes = k * n // 2
+    copies = max(2, math.ceil(3 * cache_bytes / w_int4_bytes))
+    dense_copies = max(2, math.ceil(3 * cache_bytes / (k * n * 2)))
+    qweight = os.urandom(k * n // 2)
+    scales = half_tile((k // 128) * n, 0.01)
+    weights = []
+    for _ in range(copies):
+        t = GptqTensors(k, n, 128, 1, 0, F16, C.cast(C.c_char_p(qweight), C.c_void_p).value, None,
+                        C.cast(C.c_char_p(scales), C.c_void_p).value, None)
+        w = C.c_void_p()
+        lib("llmn_int4_weight_import_gptq", ctx, C.byref(t), C.byref(w))
+        weights.append(w)
+    dense_data = half_tile(k * n, 0.02)
+    dense = [lib.buffer(ctx, act_dtype, k * n, dense_data) for _ in range(dense_copies)]
+    for m in ms:
+        x = lib.buffer(ctx, act_dtype, m * k, half_tile(m * k))
+        y = lib.buffer(ctx, act_dtype, m * n)
+        i = [0]
 
-            def run_int4():
-                lib("llmn_gemm_int4", ctx, x, weights[i[0] % copies], None, y, C.c_int64(m))
-                i[0] += 1
+        def run_int4():
+            lib("llmn_gemm_int4", ctx, x, weights[i[0] % copies], None, y, C.c_int64(m))
+            i[0] += 1
 
-            def run_dense():
-                lib("llmn_gemm_dense", ctx, x, dense[i[0] % dense_copies], None, y, C.c_int64(m), C.c_int64(k),
-                    C.c_int64(n))
-                i[0] += 1
+        def run_dense():
+            lib("llmn_gemm_dense", ctx, x, dense[i[0] % dense_copies], None, y, C.c_int64(m), C.c_int64(k),
+                C.c_int64(n))
+            i[0] += 1
 
-            reps = 3 if quick else (50 if backend == "cuda" else 5)
-            t4 = timed(lib, ctx, run_int4, reps)
-            td = timed(lib, ctx, run_dense, reps)
-            row = {"k": k, "n": n, "m": m, "int4_seconds": t4, "dense_seconds": td,
-                   "int4_weight_bytes_per_s": w_int4_bytes / t4, "speedup_vs_dense": td / t4,
-                   "rotated_int4_copies": copies, "rotated_dense_copies": dense_copies}
-            if backend == "cuda":
-                d4 = device_time(lib, ctx, run_int4, reps)
-                dd = device_time(lib, ctx, run_dense, reps)
-                row["int4_device_seconds"], row["dense_device_seconds"] = d4, dd
-                if d4:
-                    row["int4_device_weight_bytes_per_s"] = w_int4_bytes / d4
-                if d4 and dd:
-                    row["device_speedup_vs_dense"] = dd / d4
-            out.append(row)
-            save()
-            for b in (x, y):
-                lib("llmn_buffer_destroy", b)
-            print(f"gemm k={k} n={n} m={m}: int4 {t4*1e6:.1f} us, dense {td*1e6:.1f} us", file=sys.stderr)
-        for w in weights:
-            lib("llmn_int4_weight_destroy", w)
-        for b in dense:
+        reps = 3 if quick else (50 if backend == "cuda" else 5)
+        t4 = timed(lib, ctx, run_int4, reps)
+        td = timed(lib, ctx, run_dense, reps)
+        row = {"k": k, "n": n, "m": m, "int4_seconds": t4, "dense_seconds": td,
+               "int4_weight_bytes_per_s": w_int4_bytes / t4, "speedup_vs_dense": td / t4,
+               "rotated_int4_copies": copies, "rotated_dense_copies": dense_copies}
+        if backend == "cuda":
+            kernels = {}
+            d4 = device_time(lib, ctx, run_int4, reps, kernels)
+            row["int4_device_kernels"] = kernels
+            dd = device_time(lib, ctx, run_dense, reps)
+            row["int4_device_seconds"], row["dense_device_seconds"] = d4, dd
+            if d4:
+                row["int4_device_weight_bytes_per_s"] = w_int4_bytes / d4
+            if d4 and dd:
+                row["device_speedup_vs_dense"] = dd / d4
+        out.append(row)
+        save()
+        for b in (x, y):
             lib("llmn_buffer_destroy", b)
-        if peers is not None:  # torch fp16 matmul at the same shape, right after ours
-            mod, dev, run, l2 = peers
-            try:
-                ref = {(r["k"], r["n"], r["m"]): r for r in mod.gemm_fp16(dev, run, [(k, n)], ms, l2, quick)}
-            except Exception as ex:
-                print(f"peer gemm_fp16 {k}x{n} failed: {ex}", file=sys.stderr)
-                ref = {}
-            for row in out:
-                r = ref.get((row["k"], row["n"], row["m"]))
-                if r is None or row["k"] != k or row["n"] != n:
-                    continue
-                row["torch_fp16_seconds"] = r["seconds"]
-                ours = row.get("int4_device_seconds") or row["int4_seconds"]
-                row["speedup_vs_torch_fp16"] = r["seconds"] / ours
-            save()
+        print(f"gemm k={k} n={n} m={m}: int4 {t4*1e6:.1f} us, dense {td*1e6:.1f} us", file=sys.stderr)
+    for w in weights:
+        lib("llmn_int4_weight_destroy", w)
+    for b in dense:
+        lib("llmn_buffer_destroy", b)
+    if peers is not None:  # torch fp16 matmul at the same shape, right after ours
+        mod, dev, run, l2 = peers
+        try:
+            ref = {(r["k"], r["n"], r["m"]): r for r in mod.gemm_fp16(dev, run, [(k, n)], ms, l2, quick)}
+        except Exception as ex:
+            print(f"peer gemm_fp16 {k}x{n} failed: {ex}", file=sys.stderr)
+            ref = {}
+        try:
+            dev_ref = torch_gemm_device(k, n, ms, l2) if dev == "cuda" else {}
+        except Exception as ex:
+            print(f"torch gemm device time {k}x{n} failed: {ex}", file=sys.stderr)
+            dev_ref = {}
+        for row in out:
+            r = ref.get((row["k"], row["n"], row["m"]))
+            if r is None or row["k"] != k or row["n"] != n:
+                continue
+            row["torch_fp16_seconds"] = r["seconds"]  # CUDA events per call (peers.py)
+            row["torch_fp16_device_seconds"] = dev_ref.get(row["m"])  # GPU time, same measure as ours
+            ours = row.get("int4_device_seconds") or row["int4_seconds"]
+            theirs = row["torch_fp16_device_seconds"] or r["seconds"]
+            row["speedup_vs_torch_fp16"] = theirs / ours
+        save()
 
 
 def bench_attention(lib, ctx, backend, batches, contexts, fmt, quick, hq=32, hkv=8, d=128, peers=None,
@@ -254,63 +332,69 @@ def bench_attention(lib, ctx, backend, batches, contexts, fmt, quick, hq=32, hkv
 def attention_config(lib, ctx, backend, b, ctx_len, fmt, quick, hq, hkv, d, peers, out):
     chunk = 1024
     kv_chunk = half_tile(chunk * hkv * d, 1.0)
-    if True:
-        if True:
-            kv_bytes = 2 * b * hkv * ctx_len * d * 2
-            if backend == "cuda" and kv_bytes > 40e9:
-                return
-            desc = KvCacheDesc(1, hkv, d, 16, KV_FORMATS[fmt], KV_FORMATS[fmt], 64, max(b, 1),
-                               b * (ctx_len + 16) + 64, 0)
-            cache = C.c_void_p()
-            try:
-                lib("llmn_kv_cache_create", ctx, C.byref(desc), C.byref(cache))
-            except RuntimeError as e:
-                out.append({"batch": b, "context": ctx_len, "format": fmt, "error": str(e)})
-                return
-            kbuf = lib.buffer(ctx, F16, chunk * hkv * d, kv_chunk)
-            seqs = (C.c_int64 * b)()
-            for s in range(b):
-                sid = C.c_int64()
-                lib("llmn_kv_cache_add_sequence", cache, C.byref(sid))
-                seqs[s] = sid.value
-                left = ctx_len
-                while left > 0:
-                    nt = min(chunk, left)
-                    lib("llmn_kv_cache_append", cache, sid, 0, kbuf, kbuf, nt)
-                    left -= nt
-            q = lib.buffer(ctx, F16, b * hq * d, half_tile(b * hq * d))
-            o = lib.buffer(ctx, F16, b * hq * d)
-            row = {"batch": b, "context": ctx_len, "format": fmt, "q_heads": hq, "kv_heads": hkv, "head_dim": d}
-            bytes_per_token = C.c_int64()
-            lib("llmn_kv_cache_bytes_per_token", C.byref(desc), C.byref(bytes_per_token))
-            stored = b * ctx_len * bytes_per_token.value
-            for label, splits in (("auto", 0), ("no_split", 1)):
-                p = AttentionParams(0, hq, 1, splits, 1.0 / math.sqrt(d), 0.0, 0, 0)
-                reps = 3 if quick else (30 if backend == "cuda" else 5)
-                call = lambda: lib("llmn_decode_attention", ctx, cache, seqs, b, q, None, o, C.byref(p))
-                t = timed(lib, ctx, call, reps)
-                row[f"{label}_seconds"] = t
-                row[f"{label}_kv_bytes_per_s"] = stored / t
-                if backend == "cuda":
-                    dt = device_time(lib, ctx, call, reps)
-                    row[f"{label}_device_seconds"] = dt
-                    if dt:
-                        row[f"{label}_device_kv_bytes_per_s"] = stored / dt
-            if peers is not None and fmt == "f16":  # torch SDPA on contiguous f16 KV, same shape, right after ours
-                mod, dev, run, _ = peers
-                try:
-                    r = mod.sdpa_decode(dev, run, [b], [ctx_len], hq, hkv, d, quick)
-                    if r:
-                        row["torch_sdpa_seconds"] = r[0]["seconds"]
-                        ours = row.get("auto_device_seconds") or row["auto_seconds"]
-                        row["speedup_vs_torch_sdpa"] = r[0]["seconds"] / ours
-                except Exception as ex:
-                    print(f"peer sdpa_decode b={b} ctx={ctx_len} failed: {ex}", file=sys.stderr)
-            out.append(row)
-            print(f"attention {fmt} b={b} ctx={ctx_len}: {row['auto_seconds']*1e6:.1f} us", file=sys.stderr)
-            for buf in (kbuf, q, o):
-                lib("llmn_buffer_destroy", buf)
-            lib("llmn_kv_cache_destroy", cache)
+    kv_bytes = 2 * b * hkv * ctx_len * d * 2
+    if backend == "cuda" and kv_bytes > 40e9:
+        return
+    desc = KvCacheDesc(1, hkv, d, 16, KV_FORMATS[fmt], KV_FORMATS[fmt], 64, max(b, 1),
+                       b * (ctx_len + 16) + 64, 0)
+    cache = C.c_void_p()
+    try:
+        lib("llmn_kv_cache_create", ctx, C.byref(desc), C.byref(cache))
+    except RuntimeError as e:
+        out.append({"batch": b, "context": ctx_len, "format": fmt, "error": str(e)})
+        return
+    kbuf = lib.buffer(ctx, F16, chunk * hkv * d, kv_chunk)
+    seqs = (C.c_int64 * b)()
+    for s in range(b):
+        sid = C.c_int64()
+        lib("llmn_kv_cache_add_sequence", cache, C.byref(sid))
+        seqs[s] = sid.value
+        left = ctx_len
+        while left > 0:
+            nt = min(chunk, left)
+            lib("llmn_kv_cache_append", cache, sid, 0, kbuf, kbuf, nt)
+            left -= nt
+    q = lib.buffer(ctx, F16, b * hq * d, half_tile(b * hq * d))
+    o = lib.buffer(ctx, F16, b * hq * d)
+    row = {"batch": b, "context": ctx_len, "format": fmt, "q_heads": hq, "kv_heads": hkv, "head_dim": d}
+    bytes_per_token = C.c_int64()
+    lib("llmn_kv_cache_bytes_per_token", C.byref(desc), C.byref(bytes_per_token))
+    stored = b * ctx_len * bytes_per_token.value
+    configs = [("auto", 0), ("no_split", 1)]
+    if backend == "cuda" and b == 1 and ctx_len == 32768:  # where the split policy matters most
+        configs += [(f"splits_{n}", n) for n in (16, 32, 64, 128, 256)]
+    for label, splits in configs:
+        p = AttentionParams(0, hq, 1, splits, 1.0 / math.sqrt(d), 0.0, 0, 0)
+        reps = 3 if quick else (30 if backend == "cuda" else 5)
+        call = lambda: lib("llmn_decode_attention", ctx, cache, seqs, b, q, None, o, C.byref(p))
+        t = timed(lib, ctx, call, reps)
+        row[f"{label}_seconds"] = t
+        row[f"{label}_kv_bytes_per_s"] = stored / t
+        if backend == "cuda":
+            kernels = {}
+            dt = device_time(lib, ctx, call, reps, kernels)
+            row[f"{label}_device_seconds"] = dt
+            row[f"{label}_device_kernels"] = kernels
+            if dt:
+                row[f"{label}_device_kv_bytes_per_s"] = stored / dt
+    if peers is not None and fmt == "f16":  # torch SDPA on contiguous f16 KV, same shape, right after ours
+        mod, dev, run, _ = peers
+        try:
+            r = mod.sdpa_decode(dev, run, [b], [ctx_len], hq, hkv, d, quick)
+            if r:
+                row["torch_sdpa_seconds"] = r[0]["seconds"]  # CUDA events per call (peers.py)
+                if dev == "cuda":  # GPU time, same measure as ours
+                    row["torch_sdpa_device_seconds"] = torch_sdpa_device(b, ctx_len, hq, hkv, d)
+                ours = row.get("auto_device_seconds") or row["auto_seconds"]
+                theirs = row.get("torch_sdpa_device_seconds") or r[0]["seconds"]
+                row["speedup_vs_torch_sdpa"] = theirs / ours
+        except Exception as ex:
+            print(f"peer sdpa_decode b={b} ctx={ctx_len} failed: {ex}", file=sys.stderr)
+    out.append(row)
+    print(f"attention {fmt} b={b} ctx={ctx_len}: {row['auto_seconds']*1e6:.1f} us", file=sys.stderr)
+    for buf in (kbuf, q, o):
+        lib("llmn_buffer_destroy", buf)
+    lib("llmn_kv_cache_destroy", cache)
 
 
 def load_peers(path, backend, l2):

@@ -97,12 +97,17 @@ fi
 # the others), then each failing suite once more under compute-sanitizer memcheck when it works here.
 run_tests() {
   local bin="$1" label="$2" suites failed=()
-  suites=$("$bin" --gtest_list_tests --gtest_filter="$gpu_filter" | grep -E '^[A-Za-z]' | grep -v '^Running')
+  # "Suite.Test:Suite.Test2:..." per suite, from gtest's listing ("Suite." lines, then indented test names)
+  suites=$("$bin" --gtest_list_tests --gtest_filter="$gpu_filter" | awk '
+    /^Running/ { next }
+    /^[A-Za-z]/ { if (line != "") print line; suite = $1; line = ""; next }
+    /^  [A-Za-z]/ { line = line (line == "" ? "" : ":") suite $1 }
+    END { if (line != "") print line }')
   : > "$out/gpu_tests_$label.log"
-  for s in $suites; do
-    local filt
-    filt=$(echo "$gpu_filter" | tr ':' '\n' | sed "s/^/${s}/" | tr '\n' ':')
-    step "  $label ${s%.}" 90 "$out/.suite.log" "$bin" --gtest_filter="${filt%:}" --gtest_color=no
+  for filt in $suites; do
+    local s="${filt%%.*}"
+    filt="$filt:"
+    step "  $label $s" 90 "$out/.suite.log" "$bin" --gtest_filter="${filt%:}" --gtest_color=no
     local rc=$?
     cat "$out/.suite.log" >> "$out/gpu_tests_$label.log"
     grep -E '^\[  (PASSED|FAILED|SKIPPED) +\] [0-9]+ test' "$out/.suite.log" | sed 's/^/    /' | tee -a "$summary"

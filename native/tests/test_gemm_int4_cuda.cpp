@@ -510,7 +510,7 @@ TEST(GemmInt4CudaLayout, StripedPartitionCoversEveryTileAndSlotsAreUnique) {
                             const SliceShare sh = slice_share(t, k_tiles, part.iters, owner[size_t(t)]);
                             ASSERT_EQ(sh.first_block, *blocks.begin());
                             ASSERT_EQ(sh.count, int(blocks.size()));
-                            ASSERT_EQ(sh.index, owner[size_t(t)] - *blocks.begin());
+                            ASSERT_EQ(sh.index, *blocks.rbegin() - owner[size_t(t)]);  // highest block first
                             // contributors are consecutive blocks
                             ASSERT_EQ(*blocks.rbegin() - *blocks.begin() + 1, int(blocks.size()));
                         }
@@ -632,7 +632,7 @@ private:
             return acc[size_t((((warp * 32 + lane) * kMB + mb) * 8 + f) * 4 + i)];
         };
 
-        for (int b = 0; b < part.blocks; ++b) {
+        for (int b = part.blocks - 1; b >= 0; --b) {  // highest first: the order the locks allow on the GPU
             const int t_begin = b * part.iters, t_end = std::min(total, t_begin + part.iters);
             std::fill(acc.begin(), acc.end(), 0.f);
             for (int t = t_begin; t < t_end; ++t) {
@@ -762,7 +762,7 @@ private:
                             }
                         }
                 }
-                // ---- cross-block reduction (blocks run in index order here, which the locks enforce on the GPU)
+                // ---- cross-block reduction (blocks run highest first here, the order the locks enforce on the GPU)
                 const SliceShare share = slice_share(t, k_tiles, part.iters, b);
                 bool write = true;
                 if (share.count > 1) {
@@ -949,7 +949,10 @@ struct Buf {
         for (size_t i = 0; i < b.size(); ++i) out[i] = from16(dtype, b[i]);
         return out;
     }
-    // NaN everywhere, then a sentinel of `tail` elements from element `used` on.
+    // Sentinel written after the output; 1280 is exact in f16, bf16 and f32 (1234 is not in bf16: it
+    // reads back as 1232, which the first GPU run reported as an overwrite).
+    static constexpr float kSentinel = 1280.0f;
+    // NaN everywhere, then the sentinel from element `used` on.
     void poison(int64_t used) {
         if (dtype == LLMN_DTYPE_F32) {
             const float nan = std::numeric_limits<float>::quiet_NaN();
@@ -958,7 +961,7 @@ struct Buf {
             const uint16_t nan = dtype == LLMN_DTYPE_BF16 ? 0x7fc0 : 0x7e00;
             EXPECT_EQ(llmn_buffer_fill(h, 0, count, &nan), LLMN_STATUS_OK) << last_error();
         }
-        if (count > used) put(std::vector<float>(size_t(count - used), 1234.0f), used);
+        if (count > used) put(std::vector<float>(size_t(count - used), kSentinel), used);
     }
 };
 
@@ -1099,7 +1102,7 @@ std::vector<float> run_gemm(llmn_context ctx, llmn_int4_weight w, int32_t dtype,
     const llmn_status st = llmn_gemm_int4(ctx, bx.h, w, bb ? bb->h : nullptr, by.h, m);
     EXPECT_EQ(st, LLMN_STATUS_OK) << last_error();
     std::vector<float> y = by.get();
-    for (int64_t i = m * n; i < m * n + 16; ++i) EXPECT_EQ(y[size_t(i)], 1234.0f) << "sentinel after y overwritten";
+    for (int64_t i = m * n; i < m * n + 16; ++i) EXPECT_EQ(y[size_t(i)], Buf::kSentinel) << "sentinel after y overwritten";
     y.resize(size_t(m * n));
     return y;
 }
@@ -1355,7 +1358,7 @@ TEST(GemmDenseCudaGpu, MatchesFloat64) {
                 by.poison(m * sh.n);
                 LLMN_ASSERT_OK(llmn_gemm_dense(gctx.h, bx.h, bw.h, with_bias ? bb.h : nullptr, by.h, m, sh.k, sh.n));
                 std::vector<float> y = by.get();
-                for (int64_t i = m * sh.n; i < m * sh.n + 16; ++i) EXPECT_EQ(y[size_t(i)], 1234.0f) << "sentinel";
+                for (int64_t i = m * sh.n; i < m * sh.n + 16; ++i) EXPECT_EQ(y[size_t(i)], Buf::kSentinel) << "sentinel";
                 y.resize(size_t(m * sh.n));
                 const Reference ref = dense_reference(w, x, m, sh.k, sh.n, with_bias ? &bias : nullptr);
                 EXPECT_EQ(check_against(y, ref, sh.n, "dense CUDA", [&](size_t i) {

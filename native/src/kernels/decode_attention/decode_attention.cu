@@ -269,15 +269,6 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
-// Sum over the `lanes` lanes of a row group (aligned groups inside one warp). Every lane executes
-// this unconditionally, so the full-warp mask is always right.
-template <int LANES>
-__device__ __forceinline__ float lanes_sum(float v) {
-#pragma unroll
-    for (int off = LANES / 2; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-    return v;
-}
-
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
@@ -312,41 +303,46 @@ struct StageLayout {
 
 // Stage 1: copy K and V rows of keys [t0, t0 + tile_keys) into stage buffer `dst` (K rows, then V
 // rows, each row = chunks x 16 bytes). Keys at or past key_end are zero-filled, never read.
+// Each copy's (key, chunk) comes from compile-time divisors and a predicated cp.async (no branch):
+// the first H200 run's SASS spent ~100 instructions per 16-byte copy on a runtime division and
+// divergent branches, about as much as the math of the tile. t0 < key_end always (only tiles that
+// start inside the range are issued), so an invalid key reads the table entry of t0 instead.
+template <int PER, int COUNT>
+__device__ __forceinline__ void load_rows(uint4* dst, const Stream& st, int64_t t0, int64_t section_off, int64_t row_bytes) {
+#pragma unroll
+    for (int i = 0; i < (COUNT + kThreads - 1) / kThreads; ++i) {
+        const int idx = int(threadIdx.x) + i * kThreads;
+        if (COUNT % kThreads != 0 && idx >= COUNT) break;
+        const int j = idx / PER, c = idx - j * PER;
+        const int64_t t = t0 + j;
+        const bool valid = t < st.key_end;
+        const int64_t tc = valid ? t : t0;
+        const int64_t blk = __ldg(st.table + (tc >> st.block_shift));
+        cp_async16(dst + idx, st.head_base + kv_row_chunk_offset(blk, st.block_stride, section_off, tc, st.block_mask, row_bytes, c),
+                   valid);
+    }
+}
+
+template <int COUNT>
+__device__ __forceinline__ void load_scales(float* dst, const Stream& st, int64_t t0, int64_t aux_off) {
+    for (int idx = int(threadIdx.x); idx < COUNT; idx += kThreads) {
+        const int64_t t = t0 + idx;
+        const bool valid = t < st.key_end;
+        const int64_t tc = valid ? t : t0;
+        const int64_t blk = __ldg(st.table + (tc >> st.block_shift));
+        cp_async4(dst + idx, st.head_base + kv_scale_offset(blk, st.block_stride, aux_off, tc, st.block_mask), valid);
+    }
+}
+
 template <int D, int ROWS, class KT, class VT>
 __device__ __forceinline__ void load_tile(uint4* dst, const Stream& st, int64_t t0) {
     using SL = StageLayout<D, ROWS, KT, VT>;
     constexpr Geometry g = SL::g;
-    constexpr int64_t kRowBytesK = KT::kQ8 ? D : 2 * D, kRowBytesV = VT::kQ8 ? D : 2 * D;
-    for (int idx = threadIdx.x; idx < SL::kKeyVec + SL::kValVec; idx += kThreads) {
-        const int kv = idx >= SL::kKeyVec ? 1 : 0;
-        const int rem = idx - kv * SL::kKeyVec;
-        const int per = kv ? SL::kRowV : SL::kRowK;
-        const int j = rem / per, c = rem - j * per;
-        const int64_t t = t0 + j;
-        const bool valid = t < st.key_end;
-        const uint8_t* src = st.head_base;
-        if (valid) {
-            const int64_t blk = __ldg(st.table + (t >> st.block_shift));
-            src = st.head_base + kv_row_chunk_offset(blk, st.block_stride, kv ? st.v_off : st.k_off, t, st.block_mask,
-                                                     kv ? kRowBytesV : kRowBytesK, c);
-        }
-        cp_async16(dst + idx, src, valid);
-    }
-    if constexpr (SL::kScales > 0) {
-        float* scales = reinterpret_cast<float*>(dst + SL::kKeyVec + SL::kValVec);
-        for (int idx = threadIdx.x; idx < SL::kScales; idx += kThreads) {
-            const bool is_v = !KT::kQ8 || idx >= g.tile_keys;
-            const int j = KT::kQ8 && is_v ? idx - g.tile_keys : idx;
-            const int64_t t = t0 + j;
-            const bool valid = t < st.key_end;
-            const uint8_t* src = st.head_base;
-            if (valid) {
-                const int64_t blk = __ldg(st.table + (t >> st.block_shift));
-                src = st.head_base + kv_scale_offset(blk, st.block_stride, is_v ? st.v_aux_off : st.k_aux_off, t, st.block_mask);
-            }
-            cp_async4(scales + idx, src, valid);
-        }
-    }
+    load_rows<SL::kRowK, SL::kKeyVec>(dst, st, t0, st.k_off, KT::kQ8 ? D : 2 * D);
+    load_rows<SL::kRowV, SL::kValVec>(dst + SL::kKeyVec, st, t0, st.v_off, VT::kQ8 ? D : 2 * D);
+    float* scales = reinterpret_cast<float*>(dst + SL::kKeyVec + SL::kValVec);
+    if constexpr (KT::kQ8) load_scales<g.tile_keys>(scales, st, t0, st.k_aux_off);
+    if constexpr (VT::kQ8) load_scales<g.tile_keys>(scales + (KT::kQ8 ? g.tile_keys : 0), st, t0, st.v_aux_off);
 }
 
 // Per-thread query rows: scaled queries, masks, ALiBi slopes.
@@ -358,7 +354,11 @@ struct Rows {
 };
 
 // Stages 2 + 3 for one tile in shared memory: scores of this thread's keys, then the online softmax
-// and the P.V accumulation, per row and per sub-tile of ksub keys.
+// and the P.V accumulation, per row and per sub-tile of ksub keys. Written stage by stage across the
+// sub-tile's keys (all partial dot products, then each butterfly level for all keys, then transforms,
+// weights, P.V) so that the ksub keys are independent chains the scheduler interleaves: written key by
+// key, the first H200 run's SASS ran one dot -> butterfly -> softmax chain at a time (~150 cycles of
+// latency per key). The arithmetic per key and its order are unchanged (score_transform, state_add).
 template <int D, int ROWS, class KT, class VT>
 __device__ __forceinline__ void compute_tile(const uint4* tile, int64_t t0, int64_t key_end, const Rows<geometry(D, ROWS).rpt>& rw,
                                              State* st, int x, int z, float softcap, bool alibi, int k_code, int v_code) {
@@ -372,15 +372,17 @@ __device__ __forceinline__ void compute_tile(const uint4* tile, int64_t t0, int6
     const bool lane_on = x < g.chunks;
 #pragma unroll
     for (int k = 0; k < g.rpt; ++k) {
+        // visible tile keys of this row: lo_rel <= tt <= hi_rel (32-bit, once per tile)
+        const int64_t last = (rw.hi[k] < key_end - 1 ? rw.hi[k] : key_end - 1) - t0;
+        const int64_t first = rw.lo[k] - t0;
+        const int hi_rel = last < -1 ? -1 : last > g.tile_keys ? g.tile_keys : int(last);
+        const int lo_rel = first < 0 ? 0 : first > g.tile_keys ? g.tile_keys : int(first);
 #pragma unroll 1
         for (int sb = 0; sb < g.kpt / g.ksub; ++sb) {  // not unrolled: keeps register pressure flat
             float sc[g.ksub];
-            uint32_t vis = 0;
-            float tmax = neg_inf();
 #pragma unroll
             for (int jj = 0; jj < g.ksub; ++jj) {
                 const int tt = geo_tile_key(g, z, sb * g.ksub + jj);
-                const int64_t t = t0 + tt;
                 float part = 0.0f;
                 if (lane_on) {
                     float kf[kVec];
@@ -388,16 +390,36 @@ __device__ __forceinline__ void compute_tile(const uint4* tile, int64_t t0, int6
 #pragma unroll
                     for (int e = 0; e < kVec; ++e) part = fmaf(rw.q[k][e], kf[e], part);
                 }
-                float dot = lanes_sum<g.lanes>(part);
-                if constexpr (KT::kQ8) dot *= k_scales[tt] * k_factor;  // per-token scale after the dot product
-                const float s = score_transform(dot, softcap, alibi, rw.slope[k], t, rw.hi[k]);
-                sc[jj] = s;
-                if (t < key_end && t >= rw.lo[k] && t <= rw.hi[k]) {
-                    vis |= 1u << jj;
-                    tmax = fmaxf(tmax, s);
-                }
+                sc[jj] = part;
             }
+#pragma unroll
+            for (int off = g.lanes / 2; off > 0; off >>= 1)  // lanes_sum, one level for all keys at a time
+#pragma unroll
+                for (int jj = 0; jj < g.ksub; ++jj) sc[jj] += __shfl_xor_sync(0xffffffffu, sc[jj], off);
+            uint32_t vis = 0;
+            float tmax = neg_inf();
+#pragma unroll
+            for (int jj = 0; jj < g.ksub; ++jj) {
+                const int tt = geo_tile_key(g, z, sb * g.ksub + jj);
+                float dot = sc[jj];
+                if constexpr (KT::kQ8) dot *= k_scales[tt] * k_factor;  // per-token scale after the dot product
+                sc[jj] = dot;
+                if (tt >= lo_rel && tt <= hi_rel) vis |= 1u << jj;
+            }
+            if (softcap > 0.0f || alibi) {  // uniform: the transforms stay off the plain path
+#pragma unroll
+                for (int jj = 0; jj < g.ksub; ++jj)
+                    sc[jj] = score_transform(sc[jj], softcap, alibi, rw.slope[k], t0 + geo_tile_key(g, z, sb * g.ksub + jj), rw.hi[k]);
+            }
+#pragma unroll
+            for (int jj = 0; jj < g.ksub; ++jj)
+                if ((vis >> jj) & 1u) tmax = fmaxf(tmax, sc[jj]);
             if (tmax > st[k].m) state_raise_max(st[k], tmax);
+            float pw[g.ksub];  // softmax weights (state_add's p), 0 for masked keys
+#pragma unroll
+            for (int jj = 0; jj < g.ksub; ++jj) pw[jj] = ((vis >> jj) & 1u) ? expf(sc[jj] - st[k].m) : 0.0f;
+#pragma unroll
+            for (int jj = 0; jj < g.ksub; ++jj) st[k].l += pw[jj];  // + 0 for masked keys: exact
 #pragma unroll
             for (int jj = 0; jj < g.ksub; ++jj) {
                 if (!((vis >> jj) & 1u)) continue;
@@ -409,8 +431,10 @@ __device__ __forceinline__ void compute_tile(const uint4* tile, int64_t t0, int6
 #pragma unroll
                     for (int e = 0; e < kVec; ++e) vf[e] = 0.0f;
                 }
-                if constexpr (VT::kQ8) state_add_scaled(st[k], sc[jj], v_scales[tt] * v_factor, vf);  // scale folded into p
-                else state_add(st[k], sc[jj], vf);
+                // state_add / state_add_scaled with p already computed (scale folded into p for 8-bit V)
+                const float pv = VT::kQ8 ? pw[jj] * (v_scales[tt] * v_factor) : pw[jj];
+#pragma unroll
+                for (int e = 0; e < kVec; ++e) st[k].o[e] = fmaf(pv, vf[e], st[k].o[e]);
             }
         }
     }
@@ -554,18 +578,27 @@ __global__ void __launch_bounds__(kThreads) split_kernel(const Params p) {
 // Merge kernel: one CTA per (split sequence, kv head); each warp combines whole rows.
 // ---------------------------------------------------------------------------------------------
 
-__global__ void __launch_bounds__(kThreads) merge_kernel(const Params p) {
-    constexpr int kWarps = kThreads / 32;
-    __shared__ float wts[kWarps][kMaxSplitsMerge];
+// One CTA per (split sequence, kv head, row): the first H200 run showed the merge latency-bound (one
+// warp per row walking the splits one dependent load at a time: ~150 us of a 295 us call at batch 1 x
+// 32k with 128 splits). Now warp 0 computes the row's split weights into shared memory, then the 8 warps
+// take splits s = warp, warp + 8, ... with every lane holding its channels' partial sums in registers
+// (kMergeCh independent loads in flight per lane and step), and the 8 warp sums of a channel are added
+// in warp order. Deterministic: the summation order depends on n only.
+constexpr int kMergeThreads = 256;
+constexpr int kMergeWarps = kMergeThreads / 32;
+constexpr int kMergeCh = 8;  // channels per lane: head_dim <= 256
+
+__global__ void __launch_bounds__(kMergeThreads) merge_kernel(const Params p) {
+    __shared__ float wt[kMaxSplitsMerge];
+    __shared__ float part[kMergeWarps][kMergeCh * 32];
+    __shared__ int any_s;
     const int H = p.num_kv_heads;
-    const int pos = int(blockIdx.x) / H, h = int(blockIdx.x) % H;
+    const int pos = int(blockIdx.x) / H, h = int(blockIdx.x) % H, r = int(blockIdx.y);
     const SeqWork w = p.work[pos];
     const int n = w.n_splits, R = p.rows, D = p.head_dim;
     const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-    float* wt = wts[warp];
-    const bool bf16 = p.io_bf16 != 0;
-    for (int r = warp; r < R; r += kWarps) {
-        const int64_t base = ws_row(w.ws_row_base, h, n, 0, R, r);  // split s at base + s * R
+    const int64_t base = ws_row(w.ws_row_base, h, n, 0, R, r);  // split s at base + s * R
+    if (warp == 0) {
         const float* lse = p.ws_lse + base;
         float M = neg_inf();
         for (int s = lane; s < n; s += 32) M = fmaxf(M, lse[int64_t(s) * R]);
@@ -580,15 +613,37 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(const Params p) {
         sum = __shfl_sync(0xffffffffu, sum, 0);
         if (any)
             for (int s = lane; s < n; s += 32) wt[s] = wt[s] == 0.0f ? 0.0f : wt[s] / sum;
-        __syncwarp();
-        const int qi = r / p.group, hq = h * p.group + r % p.group;
-        uint16_t* dst = static_cast<uint16_t*>(p.out) + qo_offset(w.batch_index, qi, hq, p.q_len, p.num_q_heads, D);
-        const float* o = p.ws_o + base * D;
-        for (int d = lane; d < D; d += 32) {
-            const float v = any ? merge_channel(n, wt, o + d, int64_t(R) * D) : 0.0f;
-            dst[d] = out_elem(v, bf16);
+        if (lane == 0) any_s = any ? 1 : 0;
+    }
+    __syncthreads();
+    const float* o = p.ws_o + base * D;
+    const int64_t stride = int64_t(R) * D;
+    float acc[kMergeCh];
+#pragma unroll
+    for (int c = 0; c < kMergeCh; ++c) acc[c] = 0.0f;
+    if (any_s) {
+        for (int s = warp; s < n; s += kMergeWarps) {
+            const float ws = wt[s];
+            const float* os = o + int64_t(s) * stride;
+#pragma unroll
+            for (int c = 0; c < kMergeCh; ++c) {
+                const int d = lane + 32 * c;
+                // empty partials (weight 0) are skipped, never multiplied (0 x a non-finite row would poison the sum)
+                if (d < D && ws != 0.0f) acc[c] = fmaf(ws, __ldcg(os + d), acc[c]);
+            }
         }
-        __syncwarp();  // wt is rewritten for the next row
+    }
+#pragma unroll
+    for (int c = 0; c < kMergeCh; ++c) part[warp][lane + 32 * c] = acc[c];
+    __syncthreads();
+    const bool bf16 = p.io_bf16 != 0;
+    const int qi = r / p.group, hq = h * p.group + r % p.group;
+    uint16_t* dst = static_cast<uint16_t*>(p.out) + qo_offset(w.batch_index, qi, hq, p.q_len, p.num_q_heads, D);
+    for (int d = int(threadIdx.x); d < D; d += kMergeThreads) {
+        float v = 0.0f;
+#pragma unroll
+        for (int k = 0; k < kMergeWarps; ++k) v += part[k][d];  // warp order
+        dst[d] = out_elem(v, bf16);
     }
 }
 
@@ -934,7 +989,8 @@ void decode_attention_cuda(const Context& ctx, const DecodeAttentionArgs& a) {
     ki.launch(unsigned(plan.num_items), ki.smem, stream, prm);
     check(cudaGetLastError(), "split kernel launch");
     if (plan.num_split_seqs > 0) {
-        merge_kernel<<<unsigned(plan.num_split_seqs) * unsigned(H), kThreads, 0, stream>>>(prm);
+        merge_kernel<<<dim3(unsigned(plan.num_split_seqs) * unsigned(H), unsigned(prm.rows)),
+                       kMergeThreads, 0, stream>>>(prm);
         check(cudaGetLastError(), "merge kernel launch");
     }
     if (!capturing) {

@@ -121,8 +121,13 @@ constexpr int c_col(int f, int lane, int i) { return 8 * f + 2 * (lane % 4) + (i
 // column of k tiles producing one output tile; with several row problems per launch, neighbouring
 // blocks then read the same weight tiles at about the same time, so the re-reads hit L2). Block b of the persistent grid owns the stripe
 // [b*iters, min((b+1)*iters, total)), walking down k and into the next slice. A slice shared by several
-// blocks is reduced serially in block order; its first block (the lowest) owns the reduction slot and
-// lock. That slot is unique: a block's stripe ends inside at most one slice, and a shared slice's first
+// blocks is reduced serially in REVERSE block order: the highest block meets the slice at the start of
+// its stripe, the lowest at the end of its stripe, so the highest goes first and nobody waits for work
+// that comes later in another block's stripe. (Block order made every block wait at the start of its
+// stripe for its predecessor's end: a chain through the whole grid, which the first H200 run showed as
+// 5-10 ms at m = 256, 50-100x the m = 64 time.) Waits only go from lower to higher blocks: no cycle.
+// The slice's first block (the lowest) owns the reduction slot and lock and, being last, writes Y.
+// That slot is unique: a block's stripe ends inside at most one slice, and a shared slice's first
 // block is exactly the block whose stripe ends inside it.
 struct Partition {
     int iters;   // tiles per block
@@ -136,13 +141,13 @@ constexpr Partition make_partition(int64_t total_tiles, int max_blocks) {
 struct SliceShare {
     int first_block;  // owner of the reduction slot
     int count;        // blocks contributing to the slice
-    int index;        // this block's position among them
+    int index;        // this block's turn in the reduction: 0 = the highest block, count-1 = first_block
 };
 constexpr SliceShare slice_share(int t, int k_tiles, int iters, int block) {
     const int s = t / k_tiles;
     const int first = s * k_tiles / iters;
     const int last = (s * k_tiles + k_tiles - 1) / iters;
-    return {first, last - first + 1, block - first};
+    return {first, last - first + 1, last - block};
 }
 
 // Kernel tile configurations (units of 16 rows/columns). Every one uses 256 threads = 8 warps; a warp
