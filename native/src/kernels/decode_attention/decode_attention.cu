@@ -55,7 +55,7 @@
 //
 // 6. Split policy (num_splits = 0, make_plan): no split when batch x kv heads x row chunks already
 //    fills one wave (SMs x resident CTAs from the occupancy API); otherwise pieces of at least 256
-//    keys sized so the batch becomes ~2 waves of CTAs: long sequences get many splits, short ones
+//    keys sized so the batch becomes ~1 wave of CTAs: long sequences get many splits, short ones
 //    none. Forced n is honoured up to the visible block count (like the CPU) and the workspace.
 //    The partition of a sequence depends only on (length, n), each CTA's arithmetic only on its
 //    item, and the merges run in fixed order: results are bitwise reproducible run to run.
@@ -607,10 +607,12 @@ __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const Params p) {
         if (any)
             for (int s = lane; s < n; s += 32) wt[s] = merge_raw_weight(lse[int64_t(s) * R], M);
         __syncwarp();
+        // denominator: each lane sums its splits in order, then a butterfly (fixed order: deterministic)
         float sum = 0.0f;
-        if (any && lane == 0)
-            for (int s = 0; s < n; ++s) sum += wt[s];  // split order, as merge_weights
-        sum = __shfl_sync(0xffffffffu, sum, 0);
+        if (any)
+            for (int s = lane; s < n; s += 32) sum += wt[s];
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
         if (any)
             for (int s = lane; s < n; s += 32) wt[s] = wt[s] == 0.0f ? 0.0f : wt[s] / sum;
         if (lane == 0) any_s = any ? 1 : 0;
@@ -618,19 +620,29 @@ __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const Params p) {
     __syncthreads();
     const float* o = p.ws_o + base * D;
     const int64_t stride = int64_t(R) * D;
+    constexpr int kU = 4;  // splits per step and warp: kU x kMergeCh loads in flight per lane
     float acc[kMergeCh];
 #pragma unroll
     for (int c = 0; c < kMergeCh; ++c) acc[c] = 0.0f;
     if (any_s) {
-        for (int s = warp; s < n; s += kMergeWarps) {
-            const float ws = wt[s];
-            const float* os = o + int64_t(s) * stride;
+        for (int s0 = warp; s0 < n; s0 += kU * kMergeWarps) {
+            float v[kU][kMergeCh], wv[kU];
 #pragma unroll
-            for (int c = 0; c < kMergeCh; ++c) {
-                const int d = lane + 32 * c;
-                // empty partials (weight 0) are skipped, never multiplied (0 x a non-finite row would poison the sum)
-                if (d < D && ws != 0.0f) acc[c] = fmaf(ws, __ldcg(os + d), acc[c]);
+            for (int u = 0; u < kU; ++u) {
+                const int s = s0 + u * kMergeWarps;
+                wv[u] = s < n ? wt[s] : 0.0f;
+#pragma unroll
+                for (int c = 0; c < kMergeCh; ++c) {
+                    const int d = lane + 32 * c;
+                    v[u][c] = s < n && d < D ? __ldcg(o + int64_t(s) * stride + d) : 0.0f;
+                }
             }
+#pragma unroll
+            for (int u = 0; u < kU; ++u)  // splits in increasing order
+#pragma unroll
+                for (int c = 0; c < kMergeCh; ++c)
+                    // empty partials (weight 0) are skipped, never multiplied (0 x a non-finite row would poison the sum)
+                    if (wv[u] != 0.0f) acc[c] = fmaf(wv[u], v[u][c], acc[c]);
         }
     }
 #pragma unroll

@@ -363,8 +363,9 @@ inline int64_t visible_block_count(int64_t length, int32_t q_len, int32_t window
 
 // Automatic split count (num_splits = 0). Splitting pays only while the GPU is not already full:
 // if the unsplit CTAs (batch x kv heads x row chunks) fill one wave, nothing is split. Otherwise the
-// work (visible keys x heads x chunks) is cut into pieces sized so the total is about two waves of
-// CTAs, never below kMinSplitKeys keys per split (a split costs one partial row write + merge per
+// work (visible keys x heads x chunks) is cut into pieces sized so the total is about one wave of
+// CTAs (the H200 sweep at batch 1 x 32k: 64 splits 75 us, 128 splits 87 us, 32 splits 95 us; more
+// splits cost merge time and per-CTA start-up), never below kMinSplitKeys keys per split (a split costs one partial row write + merge per
 // row, which is noise next to streaming 256 keys; the count rounds down so every split keeps at
 // least a piece), so long sequences get many splits and those under 2 x 256 visible keys none.
 inline void auto_splits(const PlanInput& in, std::vector<int32_t>& n) {
@@ -373,7 +374,7 @@ inline void auto_splits(const PlanInput& in, std::vector<int32_t>& n) {
     if (base >= in.wave_ctas) return;
     int64_t total = 0;
     for (int32_t b = 0; b < in.batch; ++b) total += visible_keys(in.lengths[b], in.q_len, in.window);
-    const int64_t target = 2 * in.wave_ctas / (int64_t(in.num_kv_heads) * in.chunks);  // sequence-splits wanted
+    const int64_t target = in.wave_ctas / (int64_t(in.num_kv_heads) * in.chunks);  // sequence-splits wanted
     const int64_t piece = std::max<int64_t>(kMinSplitKeys, (total + std::max<int64_t>(target, 1) - 1) / std::max<int64_t>(target, 1));
     for (int32_t b = 0; b < in.batch; ++b) {
         const int64_t v = visible_keys(in.lengths[b], in.q_len, in.window);

@@ -28,8 +28,9 @@
 //    via ldmatrix.x4, whose per-lane addresses produce the A fragment directly. A is stored XOR-swizzled
 //    (chunk ^ row%8) so those ldmatrix reads are conflict-free without padding.
 //
-// 4. Multi-stage cp.async pipeline (4 stages): global->shared copies of A, B, scales and zero points for
-//    tile t+3 are issued before tile t is computed, so DRAM latency is hidden behind math. Weight
+// 4. Multi-stage cp.async pipeline (stages_of(): 7 stages for one-row-block tiles, else 4): global->shared
+//    copies of A, B, scales and zero points for tile t+stages-1 are issued before tile t is computed, so
+//    DRAM latency is hidden behind math. Weight
 //    copies carry an L2 evict-first policy when each weight byte is read exactly once (one row problem
 //    per launch, i.e. m <= 64 or the remainder): they should not push the re-read activations and
 //    partial sums out of L2. Launches with several 64-row problems re-read the weights once per
@@ -476,6 +477,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_fast_kernel(FastParams 
                 for (int i = 0; i < 4; ++i) acc[mb][f][i] = 0.f;
     };
 
+    constexpr int kStages = stages_of(cfg);
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) fetch(t_begin + s, s);
     for (int t = t_begin; t < t_end; ++t) {

@@ -158,7 +158,11 @@ struct TileConfig {
     int n_blocks;  // 16-column blocks per n tile (4, 8 or 16)
 };
 constexpr int kThreads = 256;
-constexpr int kStages = 4;
+// cp.async pipeline depth. One-row-block tiles (m <= 16: pure weight streaming) keep 6 tiles of weights
+// in flight: on the H200 (132 SMs at ~4 TB/s) an SM must stream ~30 GB/s, and with ~1.5 us of memory
+// latency that takes ~48 KB in flight per SM (Little's law); 4 stages (24 KB) capped the first H200 run
+// at ~9 GB/s per SM (27 % of the copy bandwidth at m = 1). Larger m tiles carry more math per byte.
+constexpr int stages_of(const TileConfig& c) { return c.m_blocks == 1 ? 7 : 4; }
 constexpr int strips_of(const TileConfig& c) { return c.n_blocks / 4; }
 constexpr int k_groups_of(const TileConfig& c) { return 8 / strips_of(c); }
 // Picks the tile for a problem of m_blocks rows on a padded n_pad x k_pad matrix (k_pad % 128 == 0).
@@ -173,7 +177,7 @@ constexpr int stage_bytes(const TileConfig& c, bool grouped, bool zero_points) {
            + (zero_points ? (grouped ? c.k_blocks / 2 : 1) : 0) * c.n_blocks * 16 / 2;  // 4-bit zeros
 }
 constexpr int smem_bytes(const TileConfig& c, bool grouped, bool zero_points) {
-    return kStages * stage_bytes(c, grouped, zero_points);
+    return stages_of(c) * stage_bytes(c, grouped, zero_points);
 }
 // Block reduction chunk: 4 fragments x float4 x (k groups / 2) x strips (always 4 warps) x 32 lanes.
 constexpr int kReduceBytes = 4 * 16 * 4 * 32;
