@@ -95,14 +95,14 @@ fi
 
 # run_tests BIN LABEL: every GPU test suite in its own process (a sticky CUDA error in one suite cannot fail
 # the others), then each failing suite once more under compute-sanitizer memcheck when it works here.
-run_tests() {
-  local bin="$1" label="$2" suites failed=()
+run_tests() {  # run_tests BIN LABEL [SUITE_REGEX]
+  local bin="$1" label="$2" only="${3:-.}" suites failed=()
   # "Suite.Test:Suite.Test2:..." per suite, from gtest's listing ("Suite." lines, then indented test names)
   suites=$("$bin" --gtest_list_tests --gtest_filter="$gpu_filter" | awk '
     /^Running/ { next }
     /^[A-Za-z]/ { if (line != "") print line; suite = $1; line = ""; next }
     /^  [A-Za-z]/ { line = line (line == "" ? "" : ":") suite $1 }
-    END { if (line != "") print line }')
+    END { if (line != "") print line }' | grep -E "$only")
   : > "$out/gpu_tests_$label.log"
   for filt in $suites; do
     local s="${filt%%.*}"
@@ -166,7 +166,8 @@ if [ -n "$build_pid" ]; then
     note "CUDA build: exit $brc after ${bsec}s$([ "$brc" = 124 ] && echo ' (timed out)')"
     grep -E 'error|FAILED' "$out/build.log" | head -n 15 | sed 's/^/    /' | tee -a "$summary"
     if [ "$brc" = 0 ]; then
-      run_tests "$build/native/tests/llmnative_tests" built
+      # LLMNATIVE_GPU_BUILT_SUITES (a regex) limits the device build's tests when time is short
+      run_tests "$build/native/tests/llmnative_tests" built "${LLMNATIVE_GPU_BUILT_SUITES:-.}"
       [ "$ran_bench" = 0 ] && bench "$build/lib/libllmnative.so" built
     fi
   else

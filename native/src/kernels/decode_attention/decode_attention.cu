@@ -87,12 +87,15 @@
 #include "../../core/error.hpp"
 #include "../../core/log.hpp"
 #include "../../cuda/cuda_runtime.hpp"
+#include "../../cuda/ptx.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -440,6 +443,25 @@ __device__ __forceinline__ void compute_tile(const uint4* tile, int64_t t0, int6
     }
 }
 
+// Finish of one (row, 8-channel chunk x): the final output when the sequence has one split, else the
+// f32 partial and (chunk 0) its LSE in the workspace for merge_kernel.
+template <int D>
+__device__ __forceinline__ void store_row(const Params& p, const SeqWork& w, int h, int split, int i0, int r, int x, const State& st) {
+    float o[kVec];
+    const float lse = state_finish(st, o);
+    const int qi = i0 + r / p.group, hq = h * p.group + r % p.group;
+    if (w.n_splits == 1) {
+        uint16_t* dst = static_cast<uint16_t*>(p.out) + qo_offset(w.batch_index, qi, hq, p.q_len, p.num_q_heads, D) + x * kVec;
+        *reinterpret_cast<uint4*>(dst) = pack_out(o, p.io_bf16 != 0);
+    } else {
+        const int64_t row = ws_row(w.ws_row_base, h, w.n_splits, split, p.rows, i0 * p.group + r);
+        float4* dst = reinterpret_cast<float4*>(p.ws_o + row * D + x * kVec);
+        dst[0] = make_float4(o[0], o[1], o[2], o[3]);
+        dst[1] = make_float4(o[4], o[5], o[6], o[7]);
+        if (x == 0) p.ws_lse[row] = lse;
+    }
+}
+
 template <int D, int ROWS, class KT, class VT>
 __global__ void __launch_bounds__(kThreads) split_kernel(const Params p) {
     constexpr Geometry g = geometry(D, ROWS);
@@ -557,26 +579,275 @@ __global__ void __launch_bounds__(kThreads) split_kernel(const Params p) {
 #pragma unroll
     for (int k = 0; k < g.rpt; ++k) {
         const int r = geo_row(g, y, k);
-        if (r >= rows) continue;
-        float o[kVec];
-        const float lse = state_finish(st[k], o);
-        const int qi = i0 + r / p.group, hq = h * p.group + r % p.group;
-        if (w.n_splits == 1) {
-            uint16_t* dst = static_cast<uint16_t*>(p.out) + qo_offset(w.batch_index, qi, hq, p.q_len, p.num_q_heads, D) + x * kVec;
-            *reinterpret_cast<uint4*>(dst) = pack_out(o, p.io_bf16 != 0);
-        } else {
-            const int64_t row = ws_row(w.ws_row_base, h, w.n_splits, it.split, p.rows, i0 * p.group + r);
-            float4* dst = reinterpret_cast<float4*>(p.ws_o + row * D + x * kVec);
-            dst[0] = make_float4(o[0], o[1], o[2], o[3]);
-            dst[1] = make_float4(o[4], o[5], o[6], o[7]);
-            if (x == 0) p.ws_lse[row] = lse;
-        }
+        if (r < rows) store_row<D>(p, w, h, it.split, i0, r, x, st[k]);
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Merge kernel: one CTA per (split sequence, kv head); each warp combines whole rows.
 // ---------------------------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core split kernel (f16 K/V/q/out, head_dim 64 or 128, group x q_len <= 16 rows)
+// ---------------------------------------------------------------------------------------------
+//
+// Why: the SIMT kernel above spends ~110 warp instructions per key (a dequant and an FMA per element
+// and query row, a butterfly per key and row), which held the first H200 runs at 37-55 % of the copy
+// bandwidth, below torch SDPA. Here the CTA's query rows (<= 16: one m16 tile, zero-padded) meet the
+// keys in mma.sync m16n8k16 (fp32 accumulation): S = Q K^T and O += P V take ~2 mma per key and warp,
+// and the softmax runs on the accumulator fragments, ~10 instructions per key in all.
+//  - Work item, split policy, pipeline and finish are those of split_kernel (same Params, same
+//    workspace rows, same merge): only the tile computation differs.
+//  - Tile = 64 keys, one 16-key slice per warp, each warp with its own online-softmax state (m, l and
+//    O fragments), the 4 states merged in warp order at the end (merge_slots, as the key slots above).
+//  - Shared rows are XOR-swizzled in 16-byte chunks (chunk c of key row j at c ^ (j % 8)), so the
+//    ldmatrix reads (8 rows at one chunk column) hit 8 different bank groups; needs >= 8 chunks a row,
+//    hence head_dim 64 or 128 (the other head dims use the SIMT kernel).
+//  - K fragments come from ldmatrix on the key rows (a row's 8 halves are one B-fragment column of
+//    K^T); V fragments from ldmatrix.trans; the S accumulator fragments are the P operand's A fragments
+//    (FlashAttention-2's register reuse), so P never touches shared memory.
+//  - Precision: q and K are f16 as stored, products exact, fp32 accumulation; the scale is applied to
+//    S in fp32. P is split into two f16 terms (p = hi + lo, |lo| <= 2^-11 |p|) and both multiply V,
+//    so the weights keep ~22 bits: the same error bounds as the fp32 SIMT path, not f16's 2^-11.
+constexpr int kMmaTileKeys = 64;
+constexpr int kMmaStages = 3;
+constexpr int kMmaRows = 16;
+
+template <int D>
+struct MmaShape {
+    static constexpr int kChunks = D / 8;                      // 16-byte chunks per row
+    static constexpr int kStageVec = 2 * kMmaTileKeys * kChunks;  // uint4 per stage: K rows then V rows
+    static constexpr int kSmemBytes = kMmaStages * kStageVec * 16;
+    static constexpr int kScratchFloats = 4 * kMmaRows * (D + 2);  // per-warp m, l, O for the final merge
+    static_assert(kChunks >= 8, "the XOR swizzle needs >= 8 chunks per row");
+    static_assert(kScratchFloats * 4 <= kSmemBytes, "merge scratch fits in the stage buffers");
+};
+
+__device__ __forceinline__ int swz(int j, int c, int chunks) { return j * chunks + (c ^ (j & 7)); }
+
+template <int D>
+__device__ __forceinline__ void mma_load_tile(uint4* dst, const Stream& st, int64_t t0) {
+    constexpr int kC = MmaShape<D>::kChunks;
+    constexpr int kCount = kMmaTileKeys * kC;
+#pragma unroll
+    for (int i = 0; i < kCount / kThreads; ++i) {
+        const int idx = int(threadIdx.x) + i * kThreads;
+        const int j = idx / kC, c = idx - j * kC;
+        const int64_t t = t0 + j;
+        const bool valid = t < st.key_end;
+        const int64_t tc = valid ? t : t0;
+        const int64_t blk = __ldg(st.table + (tc >> st.block_shift));
+        const int64_t off = kv_row_chunk_offset(blk, st.block_stride, 0, tc, st.block_mask, 2 * D, c);
+        cp_async16(dst + swz(j, c, kC), st.head_base + st.k_off + off, valid);
+        cp_async16(dst + kMmaTileKeys * kC + swz(j, c, kC), st.head_base + st.v_off + off, valid);
+    }
+}
+
+__device__ __forceinline__ uint32_t pack_half2(float a, float b) {
+    const __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    using MS = MmaShape<D>;
+    constexpr int kC = MS::kChunks;
+    constexpr int kKSteps = D / 16;  // k16 steps of S = Q K^T
+    constexpr int kNT = D / 8;       // n8 tiles of O
+    extern __shared__ uint4 smem[];
+    const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, c4 = lane % 4;
+
+    const Item it = decode_item(p.work, p.num_seqs, p.chunks, int(blockIdx.x));
+    const SeqWork w = p.work[it.pos];
+    const int64_t L = w.length;
+    const int h = it.head;
+    const int i0 = it.chunk * p.q_per_chunk;
+    const int nq = min(p.q_per_chunk, p.q_len - i0);
+    const int rows = nq * p.group;
+    int64_t kb, ke;
+    split_keys(L, p.q_len, p.window, 1 << p.block_shift, w.n_splits, it.split, &kb, &ke);
+    chunk_keys(L, p.q_len, p.window, i0, nq, &kb, &ke);
+
+    // This thread's two rows (g, g + 8): Q as m16n8k16 A fragments (f16 as stored), masks, slopes.
+    uint32_t qa[kKSteps][4];
+    int64_t hi[2], lo[2];
+    float slope[2];
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+        const int r = g + 8 * ri;
+        hi[ri] = -1;
+        lo[ri] = 0;
+        slope[ri] = 0.0f;
+        const uint16_t* qrow = nullptr;
+        if (r < rows) {
+            const int qi = i0 + r / p.group, hq = h * p.group + r % p.group;
+            hi[ri] = query_pos(L, p.q_len, qi);
+            lo[ri] = first_key(hi[ri], p.window);
+            if (p.slopes) slope[ri] = p.slopes[hq];
+            qrow = static_cast<const uint16_t*>(p.q) + qo_offset(w.batch_index, qi, hq, p.q_len, p.num_q_heads, D);
+        }
+#pragma unroll
+        for (int ks = 0; ks < kKSteps; ++ks) {
+            qa[ks][ri] = qrow ? *reinterpret_cast<const uint32_t*>(qrow + 16 * ks + 2 * c4) : 0u;
+            qa[ks][2 + ri] = qrow ? *reinterpret_cast<const uint32_t*>(qrow + 16 * ks + 8 + 2 * c4) : 0u;
+        }
+    }
+
+    Stream ss;
+    ss.head_base = p.layer_base + int64_t(h) * p.head_stride;
+    ss.table = p.tables + w.table_off;
+    ss.block_stride = p.block_stride;
+    ss.k_off = p.k_off;
+    ss.v_off = p.v_off;
+    ss.block_shift = p.block_shift;
+    ss.block_mask = (1 << p.block_shift) - 1;
+    ss.key_end = ke;
+
+    float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
+    float o[kNT][4];
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
+
+    const int64_t span = ke > kb ? ke - kb : 0;
+    const int ntiles = int((span + kMmaTileKeys - 1) / kMmaTileKeys);
+#pragma unroll
+    for (int s = 0; s < kMmaStages - 1; ++s) {
+        if (s < ntiles) mma_load_tile<D>(smem + s * MS::kStageVec, ss, kb + int64_t(s) * kMmaTileKeys);
+        cp_async_commit();
+    }
+    const bool transform = p.softcap > 0.0f || p.slopes != nullptr;
+    const int key0 = 16 * warp;  // this warp's keys in a tile: [key0, key0 + 16)
+    for (int i = 0; i < ntiles; ++i) {
+        const int nxt = i + kMmaStages - 1;
+        if (nxt < ntiles) mma_load_tile<D>(smem + (nxt % kMmaStages) * MS::kStageVec, ss, kb + int64_t(nxt) * kMmaTileKeys);
+        cp_async_commit();
+        cp_async_wait<kMmaStages - 1>();
+        __syncthreads();
+        const uint4* ks_ = smem + (i % kMmaStages) * MS::kStageVec;
+        const uint4* vs_ = ks_ + kMmaTileKeys * kC;
+        const int64_t t0 = kb + int64_t(i) * kMmaTileKeys;
+
+        // S (16 rows x 16 keys) = Q K^T: two n8 key tiles per k16 step.
+        float sc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+        {
+            const int mi = lane / 8, rr = lane % 8;
+            const int j = key0 + 8 * (mi >> 1) + rr;
+#pragma unroll
+            for (int kk = 0; kk < kKSteps; ++kk) {
+                uint32_t kf[4];
+                ptx::ldmatrix_x4(kf, ks_ + swz(j, 2 * kk + (mi & 1), kC));
+                ptx::mma_16816<false>(sc[0], qa[kk], kf[0], kf[1]);
+                ptx::mma_16816<false>(sc[1], qa[kk], kf[2], kf[3]);
+            }
+        }
+        // Scores: scale, transforms, masks (row ri = g + 8 ri; key = key0 + 8 jt + 2 c4 + e).
+        float pr[2][4];
+        float mnew[2], alpha[2];
+#pragma unroll
+        for (int ri = 0; ri < 2; ++ri) {
+            const int64_t last = (hi[ri] < ke - 1 ? hi[ri] : ke - 1) - t0;
+            const int64_t first = lo[ri] - t0;
+            float mx = neg_inf();
+#pragma unroll
+            for (int jt = 0; jt < 2; ++jt)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int tt = key0 + 8 * jt + 2 * c4 + e;
+                    float v = sc[jt][2 * ri + e] * p.scale;
+                    if (transform) v = score_transform(v, p.softcap, p.slopes != nullptr, slope[ri], t0 + tt, hi[ri]);
+                    const bool vis = tt >= first && tt <= last;
+                    pr[jt][2 * ri + e] = vis ? v : neg_inf();
+                    mx = fmaxf(mx, pr[jt][2 * ri + e]);
+                }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the 4 lanes of a row
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            mnew[ri] = fmaxf(m[ri], mx);
+            alpha[ri] = mnew[ri] == neg_inf() ? 1.0f : expf(m[ri] - mnew[ri]);  // m = -inf: alpha = 0
+            float sum = 0.0f;
+#pragma unroll
+            for (int jt = 0; jt < 2; ++jt)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    float& v = pr[jt][2 * ri + e];
+                    v = v == neg_inf() ? 0.0f : expf(v - mnew[ri]);
+                    sum += v;
+                }
+            l[ri] = l[ri] * alpha[ri] + sum;  // this lane's share; the 4 lanes are added at the end
+            m[ri] = mnew[ri];
+        }
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+            o[nt][0] *= alpha[0];
+            o[nt][1] *= alpha[0];
+            o[nt][2] *= alpha[1];
+            o[nt][3] *= alpha[1];
+        }
+        // P as A fragments, split p = hi + lo in f16.
+        uint32_t ph[4], pl[4];
+        {
+            const float* q0 = pr[0];
+            const float* q1 = pr[1];
+            const float src[8] = {q0[0], q0[1], q0[2], q0[3], q1[0], q1[1], q1[2], q1[3]};
+#pragma unroll
+            for (int rg = 0; rg < 4; ++rg) {  // rg: (row g | g+8) x (keys 2c4 | 8 + 2c4)
+                const float a = src[2 * rg], b = src[2 * rg + 1];
+                const __half2 hh = __floats2half2_rn(a, b);
+                const float2 hf = __half22float2(hh);
+                ph[rg] = *reinterpret_cast<const uint32_t*>(&hh);
+                pl[rg] = pack_half2(a - hf.x, b - hf.y);
+            }
+        }
+        // O += P V: per pair of n8 dim tiles, one ldmatrix.trans of 16 keys x 16 dims.
+        {
+            const int mi = lane / 8, rr = lane % 8;
+            const int j = key0 + 8 * (mi & 1) + rr;
+#pragma unroll
+            for (int pp = 0; pp < kNT / 2; ++pp) {
+                uint32_t vf[4];
+                ptx::ldmatrix_x4_trans(vf, vs_ + swz(j, 2 * pp + (mi >> 1), kC));
+                ptx::mma_16816<false>(o[2 * pp], ph, vf[0], vf[1]);
+                ptx::mma_16816<false>(o[2 * pp], pl, vf[0], vf[1]);
+                ptx::mma_16816<false>(o[2 * pp + 1], ph, vf[2], vf[3]);
+                ptx::mma_16816<false>(o[2 * pp + 1], pl, vf[2], vf[3]);
+            }
+        }
+        __syncthreads();  // the next iteration's copies overwrite this stage
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // Warp states -> shared scratch (m, l per row; O), then merged in warp order per (row, chunk).
+    float* ms = reinterpret_cast<float*>(smem);
+    float* ls = ms + 4 * kMmaRows;
+    float* os = ls + 4 * kMmaRows;
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+        float lr = l[ri];
+        lr += __shfl_xor_sync(0xffffffffu, lr, 1);
+        lr += __shfl_xor_sync(0xffffffffu, lr, 2);
+        const int r = g + 8 * ri;
+        if (c4 == 0) {
+            ms[warp * kMmaRows + r] = m[ri];
+            ls[warp * kMmaRows + r] = lr;
+        }
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+            os[(warp * kMmaRows + r) * D + 8 * nt + 2 * c4] = o[nt][2 * ri];
+            os[(warp * kMmaRows + r) * D + 8 * nt + 2 * c4 + 1] = o[nt][2 * ri + 1];
+        }
+    }
+    __syncthreads();
+    for (int item = tid; item < kMmaRows * kC; item += kThreads) {
+        const int r = item / kC, x = item % kC;
+        if (r >= rows) continue;
+        State st;
+        merge_slots(4, ms + r, ls + r, kMmaRows, os + r * D + x * kVec, kMmaRows * D, st);
+        store_row<D>(p, w, h, it.split, i0, r, x, st);
+    }
+#endif
+}
 
 // One CTA per (split sequence, kv head, row): the first H200 run showed the merge latency-bound (one
 // warp per row walking the splits one dependent load at a time: ~150 us of a 295 us call at batch 1 x
@@ -712,6 +983,30 @@ bool is_16bit(int32_t f) { return f == LLMN_KV_F16 || f == LLMN_KV_BF16; }
 
 // Five side pairs x 5 head dims x 5 row buckets: same-format f16 and bf16 caches get fixed types,
 // every pair with an 8-bit side resolves the element variant at run time (Params::k_code/v_code).
+template <int D>
+void launch_mma(unsigned grid, int smem, cudaStream_t stream, const Params& p) {
+    mma_kernel<D><<<grid, kThreads, smem, stream>>>(p);
+}
+
+template <int D>
+KernelInfo mma_info() {
+    return KernelInfo{&launch_mma<D>, reinterpret_cast<const void*>(&mma_kernel<D>), MmaShape<D>::kSmemBytes, kMmaRows};
+}
+
+std::atomic<int> g_forced_path{static_cast<int>(KernelPath::Auto)};
+
+KernelPath requested_path() {
+    const auto forced = static_cast<KernelPath>(g_forced_path.load());
+    if (forced != KernelPath::Auto) return forced;
+    static const KernelPath env = [] {
+        const char* e = std::getenv("LLMNATIVE_ATTN_CUDA_PATH");
+        if (e && std::strcmp(e, "simt") == 0) return KernelPath::Simt;
+        if (e && std::strcmp(e, "mma") == 0) return KernelPath::Mma;
+        return KernelPath::Auto;
+    }();
+    return env;
+}
+
 KernelInfo select_kernel(int head_dim, int32_t k_format, int32_t v_format, int bucket) {
     if (is_q8(k_format) && is_q8(v_format)) return by_head_dim<KvQ8Side, KvQ8Side>(head_dim, bucket);
     if (is_q8(k_format)) return by_head_dim<KvQ8Side, KvX16Side>(head_dim, bucket);
@@ -754,6 +1049,7 @@ public:
 
     int32_t device_;
     int32_t sm_count = 0;
+    int32_t cc_major = 0;
     int32_t head_dim = 0;
     // split workspace
     float* ws_o = nullptr;
@@ -793,6 +1089,8 @@ CudaAttnState& state_for(KvCache& cache, const Context& ctx) {
     const KvLayout& L = cache.layout();
     auto s = std::make_unique<CudaAttnState>(ctx.device());
     s->sm_count = cuda::sm_count(ctx.device());
+    check(cudaDeviceGetAttribute(&s->cc_major, cudaDevAttrComputeCapabilityMajor, ctx.device()),
+          "cudaDeviceGetAttribute(ComputeCapabilityMajor)");
     s->head_dim = L.head_dim;
     s->ws_rows = workspace_rows(d.max_batch, d.num_kv_heads);
     s->ws_o = static_cast<float*>(cuda::alloc_device(ctx.device(), size_t(s->ws_rows) * L.head_dim * sizeof(float)));
@@ -889,6 +1187,10 @@ int log2_exact(int v) {
 
 }  // namespace
 
+namespace attn_cuda {
+void set_kernel_path(KernelPath path) { g_forced_path.store(static_cast<int>(path)); }
+}  // namespace attn_cuda
+
 void decode_attention_cuda(const Context& ctx, const DecodeAttentionArgs& a) {
     const KvCache& cache = *a.cache;
     const KvLayout& L = cache.layout();
@@ -932,7 +1234,17 @@ void decode_attention_cuda(const Context& ctx, const DecodeAttentionArgs& a) {
     refresh_tables(s, cache, a, ctx, stream, capturing);
 
     const RowPlan rp = row_plan(D, G, Q);
-    const KernelInfo ki = select_kernel(D, L.k_format, L.v_format, rp.bucket);
+    const bool mma_ok = mma_path_applies(s.cc_major, D, L.k_format == LLMN_KV_F16 && L.v_format == LLMN_KV_F16,
+                                         a.q->dtype() == LLMN_DTYPE_F16, G * Q);
+    const KernelPath path = requested_path();
+    if (path == KernelPath::Mma && !mma_ok)
+        fail(LLMN_STATUS_UNSUPPORTED,
+             "decode attention (CUDA): the tensor-core kernel was requested (LLMNATIVE_ATTN_CUDA_PATH=mma) but needs sm_80+, "
+             "f16 K/V/q, head_dim 64 or 128 and group x q_len <= 16 (this call: sm_%d, head_dim %d, %d rows)",
+             s.cc_major, D, G * Q);
+    const KernelInfo ki = mma_ok && path != KernelPath::Simt
+                              ? (D == 64 ? mma_info<64>() : mma_info<128>())
+                              : select_kernel(D, L.k_format, L.v_format, rp.bucket);
 
     PlanInput in;
     in.batch = B;
