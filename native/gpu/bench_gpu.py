@@ -421,6 +421,8 @@ def main():
     ap.add_argument("--only", choices=["gemm", "attention", "all"], default="all")
     ap.add_argument("--formats", default="f16,int8,fp8,int4,int2", help="KV formats for attention")
     ap.add_argument("--budget", type=float, default=1e9, help="seconds; configurations past it are skipped")
+    ap.add_argument("--batches", help="attention batches, comma-separated (default 1,8,32)")
+    ap.add_argument("--contexts", help="attention contexts, comma-separated (default 1024,4096,32768,131072)")
     ap.add_argument("--out", help="write the JSON here instead of stdout")
     a = ap.parse_args()
     budget = Budget(a.budget)
@@ -467,6 +469,10 @@ def main():
     batches, contexts = [1, 8, 32], [1024, 4096, 32768, 131072]
     if a.quick:
         shapes, ms, batches, contexts = [(1024, 1024)], [1, 16], [1], [256]
+    if a.batches:
+        batches = [int(v) for v in a.batches.split(",")]
+    if a.contexts:
+        contexts = [int(v) for v in a.contexts.split(",")]
     if a.only in ("gemm", "all"):
         result["gemm_int4"] = []
         bench_gemm(lib, ctx, a.backend, shapes, ms, cache_bytes, a.quick, peers, budget, result["gemm_int4"], save)

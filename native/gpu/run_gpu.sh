@@ -136,6 +136,7 @@ bench() {
   [ -n "$quick" ] && qa=(--quick)
   local left=$(( deadline - $(date +%s) - 20 ))
   [ -n "$build_pid" ] && left=$(( left - 60 ))   # keep a minute for the device build's tests
+  [ "$backend" = cuda ] && [ -z "$quick" ] && left=$(( left - 60 ))  # the SIMT comparison below
   local g=$(( left * 45 / 100 )) a=$(( left * 55 / 100 ))
   step "bench gemm ($label)" "$g" "$out/bench_gemm_$label.log" \
     env PYTHONUNBUFFERED=1 python3 "$root/native/gpu/bench_gpu.py" --lib "$lib" --backend "$backend" \
@@ -144,6 +145,12 @@ bench() {
     env PYTHONUNBUFFERED=1 python3 "$root/native/gpu/bench_gpu.py" --lib "$lib" --backend "$backend" \
       --only attention --formats "${LLMNATIVE_GPU_KV_FORMATS:-f16,int8,fp8,int4}" "${qa[@]}" "${peer_args[@]}" \
       --budget $(( a - 25 )) --out "$out/bench_attention_$label.json"
+  if [ "$backend" = cuda ] && [ -z "$quick" ]; then  # the SIMT kernel on the shapes the tensor-core one takes
+    step "bench attention, SIMT kernel ($label)" 60 "$out/bench_attention_simt_$label.log" \
+      env PYTHONUNBUFFERED=1 LLMNATIVE_ATTN_CUDA_PATH=simt python3 "$root/native/gpu/bench_gpu.py" --lib "$lib" \
+        --backend cuda --only attention --formats f16 --batches 1,8 --contexts 4096,32768 --budget 40 \
+        --out "$out/bench_attention_simt_$label.json"
+  fi
 }
 
 ran_bench=0
