@@ -133,7 +133,7 @@ def device_time(lib, ctx, fn, reps, breakdown=None):
             total_us += v
             if breakdown is not None and v > 0:  # per kernel / copy: where the time goes
                 name = e.key
-                for short in ("split_kernel", "merge_kernel", "gemm_int4_fast_kernel", "gemm_int4_reference_kernel",
+                for short in ("mma_kernel", "split_kernel", "merge_kernel", "gemm_int4_fast_kernel", "gemm_int4_reference_kernel",
                               "gather_x_kernel", "Memcpy", "Memset"):
                     if short in name:
                         name = short

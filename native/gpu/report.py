@@ -58,7 +58,13 @@ def attention_table(d, lines):
         for k in sorted(k for k in r if k.endswith("_device_seconds")):
             label = k[: -len("_device_seconds")]
             kern = r.get(f"{label}_device_kernels") or {}
-            parts = ", ".join(f"{n} {v * 1e6:.1f}" for n, v in sorted(kern.items()))
+            short = {}
+            for n, v in kern.items():  # profiler names: keep the kernel's own name
+                for known in ("mma_kernel", "split_kernel", "merge_kernel", "Memcpy"):
+                    if known in n:
+                        n = known
+                short[n] = short.get(n, 0.0) + v
+            parts = ", ".join(f"{n} {v * 1e6:.1f}" for n, v in sorted(short.items()))
             lines.append(f"- {label}: {us(r[k])} ({parts})")
 
 
