@@ -11,7 +11,8 @@
 #   phase build     configure + build with the device's nvcc for sm_$LLMNATIVE_GPU_ARCH (default 90; tests
 #                   from .gpu/googletest when GoogleTest is not installed), then its GPU tests, then the
 #                   benchmarks with that library when the prebuilt phase did not run them
-#   phase all       prebuilt (when .gpu/prebuilt exists), then build
+#   phase all       both in one call: the build runs in the background (niced) while the prebuilt
+#                   binaries are tested and benchmarked, then the build's tests (LLMNATIVE_GPU_BUILT_SUITES)
 # Every step has a timeout, and the whole run stays inside LLMNATIVE_GPU_BUDGET_S (default 560 s, under
 # the device tool's 600 s per command); a step that does not fit is skipped and says so.
 set -uo pipefail
@@ -62,7 +63,8 @@ if [ -f "$peers" ]; then peer_args=(--peers "$peers"); else note "no peers.py at
 
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "commit: $(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)"
+  # the device copy's git metadata can be older than its files: "prebuilt from" names the binaries' commit
+  echo "git HEAD of the device copy (may be stale): $(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)"
   echo "command: native/gpu/run_gpu.sh $final --phase $phase $quick"
   [ -f "$prebuilt/COMMIT" ] && { echo "prebuilt from:"; sed 's/^/  /' "$prebuilt/COMMIT"; }
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv 2>&1
