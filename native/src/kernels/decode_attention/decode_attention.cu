@@ -291,6 +291,41 @@ struct Stream {
     int64_t key_end;
 };
 
+// The K/V stream of a CTA's (sequence, kv head), keys below key_end.
+__device__ __forceinline__ Stream make_stream(const Params& p, const SeqWork& w, int h, int64_t key_end) {
+    Stream ss;
+    ss.head_base = p.layer_base + int64_t(h) * p.head_stride;
+    ss.table = p.tables + w.table_off;
+    ss.block_stride = p.block_stride;
+    ss.k_off = p.k_off;
+    ss.v_off = p.v_off;
+    ss.k_aux_off = p.k_aux_off;
+    ss.v_aux_off = p.v_aux_off;
+    ss.block_shift = p.block_shift;
+    ss.block_mask = (1 << p.block_shift) - 1;
+    ss.key_end = key_end;
+    return ss;
+}
+
+// Work item of this CTA -> (sequence, kv head, split, row chunk), its rows and its keys [kb, ke).
+struct CtaWork {
+    Item it;
+    SeqWork w;
+    int i0, rows;
+    int64_t kb, ke;
+};
+__device__ __forceinline__ CtaWork cta_work(const Params& p) {
+    CtaWork c;
+    c.it = decode_item(p.work, p.num_seqs, p.chunks, int(blockIdx.x));
+    c.w = p.work[c.it.pos];
+    c.i0 = c.it.chunk * p.q_per_chunk;
+    const int nq = min(p.q_per_chunk, p.q_len - c.i0);
+    c.rows = nq * p.group;
+    split_keys(c.w.length, p.q_len, p.window, 1 << p.block_shift, c.w.n_splits, c.it.split, &c.kb, &c.ke);
+    chunk_keys(c.w.length, p.q_len, p.window, c.i0, nq, &c.kb, &c.ke);
+    return c;
+}
+
 // Stage buffer layout (uint4 units): K rows [0, kKeyVec), V rows [kKeyVec, kKeyVec + kValVec), then
 // the f32 scales of the 8-bit sides (K's tile_keys, then V's). Always within geometry().stage_vec:
 // 16-bit rows fill it exactly, 8-bit rows take half of a side's share and their scales 1/4 uint4 per key.
@@ -478,16 +513,11 @@ __global__ void __launch_bounds__(kThreads) split_kernel(const Params p) {
     const bool lane_on = x < g.chunks;
 
     // Work item -> (sequence, kv head, split, row chunk).
-    const Item it = decode_item(p.work, p.num_seqs, p.chunks, int(blockIdx.x));
-    const SeqWork w = p.work[it.pos];
-    const int64_t L = w.length;
-    const int h = it.head;
-    const int i0 = it.chunk * p.q_per_chunk;
-    const int nq = min(p.q_per_chunk, p.q_len - i0);
-    const int rows = nq * p.group;
-    int64_t kb, ke;
-    split_keys(L, p.q_len, p.window, 1 << p.block_shift, w.n_splits, it.split, &kb, &ke);
-    chunk_keys(L, p.q_len, p.window, i0, nq, &kb, &ke);
+    const CtaWork cw = cta_work(p);
+    const SeqWork& w = cw.w;
+    const Item& it = cw.it;
+    const int64_t L = w.length, kb = cw.kb, ke = cw.ke;
+    const int h = it.head, i0 = cw.i0, rows = cw.rows;
 
     // Query rows owned by this thread (row r = query i0 + r / group, head h * group + r % group).
     Rows<g.rpt> rw;
@@ -516,17 +546,7 @@ __global__ void __launch_bounds__(kThreads) split_kernel(const Params p) {
         }
     }
 
-    Stream ss;
-    ss.head_base = p.layer_base + int64_t(h) * p.head_stride;
-    ss.table = p.tables + w.table_off;
-    ss.block_stride = p.block_stride;
-    ss.k_off = p.k_off;
-    ss.v_off = p.v_off;
-    ss.k_aux_off = p.k_aux_off;
-    ss.v_aux_off = p.v_aux_off;
-    ss.block_shift = p.block_shift;
-    ss.block_mask = (1 << p.block_shift) - 1;
-    ss.key_end = ke;
+    const Stream ss = make_stream(p, w, h, ke);
 
     State st[g.rpt];
 #pragma unroll
@@ -659,16 +679,11 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
     const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, c4 = lane % 4;
 
-    const Item it = decode_item(p.work, p.num_seqs, p.chunks, int(blockIdx.x));
-    const SeqWork w = p.work[it.pos];
-    const int64_t L = w.length;
-    const int h = it.head;
-    const int i0 = it.chunk * p.q_per_chunk;
-    const int nq = min(p.q_per_chunk, p.q_len - i0);
-    const int rows = nq * p.group;
-    int64_t kb, ke;
-    split_keys(L, p.q_len, p.window, 1 << p.block_shift, w.n_splits, it.split, &kb, &ke);
-    chunk_keys(L, p.q_len, p.window, i0, nq, &kb, &ke);
+    const CtaWork cw = cta_work(p);
+    const SeqWork& w = cw.w;
+    const Item& it = cw.it;
+    const int64_t L = w.length, kb = cw.kb, ke = cw.ke;
+    const int h = it.head, i0 = cw.i0, rows = cw.rows;
 
     // This thread's two rows (g, g + 8): Q as m16n8k16 A fragments (f16 as stored), masks, slopes.
     uint32_t qa[kKSteps][4];
@@ -695,15 +710,7 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
         }
     }
 
-    Stream ss;
-    ss.head_base = p.layer_base + int64_t(h) * p.head_stride;
-    ss.table = p.tables + w.table_off;
-    ss.block_stride = p.block_stride;
-    ss.k_off = p.k_off;
-    ss.v_off = p.v_off;
-    ss.block_shift = p.block_shift;
-    ss.block_mask = (1 << p.block_shift) - 1;
-    ss.key_end = ke;
+    const Stream ss = make_stream(p, w, h, ke);
 
     float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
     float o[kNT][4];

@@ -3,6 +3,10 @@
 #pragma once
 #include <immintrin.h>
 
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
 namespace llmn::attn_cpu::avx2_math {
 
 // e^x with relative error ~1.5e-7 on [-87.3, 88.3] (Cody-Waite reduction by ln 2, degree-6
@@ -58,6 +62,48 @@ inline __m256 reduce8(const __m256* a) {
     const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
     const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
     return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// Online-softmax step 1 for one query row over a tile: scores s[0, nv) of keys t0 + j get the soft-cap
+// (softcap > 0) and the ALiBi bias slope * (key - qpos) (slope non-null), and -inf outside the visible
+// [lo, hi) (tile-relative, lo < hi); written back, and their maximum returned. Shared by the f16,
+// quantized and KIVI AVX2 kernels so the masking is one piece of code.
+__attribute__((always_inline)) inline float mask_row(float* s, int nv, int64_t t0, int64_t lo, int64_t hi, float softcap,
+                                                     const float* slope, int64_t qpos) {
+    const float NEG_INF = -std::numeric_limits<float>::infinity();
+    const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256 cap = _mm256_set1_ps(softcap);
+    const __m256 vlo = _mm256_set1_ps(float(lo)), vhi = _mm256_set1_ps(float(hi));
+    __m256 vmax = _mm256_set1_ps(NEG_INF);
+    for (int j = 0; j < nv; j += 8) {
+        __m256 x = _mm256_loadu_ps(s + j);
+        if (softcap > 0.0f) x = softcap_ps(x, cap);
+        if (slope) {
+            // bias = slope * (key - query), key - query exact in f32 (|.| < 2^24 here)
+            const __m256 rel = _mm256_add_ps(_mm256_set1_ps(float(t0 + j - qpos)), lane);
+            x = _mm256_fmadd_ps(_mm256_set1_ps(*slope), rel, x);
+        }
+        const __m256 idx = _mm256_add_ps(_mm256_set1_ps(float(j)), lane);
+        const __m256 valid = _mm256_and_ps(_mm256_cmp_ps(idx, vlo, _CMP_GE_OQ), _mm256_cmp_ps(idx, vhi, _CMP_LT_OQ));
+        x = _mm256_blendv_ps(_mm256_set1_ps(NEG_INF), x, valid);
+        _mm256_storeu_ps(s + j, x);
+        vmax = _mm256_max_ps(vmax, x);
+    }
+    return hmax(vmax);
+}
+
+// Online-softmax step 2: when the tile's maximum exceeds the running max m, rescale the row's
+// accumulator (D floats) and l by e^(m - tile_max) (skipped on the first visible tile, where both are
+// still 0) and raise m.
+__attribute__((always_inline)) inline void raise_row_max(float tile_max, float& m, float& l, float* acc_row, int D) {
+    if (!(tile_max > m)) return;
+    if (m != -std::numeric_limits<float>::infinity()) {
+        const float alpha = std::exp(m - tile_max);
+        const __m256 va = _mm256_set1_ps(alpha);
+        for (int d = 0; d < D; d += 8) _mm256_storeu_ps(acc_row + d, _mm256_mul_ps(_mm256_loadu_ps(acc_row + d), va));
+        l *= alpha;
+    }
+    m = tile_max;
 }
 
 }  // namespace llmn::attn_cpu::avx2_math

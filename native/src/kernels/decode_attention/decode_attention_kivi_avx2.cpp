@@ -138,8 +138,6 @@ void softmax_pv(const Item& it, State& st, int64_t t0, int n, const uint8_t* con
     const int nv = (n + 7) & ~7;
     int r = 0;
 
-    const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256 cap = _mm256_set1_ps(it.softcap);
     bool any = false;
     for (r = 0; r < R; ++r) {
         float* s = S + size_t(r) * kStride;
@@ -152,32 +150,9 @@ void softmax_pv(const Item& it, State& st, int64_t t0, int n, const uint8_t* con
             continue;
         }
         any = true;
-        const __m256 vlo = _mm256_set1_ps(float(lo)), vhi = _mm256_set1_ps(float(hi));
-        __m256 vmax = _mm256_set1_ps(NEG_INF);
-        for (int j = 0; j < nv; j += 8) {
-            __m256 x = _mm256_loadu_ps(s + j);
-            if (it.softcap > 0.0f) x = softcap_ps(x, cap);
-            if (it.row_slope) {
-                const __m256 rel = _mm256_add_ps(_mm256_set1_ps(float(t0 + j - it.row_hi[r])), lane);
-                x = _mm256_fmadd_ps(_mm256_set1_ps(it.row_slope[r]), rel, x);
-            }
-            const __m256 idx = _mm256_add_ps(_mm256_set1_ps(float(j)), lane);
-            const __m256 valid = _mm256_and_ps(_mm256_cmp_ps(idx, vlo, _CMP_GE_OQ), _mm256_cmp_ps(idx, vhi, _CMP_LT_OQ));
-            x = _mm256_blendv_ps(_mm256_set1_ps(NEG_INF), x, valid);
-            _mm256_storeu_ps(s + j, x);
-            vmax = _mm256_max_ps(vmax, x);
-        }
-        const float tile_max = hmax(vmax);
+        const float tile_max = mask_row(s, nv, t0, lo, hi, it.softcap, it.row_slope ? &it.row_slope[r] : nullptr, it.row_hi[r]);
         float* ar = st.acc.data() + size_t(r) * D;
-        if (tile_max > st.m[size_t(r)]) {
-            if (st.m[size_t(r)] != NEG_INF) {
-                const float alpha = std::exp(st.m[size_t(r)] - tile_max);
-                const __m256 va = _mm256_set1_ps(alpha);
-                for (int d = 0; d < D; d += 8) _mm256_storeu_ps(ar + d, _mm256_mul_ps(_mm256_loadu_ps(ar + d), va));
-                st.l[size_t(r)] *= alpha;
-            }
-            st.m[size_t(r)] = tile_max;
-        }
+        raise_row_max(tile_max, st.m[size_t(r)], st.l[size_t(r)], ar, D);
         const __m256 vm = _mm256_set1_ps(st.m[size_t(r)]);
         __m256 vsum = _mm256_setzero_ps();
         __m256 vpm[8];

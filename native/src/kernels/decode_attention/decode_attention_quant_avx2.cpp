@@ -322,8 +322,6 @@ void run_item_t(const Item& it) {
             if constexpr (VF == kE4M3) for (int i = 0; i < sg.cnt; ++i) vs[slot][sg.j + i] *= scale_factor<VF>();
         }
     };
-    const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256 cap = _mm256_set1_ps(it.softcap);
     int cur = 0;
     int n_cur = int(std::min<int64_t>(kTileKeys, it.key_end - it.key_begin));
     if (n_cur > 0) rows_of(it.key_begin, n_cur, 0);
@@ -368,32 +366,9 @@ void run_item_t(const Item& it) {
                 for (int j = 0; j < nv; j += 8) _mm256_storeu_ps(pr + j, _mm256_setzero_ps());
                 continue;
             }
-            const __m256 vlo = _mm256_set1_ps(float(lo)), vhi = _mm256_set1_ps(float(hi));
-            __m256 vmax = _mm256_set1_ps(NEG_INF);
-            for (int j = 0; j < nv; j += 8) {
-                __m256 x = _mm256_loadu_ps(s + j);
-                if (it.softcap > 0.0f) x = softcap_ps(x, cap);
-                if (it.row_slope) {
-                    const __m256 rel = _mm256_add_ps(_mm256_set1_ps(float(t0 + j - it.row_hi[r])), lane);
-                    x = _mm256_fmadd_ps(_mm256_set1_ps(it.row_slope[r]), rel, x);
-                }
-                const __m256 idx = _mm256_add_ps(_mm256_set1_ps(float(j)), lane);
-                const __m256 valid = _mm256_and_ps(_mm256_cmp_ps(idx, vlo, _CMP_GE_OQ), _mm256_cmp_ps(idx, vhi, _CMP_LT_OQ));
-                x = _mm256_blendv_ps(_mm256_set1_ps(NEG_INF), x, valid);
-                _mm256_storeu_ps(s + j, x);
-                vmax = _mm256_max_ps(vmax, x);
-            }
-            const float tile_max = hmax(vmax);
+            const float tile_max = mask_row(s, nv, t0, lo, hi, it.softcap, it.row_slope ? &it.row_slope[r] : nullptr, it.row_hi[r]);
             float* ar = acc.data() + size_t(r) * D;
-            if (tile_max > m[size_t(r)]) {
-                if (m[size_t(r)] != NEG_INF) {
-                    const float alpha = std::exp(m[size_t(r)] - tile_max);
-                    const __m256 va = _mm256_set1_ps(alpha);
-                    for (int d = 0; d < D; d += 8) _mm256_storeu_ps(ar + d, _mm256_mul_ps(_mm256_loadu_ps(ar + d), va));
-                    l[size_t(r)] *= alpha;
-                }
-                m[size_t(r)] = tile_max;
-            }
+            raise_row_max(tile_max, m[size_t(r)], l[size_t(r)], ar, D);
             const __m256 vm = _mm256_set1_ps(m[size_t(r)]);
             __m256 vsum = _mm256_setzero_ps();
             for (int j = 0; j < nv; j += 8) {
