@@ -29,6 +29,8 @@
 #include "core/numeric.hpp"
 #include "kernels/decode_attention/decode_attention.hpp"
 #include "kernels/kv_cache/kv_cache.hpp"
+#include "attention_reference.hpp"
+#include "kv_test_util.hpp"
 #include "test_util.hpp"
 
 #include <algorithm>
@@ -41,63 +43,6 @@
 using namespace llmn_test;
 
 namespace {
-
-constexpr double kU = 1.0 / 16777216.0;  // 2^-24
-constexpr double kEpsExp = 1.0 / 2097152.0;  // 2^-21
-
-bool quick() {
-#if defined(__SANITIZE_ADDRESS__)
-    return true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-    return true;
-#endif
-#endif
-    return std::getenv("LLMNATIVE_TEST_QUICK") != nullptr;
-}
-
-float round_f16(float x) { return llmn::f16_to_f32(llmn::f32_to_f16(x)); }
-
-struct Ctx {
-    llmn_context h = nullptr;
-    Ctx() { EXPECT_EQ(llmn_context_create(LLMN_BACKEND_CPU, 0, &h), LLMN_STATUS_OK); }
-    ~Ctx() { llmn_context_destroy(h); }
-};
-
-struct Buf {
-    llmn_buffer h = nullptr;
-    Buf(llmn_context c, int32_t dtype, int64_t count) {
-        EXPECT_EQ(llmn_buffer_create(c, dtype, std::max<int64_t>(count, 1), LLMN_MEMORY_DEVICE, &h), LLMN_STATUS_OK);
-    }
-    ~Buf() {  // keeps the message of the call under test readable
-        std::string msg = last_error();
-        llmn_buffer_destroy(h);
-        llmn::set_last_error(msg);
-    }
-};
-
-// Restores the process-wide ISA cap and thread count whatever a test does.
-struct CpuStateGuard {
-    llmn_cpu_info info{};
-    CpuStateGuard() { llmn_get_cpu_info(&info); }
-    ~CpuStateGuard() {
-        llmn_set_cpu_isa(info.active_isa);
-        llmn_set_cpu_threads(0);
-    }
-};
-
-std::vector<int32_t> isas_to_test() {
-    llmn_cpu_info info{};
-    llmn_get_cpu_info(&info);
-    std::vector<int32_t> v{LLMN_CPU_ISA_SCALAR};
-    if (info.detected_isa == LLMN_CPU_ISA_AVX2 || info.detected_isa == LLMN_CPU_ISA_AVX512) v.push_back(LLMN_CPU_ISA_AVX2);
-    if (info.detected_isa == LLMN_CPU_ISA_AVX512) v.push_back(LLMN_CPU_ISA_AVX512);
-    return v;
-}
-
-const char* isa_name(int32_t isa) {
-    return isa == LLMN_CPU_ISA_SCALAR ? "scalar" : isa == LLMN_CPU_ISA_AVX2 ? "avx2" : "avx512";
-}
 
 struct Problem {
     int32_t H = 2, D = 64, bs = 16, G = 2, q_len = 1;
@@ -178,7 +123,7 @@ public:
     std::vector<float> make_q(std::mt19937_64& g, bool f16) const {
         std::normal_distribution<float> nd(0.0f, 1.0f);
         std::vector<float> q(static_cast<size_t>(q_count()));
-        for (auto& x : q) x = f16 ? round_f16(nd(g)) : nd(g);
+        for (auto& x : q) x = f16 ? f16r(nd(g)) : nd(g);
         return q;
     }
 
@@ -225,7 +170,6 @@ public:
         ref.o.assign(size_t(q_count()), 0.0);
         ref.bound.assign(size_t(q_count() / D), 0.0);
         ref.split_bound.assign(size_t(q_count() / D), 0.0);
-        const double c = p.softcap;
         for (size_t b = 0; b < ids.size(); ++b) {
             const int64_t L = pb_.lengths[b];
             for (int32_t i = 0; i < Q; ++i) {
@@ -235,50 +179,11 @@ public:
                 for (int32_t hq = 0; hq < Hq; ++hq) {
                     const int32_t h = hq / G;
                     const float* qr = &q[size_t(((int64_t(b) * Q + i) * Hq + hq) * D)];
-                    std::vector<double> s(static_cast<size_t>(N)), ds(static_cast<size_t>(N));
-                    double smax = -INFINITY, sabs = 0.0;
-                    for (int64_t t = lo; t <= pos; ++t) {
-                        const float* kr = &kf[b][size_t((t * H + h) * D)];
-                        double dot = 0.0, a = 0.0;
-                        for (int32_t d = 0; d < D; ++d) {
-                            dot += double(qr[d]) * double(kr[d]);
-                            a += std::fabs(double(qr[d]) * double(kr[d]));
-                        }
-                        dot *= p.scale;
-                        a *= std::fabs(double(p.scale));
-                        double err = (D + 2) * kU * a;
-                        if (c > 0) {
-                            dot = c * std::tanh(dot / c);
-                            err += c * (kEpsExp + 4 * kU) + 2 * kU * a;
-                        }
-                        if (slopes) {
-                            double bias = double((*slopes)[size_t(hq)]) * double(t - pos);
-                            dot += bias;
-                            err += 2 * kU * (std::fabs(bias) + a);
-                        }
-                        s[size_t(t - lo)] = dot;
-                        ds[size_t(t - lo)] = err;
-                        smax = std::max(smax, dot);
-                        sabs = std::max(sabs, std::fabs(dot));
-                    }
-                    double l = 0.0, vmax = 0.0, dmax = 0.0;
-                    std::vector<double> o(static_cast<size_t>(D), 0.0);
-                    for (int64_t t = lo; t <= pos; ++t) {
-                        const double w = std::exp(s[size_t(t - lo)] - smax);
-                        l += w;
-                        const float* vr = &vf[b][size_t((t * H + h) * D)];
-                        for (int32_t d = 0; d < D; ++d) {
-                            o[size_t(d)] += w * vr[d];
-                            vmax = std::max(vmax, std::fabs(double(vr[d])));
-                        }
-                        dmax = std::max(dmax, ds[size_t(t - lo)]);
-                    }
+                    const AttentionRow r = attention_row_f64(qr, kf[b].data(), vf[b].data(), H, h, D, lo, pos, p.scale,
+                                                             p.softcap, slopes ? &(*slopes)[size_t(hq)] : nullptr);
+                    const double sabs = r.sabs, dmax = r.dmax, vmax = r.vmax, omax = r.omax;
                     const size_t row = size_t((int64_t(b) * Q + i) * Hq + hq);
-                    double omax = 0.0;
-                    for (int32_t d = 0; d < D; ++d) {
-                        ref.o[row * D + d] = o[size_t(d)] / l;
-                        omax = std::max(omax, std::fabs(o[size_t(d)] / l));
-                    }
+                    std::copy(r.o.begin(), r.o.end(), ref.o.begin() + ptrdiff_t(row * D));
                     const double n = max_splits;
                     const double T = double(N) / 64.0 + n + 2.0;
                     const double weights = 2 * (dmax + kEpsExp + 2 * kU * sabs);
@@ -298,20 +203,7 @@ public:
 
     // Checks out against ref within the bound; reports the worst ratio error / bound.
     static void expect_close(const std::vector<float>& out, const Reference& ref, int32_t D, const std::string& what) {
-        ASSERT_EQ(out.size(), ref.o.size());
-        double worst = 0.0, worst_err = 0.0;
-        size_t bad = 0;
-        for (size_t i = 0; i < out.size(); ++i) {
-            ASSERT_TRUE(std::isfinite(out[i])) << what << ": output " << i << " is " << out[i] << " (poison not overwritten?)";
-            const double err = std::fabs(double(out[i]) - ref.o[i]), bound = ref.bound[i / size_t(D)];
-            if (err > bound && bad++ < 5)
-                ADD_FAILURE() << what << ": element " << i << " (row " << i / D << ", channel " << i % D << ") = " << out[i]
-                              << ", reference " << ref.o[i] << ", error " << err << " > bound " << bound;
-            worst = std::max(worst, err / bound);
-            worst_err = std::max(worst_err, err);
-        }
-        EXPECT_EQ(bad, 0u) << what;
-        std::printf("  %-60s max error %.3g (%.4f of bound)\n", what.c_str(), worst_err, worst);
+        expect_within_bound(out, ref.o, ref.bound, D, what);
     }
 
     llmn_kv_cache cache = nullptr;
@@ -320,30 +212,8 @@ public:
 
 private:
     void append_random(std::mt19937_64& g, size_t b, int32_t layer, int64_t start, int32_t n) {
-        const int32_t H = pb_.H, D = pb_.D;
-        std::normal_distribution<float> nd(0.0f, 1.0f);
-        std::vector<float> k(static_cast<size_t>(n) * H * D), v(k.size());
-        for (int32_t t = 0; t < n; ++t)
-            for (int32_t h = 0; h < H; ++h)
-                for (int32_t d = 0; d < D; ++d) {
-                    size_t i = size_t((int64_t(t) * H + h) * D + d);
-                    k[i] = nd(g);
-                    v[i] = nd(g);
-                    if (pb_.outliers) {
-                        if (d % 17 == 3) k[i] *= 20.0f;          // outlier channels in K
-                        if (g() % 500 == 0) v[i] *= 300.0f;       // rare huge V entries
-                    }
-                }
-        if (pb_.outliers) {
-            // Keys with huge norm at the positions masks must get right: the newest q_len keys (other
-            // queries' causal boundary) and a few spread over the sequence.
-            const int64_t L = pb_.lengths[b];
-            for (int32_t t = 0; t < n; ++t) {
-                const int64_t pos = start + t;
-                if (pos >= L - pb_.q_len - 1 || pos % 97 == 5)
-                    for (int32_t j = 0; j < H * D; ++j) k[size_t(t) * H * D + j] *= 8.0f;
-            }
-        }
+        std::vector<float> k, v;
+        random_kv_tokens(g, pb_.H, pb_.D, n, pb_.outliers, pb_.lengths[b], pb_.q_len, start, k, v);
         Buf kb(ctx_, LLMN_DTYPE_F32, int64_t(k.size())), vb(ctx_, LLMN_DTYPE_F32, int64_t(v.size()));
         llmn_buffer_upload(kb.h, 0, k.data(), int64_t(k.size()));
         llmn_buffer_upload(vb.h, 0, v.data(), int64_t(v.size()));

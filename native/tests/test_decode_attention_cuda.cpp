@@ -33,6 +33,8 @@
 #include "kernels/kv_cache/kv_cache.hpp"
 #include "kernels/kv_cache/kv_quant.hpp"
 #include "kernels/kv_cache/kv_quant_cuda.cuh"
+#include "attention_reference.hpp"
+#include "kv_test_util.hpp"
 #include "test_util.hpp"
 
 #include <algorithm>
@@ -48,47 +50,6 @@ using namespace llmn_test;
 namespace ac = llmn::attn_cuda;
 
 namespace {
-
-constexpr double kU = 1.0 / 16777216.0;      // 2^-24
-constexpr double kEpsExp = 1.0 / 2097152.0;  // 2^-21
-
-bool quick() {
-#if defined(__SANITIZE_ADDRESS__)
-    return true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-    return true;
-#endif
-#endif
-    return std::getenv("LLMNATIVE_TEST_QUICK") != nullptr;
-}
-
-// ------------------------------------------------------------------------------------------------
-// Small RAII helpers over the C API
-// ------------------------------------------------------------------------------------------------
-
-struct Ctx {
-    llmn_context h = nullptr;
-    explicit Ctx(int32_t backend) { EXPECT_EQ(llmn_context_create(backend, 0, &h), LLMN_STATUS_OK) << last_error(); }
-    ~Ctx() { llmn_context_destroy(h); }
-    Ctx(const Ctx&) = delete;
-    Ctx& operator=(const Ctx&) = delete;
-};
-
-struct Buf {
-    llmn_buffer h = nullptr;
-    Buf(llmn_context c, int32_t dtype, int64_t count) {
-        EXPECT_EQ(llmn_buffer_create(c, dtype, std::max<int64_t>(count, 1), LLMN_MEMORY_DEVICE, &h), LLMN_STATUS_OK)
-            << last_error();
-    }
-    ~Buf() {
-        std::string msg = last_error();
-        llmn_buffer_destroy(h);
-        llmn::set_last_error(msg);
-    }
-    Buf(const Buf&) = delete;
-    Buf& operator=(const Buf&) = delete;
-};
 
 uint16_t to_bits(float x, int32_t dtype) { return dtype == LLMN_DTYPE_BF16 ? llmn::f32_to_bf16(x) : llmn::f32_to_f16(x); }
 float from_bits(uint16_t b, int32_t dtype) { return dtype == LLMN_DTYPE_BF16 ? llmn::bf16_to_f32(b) : llmn::f16_to_f32(b); }
@@ -128,7 +89,6 @@ Reference reference(const Problem& pb, const std::vector<std::vector<float>>& kf
     ref.bound.assign(B * Q * Hq, 0.0);
     ref.split_bound.assign(B * Q * Hq, 0.0);
     ref.omax.assign(B * Q * Hq, 0.0);
-    const double c = p.softcap;
     for (size_t b = 0; b < B; ++b) {
         const int64_t L = pb.lengths[b];
         for (int32_t i = 0; i < Q; ++i) {
@@ -138,49 +98,11 @@ Reference reference(const Problem& pb, const std::vector<std::vector<float>>& kf
             for (int32_t hq = 0; hq < Hq; ++hq) {
                 const int32_t h = hq / G;
                 const float* qr = &q[((b * Q + i) * Hq + hq) * D];
-                std::vector<double> s(static_cast<size_t>(N));
-                double smax = -INFINITY, sabs = 0.0, dmax = 0.0;
-                for (int64_t t = lo; t <= pos; ++t) {
-                    const float* kr = &kf[b][size_t((t * H + h) * D)];
-                    double dot = 0.0, a = 0.0;
-                    for (int32_t d = 0; d < D; ++d) {
-                        dot += double(qr[d]) * double(kr[d]);
-                        a += std::fabs(double(qr[d]) * double(kr[d]));
-                    }
-                    dot *= p.scale;
-                    a *= std::fabs(double(p.scale));
-                    double err = (D + 2) * kU * a;
-                    if (c > 0) {
-                        dot = c * std::tanh(dot / c);
-                        err += c * (kEpsExp + 4 * kU) + 2 * kU * a;
-                    }
-                    if (slopes) {
-                        const double bias = double((*slopes)[size_t(hq)]) * double(t - pos);
-                        dot += bias;
-                        err += 2 * kU * (std::fabs(bias) + a);
-                    }
-                    s[size_t(t - lo)] = dot;
-                    smax = std::max(smax, dot);
-                    sabs = std::max(sabs, std::fabs(dot));
-                    dmax = std::max(dmax, err);
-                }
-                double l = 0.0, vmax = 0.0;
-                std::vector<double> o(size_t(D), 0.0);
-                for (int64_t t = lo; t <= pos; ++t) {
-                    const double w = std::exp(s[size_t(t - lo)] - smax);
-                    l += w;
-                    const float* vr = &vf[b][size_t((t * H + h) * D)];
-                    for (int32_t d = 0; d < D; ++d) {
-                        o[size_t(d)] += w * vr[d];
-                        vmax = std::max(vmax, std::fabs(double(vr[d])));
-                    }
-                }
+                const AttentionRow r = attention_row_f64(qr, kf[b].data(), vf[b].data(), H, h, D, lo, pos, p.scale, p.softcap,
+                                                         slopes ? &(*slopes)[size_t(hq)] : nullptr);
+                const double sabs = r.sabs, dmax = r.dmax, vmax = r.vmax, omax = r.omax;
                 const size_t row = (b * Q + i) * Hq + hq;
-                double omax = 0.0;
-                for (int32_t d = 0; d < D; ++d) {
-                    ref.o[row * D + d] = o[size_t(d)] / l;
-                    omax = std::max(omax, std::fabs(o[size_t(d)] / l));
-                }
+                std::copy(r.o.begin(), r.o.end(), ref.o.begin() + ptrdiff_t(row * D));
                 const double n = max_splits;
                 const double T = double(N) / 2.0 + n + 40.0;
                 const double weights = 2 * (dmax + kEpsExp + 2 * kU * sabs);
@@ -199,21 +121,7 @@ Reference reference(const Problem& pb, const std::vector<std::vector<float>>& kf
 // |out - ref| <= bound per element (extra: added to every bound); reports the worst ratio.
 void expect_close(const std::vector<float>& out, const Reference& ref, int32_t D, const std::string& what,
                   const std::vector<double>* extra = nullptr) {
-    ASSERT_EQ(out.size(), ref.o.size()) << what;
-    double worst = 0.0, worst_err = 0.0;
-    size_t bad = 0;
-    for (size_t i = 0; i < out.size(); ++i) {
-        ASSERT_TRUE(std::isfinite(out[i])) << what << ": output " << i << " is " << out[i] << " (poison not overwritten?)";
-        const double bound = ref.bound[i / size_t(D)] + (extra ? (*extra)[i / size_t(D)] : 0.0);
-        const double err = std::fabs(double(out[i]) - ref.o[i]);
-        if (err > bound && bad++ < 5)
-            ADD_FAILURE() << what << ": element " << i << " (row " << i / D << ", channel " << i % D << ") = " << out[i]
-                          << ", reference " << ref.o[i] << ", error " << err << " > bound " << bound;
-        worst = std::max(worst, err / bound);
-        worst_err = std::max(worst_err, err);
-    }
-    EXPECT_EQ(bad, 0u) << what;
-    std::printf("  %-64s max error %.3g (%.4f of bound)\n", what.c_str(), worst_err, worst);
+    expect_within_bound(out, ref.o, ref.bound, D, what, extra);
 }
 
 // Random K/V appended identically to every cache in `caches` (interleaved chunks, both layers, so the
@@ -269,28 +177,9 @@ public:
 
     // Appends n random tokens to sequence b of every cache in layer pb.layer (and the other layers).
     void append_random(std::mt19937_64& g, size_t b, int32_t layer, int64_t start, int32_t n) {
-        const int32_t H = pb_.H, D = pb_.D;
-        std::normal_distribution<float> nd(0.0f, 1.0f);
-        std::vector<float> k(static_cast<size_t>(n) * H * D), v(k.size());
-        for (int32_t t = 0; t < n; ++t)
-            for (int32_t h = 0; h < H; ++h)
-                for (int32_t d = 0; d < D; ++d) {
-                    const size_t i = size_t((int64_t(t) * H + h) * D + d);
-                    k[i] = nd(g);
-                    v[i] = nd(g);
-                    if (pb_.outliers) {
-                        if (d % 17 == 3) k[i] *= 20.0f;
-                        if (g() % 500 == 0) v[i] *= 300.0f;
-                    }
-                }
-        if (pb_.outliers && b < pb_.lengths.size()) {
-            const int64_t L = pb_.lengths[b];
-            for (int32_t t = 0; t < n; ++t) {
-                const int64_t pos = start + t;
-                if (pos >= L - pb_.q_len - 1 || pos % 97 == 5)
-                    for (int32_t j = 0; j < H * D; ++j) k[size_t(t) * H * D + j] *= 8.0f;
-            }
-        }
+        std::vector<float> k, v;
+        random_kv_tokens(g, pb_.H, pb_.D, n, pb_.outliers, b < pb_.lengths.size() ? pb_.lengths[b] : -1, pb_.q_len, start,
+                         k, v);
         for (size_t c = 0; c < caches.size(); ++c) {
             Buf kb(ctxs_[c], LLMN_DTYPE_F32, int64_t(k.size())), vb(ctxs_[c], LLMN_DTYPE_F32, int64_t(v.size()));
             llmn_buffer_upload(kb.h, 0, k.data(), int64_t(k.size()));

@@ -6,6 +6,7 @@
 #include "core/error.hpp"
 #include "core/numeric.hpp"
 #include "kernels/kv_cache/kv_cache.hpp"
+#include "kv_test_util.hpp"
 #include "test_util.hpp"
 
 #include <algorithm>
@@ -20,50 +21,9 @@ using namespace llmn_test;
 
 namespace {
 
-struct Ctx {
-    llmn_context h = nullptr;
-    Ctx() { EXPECT_EQ(llmn_context_create(LLMN_BACKEND_CPU, 0, &h), LLMN_STATUS_OK); }
-    ~Ctx() { llmn_context_destroy(h); }
-};
-
-struct Buf {
-    llmn_buffer h = nullptr;
-    Buf(llmn_context c, int32_t dtype, int64_t count) {
-        EXPECT_EQ(llmn_buffer_create(c, dtype, std::max<int64_t>(count, 1), LLMN_MEMORY_DEVICE, &h), LLMN_STATUS_OK)
-            << last_error();
-    }
-    ~Buf() {  // keeps the message of the call under test readable after the buffer goes away
-        std::string msg = last_error();
-        llmn_buffer_destroy(h);
-        llmn::set_last_error(msg);
-    }
-    template <class T> void upload(const std::vector<T>& v) {
-        ASSERT_EQ(llmn_buffer_upload(h, 0, v.data(), int64_t(v.size())), LLMN_STATUS_OK) << last_error();
-    }
-    template <class T> std::vector<T> download(int64_t n) {
-        std::vector<T> v(static_cast<size_t>(n));
-        EXPECT_EQ(llmn_buffer_download(h, 0, v.data(), n), LLMN_STATUS_OK) << last_error();
-        return v;
-    }
-};
-
+// Cache descriptor: f16 K and V, max_batch 0 (the default).
 llmn_kv_cache_desc make_desc(int32_t layers, int32_t heads, int32_t dim, int32_t bs, int64_t tokens) {
-    llmn_kv_cache_desc d{};
-    d.num_layers = layers;
-    d.num_kv_heads = heads;
-    d.head_dim = dim;
-    d.block_size = bs;
-    d.k_format = LLMN_KV_F16;
-    d.v_format = LLMN_KV_F16;
-    d.capacity_tokens = tokens;
-    return d;
-}
-
-std::vector<float> random_values(std::mt19937_64& g, size_t n, float scale = 1.0f) {
-    std::normal_distribution<float> nd(0.0f, scale);
-    std::vector<float> v(n);
-    for (auto& x : v) x = nd(g);
-    return v;
+    return kv_desc(layers, heads, dim, bs, LLMN_KV_F16, LLMN_KV_F16, tokens, 0);
 }
 
 uint16_t f16(float x) { return llmn::f32_to_f16(x); }
@@ -318,7 +278,7 @@ TEST(KvCache, AppendReadRoundTripEveryShape) {
                 for (int32_t l = 0; l < layers; ++l) {
                     int32_t n = int32_t(g() % (2 * bs + 3)) + 1;
                     if (int64_t(model[id].k[size_t(l)].size()) / (H * D) + n > 300 - l * 40) continue;
-                    auto k = random_values(g, size_t(n) * H * D, 3.0f), v = random_values(g, size_t(n) * H * D);
+                    auto k = gaussian(g, size_t(n) * H * D, 3.0f), v = gaussian(g, size_t(n) * H * D, 1.0f);
                     int32_t dtype = (step + l) % 2 ? LLMN_DTYPE_F16 : LLMN_DTYPE_F32;
                     ASSERT_EQ(c.append(id, l, k, v, n, dtype), LLMN_STATUS_OK) << last_error();
                     model_append(model[id], l, k, v);
@@ -362,7 +322,7 @@ TEST(KvCache, CapacityExceededLeavesEverythingUnchanged) {
         model[id].v.resize(2);
     }
     auto fill = [&](int64_t id, int32_t l, int32_t n) {
-        auto k = random_values(g, size_t(n) * H * D), v = random_values(g, size_t(n) * H * D);
+        auto k = gaussian(g, size_t(n) * H * D, 1.0f), v = gaussian(g, size_t(n) * H * D, 1.0f);
         ASSERT_EQ(c.append(id, l, k, v, n), LLMN_STATUS_OK) << last_error();
         model_append(model[id], l, k, v);
     };
@@ -371,7 +331,7 @@ TEST(KvCache, CapacityExceededLeavesEverythingUnchanged) {
     fill(b, 0, 8);  // 1 block: the cache is now full
     auto before = c.stats();
     EXPECT_EQ(before.free_blocks, 0);
-    auto k = random_values(g, size_t(9) * H * D), v = random_values(g, size_t(9) * H * D);
+    auto k = gaussian(g, size_t(9) * H * D, 1.0f), v = gaussian(g, size_t(9) * H * D, 1.0f);
     LLMN_EXPECT_STATUS(c.append(b, 0, k, v, 1), LLMN_STATUS_CAPACITY_EXCEEDED);  // needs a second block
     std::string msg = last_error();
     EXPECT_NE(msg.find("full"), std::string::npos) << msg;
@@ -416,10 +376,10 @@ TEST(KvCache, RejectsNonFiniteValuesWithoutWriting) {
     std::map<int64_t, ModelSeq> model;
     model[id].k.resize(1);
     model[id].v.resize(1);
-    auto k = random_values(g, size_t(3) * H * D), v = random_values(g, size_t(3) * H * D);
+    auto k = gaussian(g, size_t(3) * H * D, 1.0f), v = gaussian(g, size_t(3) * H * D, 1.0f);
     ASSERT_EQ(c.append(id, 0, k, v, 3), LLMN_STATUS_OK);
     model_append(model[id], 0, k, v);
-    auto k2 = random_values(g, size_t(4) * H * D), v2 = random_values(g, size_t(4) * H * D);
+    auto k2 = gaussian(g, size_t(4) * H * D, 1.0f), v2 = gaussian(g, size_t(4) * H * D, 1.0f);
     auto bad = k2;
     bad[size_t((1 * H + 1) * D + 5)] = std::nanf("");
     LLMN_EXPECT_STATUS(c.append(id, 0, bad, v2, 4), LLMN_STATUS_INVALID_ARGUMENT);
@@ -455,7 +415,7 @@ TEST(KvCache, ForkSharesFullBlocksAndCopiesOnWrite) {
         return id;
     };
     auto fill = [&](int64_t id, int32_t l, int32_t n) {
-        auto k = random_values(g, size_t(n) * H * D), v = random_values(g, size_t(n) * H * D);
+        auto k = gaussian(g, size_t(n) * H * D, 1.0f), v = gaussian(g, size_t(n) * H * D, 1.0f);
         ASSERT_EQ(c.append(id, l, k, v, n), LLMN_STATUS_OK) << last_error();
         model_append(model[id], l, k, v);
     };
@@ -540,7 +500,7 @@ TEST(KvCache, RandomOperationsMatchModel) {
         } else if (op <= 5) {
             int32_t l = int32_t(g() % layers);
             int32_t n = int32_t(g() % (2 * bs)) + 1;
-            auto k = random_values(g, size_t(n) * H * D), v = random_values(g, size_t(n) * H * D);
+            auto k = gaussian(g, size_t(n) * H * D, 1.0f), v = gaussian(g, size_t(n) * H * D, 1.0f);
             int64_t old_len = int64_t(model[id].k[size_t(l)].size()) / (H * D);
             int64_t touched = (old_len + n + bs - 1) / bs - old_len / bs;  // upper bound on blocks needed
             llmn_status s = c.append(id, l, k, v, n);
@@ -584,7 +544,7 @@ TEST(KvCache, RandomOperationsMatchModel) {
         model[fid].k.resize(layers);
         model[fid].v.resize(layers);
         for (int i = 0; i < 4 * 24 && failures == 0; ++i) {
-            auto k = random_values(g, size_t(bs) * H * D), v = random_values(g, size_t(bs) * H * D);
+            auto k = gaussian(g, size_t(bs) * H * D, 1.0f), v = gaussian(g, size_t(bs) * H * D, 1.0f);
             llmn_status s = c.append(fid, 0, k, v, bs);
             if (s == LLMN_STATUS_OK) {
                 model_append(model[fid], 0, k, v);
@@ -605,7 +565,7 @@ TEST(KvCache, ErrorsNameParameterAndValueAndChangeNothing) {
     const int32_t H = 2, D = 64;
     Cache c(ctx.h, make_desc(2, H, D, 16, 64));
     int64_t id = c.add();
-    auto k = random_values(g, size_t(5) * H * D), v = random_values(g, size_t(5) * H * D);
+    auto k = gaussian(g, size_t(5) * H * D, 1.0f), v = gaussian(g, size_t(5) * H * D, 1.0f);
     ASSERT_EQ(c.append(id, 0, k, v, 5), LLMN_STATUS_OK);
     std::map<int64_t, ModelSeq> model;
     model[id].k.resize(2);
@@ -657,7 +617,7 @@ TEST(KvCache, ErrorsNameParameterAndValueAndChangeNothing) {
         // a CUDA buffer given to a CPU cache fails the same check, which needs a GPU to exercise).
         Ctx other;
         Buf kb(other.h, LLMN_DTYPE_F32, 2 * H * D), vb(other.h, LLMN_DTYPE_F32, 2 * H * D);
-        auto k2 = random_values(g, size_t(2) * H * D), v2 = random_values(g, size_t(2) * H * D);
+        auto k2 = gaussian(g, size_t(2) * H * D, 1.0f), v2 = gaussian(g, size_t(2) * H * D, 1.0f);
         kb.upload(k2);
         vb.upload(v2);
         LLMN_ASSERT_OK(llmn_kv_cache_append(c.h, id, 1, kb.h, vb.h, 2));

@@ -12,6 +12,8 @@
 #include "core/numeric.hpp"
 #include "kernels/kv_cache/kv_cache.hpp"
 #include "kernels/kv_cache/kv_kivi.hpp"
+#include "attention_reference.hpp"
+#include "kv_test_util.hpp"
 #include "test_util.hpp"
 
 #include <algorithm>
@@ -25,119 +27,14 @@ using namespace llmn_test;
 
 namespace {
 
-constexpr double kU = 1.0 / 16777216.0;      // 2^-24
-constexpr double kEpsExp = 1.0 / 2097152.0;  // 2^-21, libm expf and the AVX2 polynomial
-
-bool quick() {
-#if defined(__SANITIZE_ADDRESS__)
-    return true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-    return true;
-#endif
-#endif
-    return std::getenv("LLMNATIVE_TEST_QUICK") != nullptr;
-}
-
-struct Ctx {
-    llmn_context h = nullptr;
-    Ctx() { EXPECT_EQ(llmn_context_create(LLMN_BACKEND_CPU, 0, &h), LLMN_STATUS_OK); }
-    ~Ctx() { llmn_context_destroy(h); }
-};
-
-struct Buf {
-    llmn_buffer h = nullptr;
-    Buf(llmn_context c, int32_t dtype, int64_t count) {
-        EXPECT_EQ(llmn_buffer_create(c, dtype, std::max<int64_t>(count, 1), LLMN_MEMORY_DEVICE, &h), LLMN_STATUS_OK)
-            << last_error();
-    }
-    ~Buf() {
-        std::string msg = last_error();
-        llmn_buffer_destroy(h);
-        llmn::set_last_error(msg);
-    }
-    template <class T> void upload(const std::vector<T>& v) {
-        EXPECT_EQ(llmn_buffer_upload(h, 0, v.data(), int64_t(v.size())), LLMN_STATUS_OK) << last_error();
-    }
-    template <class T> std::vector<T> download(int64_t n) {
-        std::vector<T> v(static_cast<size_t>(n));
-        EXPECT_EQ(llmn_buffer_download(h, 0, v.data(), n), LLMN_STATUS_OK) << last_error();
-        return v;
-    }
-};
-
-struct CpuStateGuard {
-    llmn_cpu_info info{};
-    CpuStateGuard() { llmn_get_cpu_info(&info); }
-    ~CpuStateGuard() {
-        llmn_set_cpu_isa(info.active_isa);
-        llmn_set_cpu_threads(0);
-    }
-};
-
-std::vector<int32_t> isas_to_test() {
-    llmn_cpu_info info{};
-    llmn_get_cpu_info(&info);
-    std::vector<int32_t> v{LLMN_CPU_ISA_SCALAR};
-    if (info.detected_isa == LLMN_CPU_ISA_AVX2 || info.detected_isa == LLMN_CPU_ISA_AVX512) v.push_back(LLMN_CPU_ISA_AVX2);
-    return v;
-}
-const char* isa_name(int32_t isa) { return isa == LLMN_CPU_ISA_SCALAR ? "scalar" : "avx2"; }
-
-const char* fmt_name(int32_t f) {
-    switch (f) {
-        case LLMN_KV_F16: return "f16";
-        case LLMN_KV_INT8: return "int8";
-        case LLMN_KV_FP8_E4M3: return "fp8";
-        case LLMN_KV_INT4: return "int4";
-        case LLMN_KV_INT2: return "int2";
-    }
-    return "?";
-}
-
+// Cache descriptor: max_batch 8 (one residual slot per live sequence), value groups of `group`.
 llmn_kv_cache_desc make_desc(int32_t layers, int32_t heads, int32_t dim, int32_t bs, int32_t kf, int32_t vf,
                              int64_t tokens, int32_t group = 32) {
-    llmn_kv_cache_desc d{};
-    d.num_layers = layers;
-    d.num_kv_heads = heads;
-    d.head_dim = dim;
-    d.block_size = bs;
-    d.k_format = kf;
-    d.v_format = vf;
-    d.value_group_size = group;
-    d.max_batch = 8;
-    d.capacity_tokens = tokens;
-    return d;
+    return kv_desc(layers, heads, dim, bs, kf, vf, tokens, 8, group);
 }
 
-std::vector<float> gaussian(std::mt19937_64& g, size_t n, float sigma) {
-    std::normal_distribution<float> nd(0.0f, sigma);
-    std::vector<float> v(n);
-    for (float& x : v) x = nd(g);
-    return v;
-}
-
-float f16r(float x) { return llmn::f16_to_f32(llmn::f32_to_f16(x)); }
-
-void append(llmn_context ctx, llmn_kv_cache cache, int64_t id, int32_t layer, const float* k, const float* v, int32_t n,
-            int32_t HD) {
-    Buf kb(ctx, LLMN_DTYPE_F32, int64_t(n) * HD), vb(ctx, LLMN_DTYPE_F32, int64_t(n) * HD);
-    kb.upload(std::vector<float>(k, k + size_t(n) * HD));
-    vb.upload(std::vector<float>(v, v + size_t(n) * HD));
-    LLMN_ASSERT_OK(llmn_kv_cache_append(cache, id, layer, kb.h, vb.h, n));
-}
-
-void read(llmn_context ctx, llmn_kv_cache cache, int64_t id, int32_t layer, int64_t start, int64_t count, int32_t HD,
-          std::vector<float>& k, std::vector<float>& v) {
-    Buf kb(ctx, LLMN_DTYPE_F32, count * HD), vb(ctx, LLMN_DTYPE_F32, count * HD);
-    LLMN_ASSERT_OK(llmn_kv_cache_read(cache, id, layer, start, count, kb.h, vb.h));
-    k = kb.download<float>(count * HD);
-    v = vb.download<float>(count * HD);
-}
-
-bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
-    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
+// The KIVI attention kernels are scalar and AVX2 (no AVX-512 file): those two caps only.
+std::vector<int32_t> kivi_isas() { return isas_to_test(/*with_avx512=*/false); }
 
 // Expected read-back of a sequence whose f16-rounded inputs are x ([len][H][D], one side): full blocks
 // through the codec (kv_kivi.hpp, checked on its own by CodecErrorWithinHalfStep), the partial block as
@@ -166,23 +63,6 @@ std::vector<float> model_side(int32_t fmt, bool value, const std::vector<float>&
             }
         }
     return out;
-}
-
-std::vector<float> attention(llmn_context ctx, llmn_kv_cache cache, const std::vector<int64_t>& ids, int32_t layer,
-                             int32_t Hq, int32_t D, int32_t q_len, const std::vector<float>& q, int32_t splits) {
-    const int32_t B = int32_t(ids.size());
-    const int64_t n = int64_t(B) * q_len * Hq * D;
-    Buf qb(ctx, LLMN_DTYPE_F32, n), ob(ctx, LLMN_DTYPE_F32, n);
-    qb.upload(q);
-    ob.upload(std::vector<float>(size_t(n), std::nanf("")));
-    llmn_attention_params p{};
-    p.layer = layer;
-    p.num_q_heads = Hq;
-    p.q_len = q_len;
-    p.num_splits = splits;
-    p.scale = 1.0f / std::sqrt(float(D));
-    EXPECT_EQ(llmn_decode_attention(ctx, cache, ids.data(), B, qb.h, nullptr, ob.h, &p), LLMN_STATUS_OK) << last_error();
-    return ob.download<float>(n);
 }
 
 }  // namespace
@@ -403,7 +283,7 @@ TEST(KvKivi, OneByOneEqualsBulkEveryBlockSize) {
                 }
             }
             const std::vector<float> q = gaussian(g, size_t(lens.size()) * H * G * D, 1.0f);
-            for (int32_t isa : isas_to_test()) {
+            for (int32_t isa : kivi_isas()) {
                 LLMN_ASSERT_OK(llmn_set_cpu_isa(isa));
                 for (int32_t splits : {1, 3}) {
                     const std::vector<float> o1 = attention(ctx.h, one, ids1, 1, H * G, D, 1, q, splits);
@@ -573,14 +453,6 @@ TEST(KvKivi, NonFiniteRejectedCacheUnchanged) {
 
 namespace {
 
-struct Filled {
-    llmn_kv_cache cache = nullptr;
-    std::vector<int64_t> ids;
-    ~Filled() {
-        if (cache) llmn_kv_cache_destroy(cache);
-    }
-};
-
 struct KiviSetup {
     int32_t H = 2, G = 4, D = 128, bs = 16, q_len = 1, group = 32;
     std::vector<int64_t> lengths;
@@ -681,7 +553,7 @@ TEST(KvKivi, FusedMatchesFloat64Reference) {
                     std::mt19937_64 g(seed + 99);
                     const std::vector<float> q = gaussian(g, size_t(B) * q_len * Hq * D, 1.0f);
                     const float scf = 1.0f / std::sqrt(float(D));
-                    for (int32_t isa : isas_to_test()) {
+                    for (int32_t isa : kivi_isas()) {
                         LLMN_ASSERT_OK(llmn_set_cpu_isa(isa));
                         for (int32_t splits : {1, 3}) {
                             const std::vector<float> o = attention(ctx.h, f.cache, f.ids, 0, Hq, D, q_len, q, splits);
@@ -696,30 +568,14 @@ TEST(KvKivi, FusedMatchesFloat64Reference) {
                                     for (int32_t hq = 0; hq < Hq; ++hq) {
                                         const int32_t h = hq / s.G;
                                         const float* qr = &q[size_t(((b * q_len + i) * Hq + hq) * D)];
-                                        std::vector<double> sco(size_t(pos + 1)), kabs(size_t(D), 0.0);
-                                        double m = -INFINITY, Smax = 0, Vmax = 0;
+                                        std::vector<double> kabs(size_t(D), 0.0);
                                         for (int64_t t = 0; t <= pos; ++t)
                                             for (int32_t dd = 0; dd < D; ++dd)
                                                 kabs[size_t(dd)] = std::max(kabs[size_t(dd)], double(std::fabs(k[size_t((t * s.H + h) * D + dd)])));
                                         double Astar = 0;
                                         for (int32_t dd = 0; dd < D; ++dd) Astar += 3 * std::fabs(double(qr[dd] * scf)) * kabs[size_t(dd)];
-                                        for (int64_t t = 0; t <= pos; ++t) {
-                                            double dot = 0;
-                                            for (int32_t dd = 0; dd < D; ++dd)
-                                                dot += double(qr[dd] * scf) * k[size_t((t * s.H + h) * D + dd)];
-                                            sco[size_t(t)] = dot;
-                                            m = std::max(m, dot);
-                                            Smax = std::max(Smax, std::fabs(dot));
-                                            for (int32_t dd = 0; dd < D; ++dd)
-                                                Vmax = std::max(Vmax, double(std::fabs(v[size_t((t * s.H + h) * D + dd)])));
-                                        }
-                                        double l = 0;
-                                        std::vector<double> ref(size_t(D), 0.0);
-                                        for (int64_t t = 0; t <= pos; ++t) {
-                                            const double w = std::exp(sco[size_t(t)] - m);
-                                            l += w;
-                                            for (int32_t dd = 0; dd < D; ++dd) ref[size_t(dd)] += w * v[size_t((t * s.H + h) * D + dd)];
-                                        }
+                                        const PrescaledRow r = prescaled_attention_row_f64(qr, scf, k, v, s.H, h, D, pos);
+                                        const double Smax = r.smax, Vmax = r.vmax;
                                         const double N = double(pos + 1), T = std::ceil(N / 8.0) + splits, V3 = 3 * Vmax;
                                         const double eta = (2 * D + 8) * kU * Astar + kEpsExp + 2 * kU * Smax + 2 * kU;
                                         const double merge = 2 * (2 * kU * (Smax + std::log(N) + 2) + kEpsExp + (splits + 2) * kU) * V3 +
@@ -727,7 +583,7 @@ TEST(KvKivi, FusedMatchesFloat64Reference) {
                                         const double bound = 1.25 * (2 * eta * V3 + 2 * (N + T + 4) * kU * V3 + merge) + 8 * kU * V3;
                                         for (int32_t dd = 0; dd < D; ++dd) {
                                             const double got = o[size_t(((b * q_len + i) * Hq + hq) * D + dd)];
-                                            const double err = std::fabs(got - ref[size_t(dd)] / l);
+                                            const double err = std::fabs(got - r.o[size_t(dd)]);
                                             ASSERT_LE(err, bound)
                                                 << fmt_name(f2[0]) << "/" << fmt_name(f2[1]) << " " << isa_name(isa) << " D " << D
                                                 << " q_len " << q_len << " splits " << splits << " outliers " << outliers
@@ -819,7 +675,7 @@ TEST(KvKivi, WindowSoftcapAlibiMatchFloat64) {
             std::vector<float> slopes(static_cast<size_t>(Hq));
             for (int32_t h = 0; h < Hq; ++h) slopes[size_t(h)] = std::ldexp(1.0f, -(h + 1));
             const float scf = 1.0f / std::sqrt(float(D));
-            for (int32_t isa : isas_to_test()) {
+            for (int32_t isa : kivi_isas()) {
                 LLMN_ASSERT_OK(llmn_set_cpu_isa(isa));
                 for (int32_t splits : {1, 3}) {
                     const int64_t n = int64_t(B) * Q * Hq * D;

@@ -9,6 +9,8 @@
 #include "core/numeric.hpp"
 #include "kernels/kv_cache/kv_cache.hpp"
 #include "kernels/kv_cache/kv_quant.hpp"
+#include "attention_reference.hpp"
+#include "kv_test_util.hpp"
 #include "test_util.hpp"
 
 #include <algorithm>
@@ -21,80 +23,10 @@ using namespace llmn_test;
 
 namespace {
 
-constexpr double kU = 1.0 / 16777216.0;      // 2^-24
-constexpr double kEpsExp = 1.0 / 2097152.0;  // 2^-21, libm expf and the AVX2 polynomial
-
-bool quick() {
-#if defined(__SANITIZE_ADDRESS__)
-    return true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-    return true;
-#endif
-#endif
-    return std::getenv("LLMNATIVE_TEST_QUICK") != nullptr;
-}
-
-struct Ctx {
-    llmn_context h = nullptr;
-    Ctx() { EXPECT_EQ(llmn_context_create(LLMN_BACKEND_CPU, 0, &h), LLMN_STATUS_OK); }
-    ~Ctx() { llmn_context_destroy(h); }
-};
-
-struct Buf {
-    llmn_buffer h = nullptr;
-    Buf(llmn_context c, int32_t dtype, int64_t count) {
-        EXPECT_EQ(llmn_buffer_create(c, dtype, std::max<int64_t>(count, 1), LLMN_MEMORY_DEVICE, &h), LLMN_STATUS_OK)
-            << last_error();
-    }
-    ~Buf() {
-        std::string msg = last_error();
-        llmn_buffer_destroy(h);
-        llmn::set_last_error(msg);
-    }
-    template <class T> void upload(const std::vector<T>& v) {
-        EXPECT_EQ(llmn_buffer_upload(h, 0, v.data(), int64_t(v.size())), LLMN_STATUS_OK) << last_error();
-    }
-    template <class T> std::vector<T> download(int64_t n) {
-        std::vector<T> v(static_cast<size_t>(n));
-        EXPECT_EQ(llmn_buffer_download(h, 0, v.data(), n), LLMN_STATUS_OK) << last_error();
-        return v;
-    }
-};
-
-struct CpuStateGuard {
-    llmn_cpu_info info{};
-    CpuStateGuard() { llmn_get_cpu_info(&info); }
-    ~CpuStateGuard() {
-        llmn_set_cpu_isa(info.active_isa);
-        llmn_set_cpu_threads(0);
-    }
-};
-
-std::vector<int32_t> isas_to_test() {
-    llmn_cpu_info info{};
-    llmn_get_cpu_info(&info);
-    std::vector<int32_t> v{LLMN_CPU_ISA_SCALAR};
-    if (info.detected_isa == LLMN_CPU_ISA_AVX2 || info.detected_isa == LLMN_CPU_ISA_AVX512) v.push_back(LLMN_CPU_ISA_AVX2);
-    if (info.detected_isa == LLMN_CPU_ISA_AVX512) v.push_back(LLMN_CPU_ISA_AVX512);  // the zmm loops of the quant kernel
-    return v;
-}
-const char* isa_name(int32_t isa) {
-    return isa == LLMN_CPU_ISA_SCALAR ? "scalar" : (isa == LLMN_CPU_ISA_AVX2 ? "avx2" : "avx512");
-}
-
+// Cache descriptor: max_batch 16, no value groups (INT8/FP8 have none).
 llmn_kv_cache_desc make_desc(int32_t layers, int32_t heads, int32_t dim, int32_t bs, int32_t kf, int32_t vf,
                              int64_t tokens) {
-    llmn_kv_cache_desc d{};
-    d.num_layers = layers;
-    d.num_kv_heads = heads;
-    d.head_dim = dim;
-    d.block_size = bs;
-    d.k_format = kf;
-    d.v_format = vf;
-    d.max_batch = 16;
-    d.capacity_tokens = tokens;
-    return d;
+    return kv_desc(layers, heads, dim, bs, kf, vf, tokens, 16);
 }
 
 // Independent float64 decoder written from the OCP definition: (-1)^s 2^(e-7) (1 + m/8), subnormal
@@ -120,15 +52,6 @@ int e4m3_encode_ref(double x) {
         }
     }
     return sign | best;
-}
-
-const char* fmt_name(int32_t f) {
-    switch (f) {
-        case LLMN_KV_F16: return "f16";
-        case LLMN_KV_INT8: return "int8";
-        case LLMN_KV_FP8_E4M3: return "fp8";
-    }
-    return "?";
 }
 
 }  // namespace
@@ -296,40 +219,6 @@ std::vector<float> quantized_model(int32_t fmt, const std::vector<float>& x, int
     return out;
 }
 
-std::vector<float> gaussian(std::mt19937_64& g, size_t n, float sigma) {
-    std::normal_distribution<float> nd(0.0f, sigma);
-    std::vector<float> v(n);
-    for (float& x : v) x = nd(g);
-    return v;
-}
-
-void append(llmn_context ctx, llmn_kv_cache cache, int64_t id, int32_t layer, const float* k, const float* v,
-            int32_t n, int32_t HD) {
-    Buf kb(ctx, LLMN_DTYPE_F32, int64_t(n) * HD), vb(ctx, LLMN_DTYPE_F32, int64_t(n) * HD);
-    kb.upload(std::vector<float>(k, k + size_t(n) * HD));
-    vb.upload(std::vector<float>(v, v + size_t(n) * HD));
-    LLMN_ASSERT_OK(llmn_kv_cache_append(cache, id, layer, kb.h, vb.h, n));
-}
-
-void read(llmn_context ctx, llmn_kv_cache cache, int64_t id, int32_t layer, int64_t start, int64_t count, int32_t HD,
-          std::vector<float>& k, std::vector<float>& v, int32_t dtype = LLMN_DTYPE_F32) {
-    Buf kb(ctx, dtype, count * HD), vb(ctx, dtype, count * HD);
-    LLMN_ASSERT_OK(llmn_kv_cache_read(cache, id, layer, start, count, kb.h, vb.h));
-    if (dtype == LLMN_DTYPE_F32) {
-        k = kb.download<float>(count * HD);
-        v = vb.download<float>(count * HD);
-    } else {
-        k.clear();
-        v.clear();
-        for (uint16_t h : kb.download<uint16_t>(count * HD)) k.push_back(llmn::f16_to_f32(h));
-        for (uint16_t h : vb.download<uint16_t>(count * HD)) v.push_back(llmn::f16_to_f32(h));
-    }
-}
-
-bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
-    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
 }  // namespace
 
 TEST(KvQuant, AppendReadRoundTripOneByOneEqualsBulk) {
@@ -454,12 +343,6 @@ struct AttnSetup {
 
 // One cache of the given formats filled with the same K/V (seeded): layer 1 is attended, layer 0
 // holds other data so blocks interleave.
-struct Filled {
-    llmn_kv_cache cache = nullptr;
-    std::vector<int64_t> ids;
-    ~Filled() { llmn_kv_cache_destroy(cache); }
-};
-
 void fill(llmn_context ctx, const AttnSetup& s, int32_t kf, int32_t vf, uint64_t seed, Filled& f) {
     int64_t total = 0;
     for (int64_t l : s.lengths) total += l + s.bs;
@@ -492,21 +375,10 @@ void fill(llmn_context ctx, const AttnSetup& s, int32_t kf, int32_t vf, uint64_t
     }
 }
 
+// Attention of layer 1 over every sequence of f.
 std::vector<float> run_attention(llmn_context ctx, const AttnSetup& s, Filled& f, const std::vector<float>& q,
                                  int32_t splits) {
-    const int32_t Hq = s.H * s.G, B = int32_t(s.lengths.size());
-    const int64_t n = int64_t(B) * s.q_len * Hq * s.D;
-    Buf qb(ctx, LLMN_DTYPE_F32, n), ob(ctx, LLMN_DTYPE_F32, n);
-    qb.upload(q);
-    ob.upload(std::vector<float>(size_t(n), std::nanf("")));
-    llmn_attention_params p{};
-    p.layer = 1;
-    p.num_q_heads = Hq;
-    p.q_len = s.q_len;
-    p.num_splits = splits;
-    p.scale = 1.0f / std::sqrt(float(s.D));
-    EXPECT_EQ(llmn_decode_attention(ctx, f.cache, f.ids.data(), B, qb.h, nullptr, ob.h, &p), LLMN_STATUS_OK) << last_error();
-    return ob.download<float>(n);
+    return attention(ctx, f.cache, f.ids, 1, s.H * s.G, s.D, s.q_len, q, splits);
 }
 
 }  // namespace
@@ -543,7 +415,6 @@ TEST(KvQuant, FusedMatchesFloat64Reference) {
                     const int32_t Hq = s.H * s.G, HD = s.H * s.D, B = int32_t(s.lengths.size());
                     std::mt19937_64 g(seed + 99);
                     const std::vector<float> q = gaussian(g, size_t(B) * q_len * Hq * D, 1.0f);
-                    const double sc = 1.0 / std::sqrt(double(D));
                     const float scf = 1.0f / std::sqrt(float(D));
                     for (int32_t isa : isas_to_test()) {
                         LLMN_ASSERT_OK(llmn_set_cpu_isa(isa));
@@ -560,30 +431,8 @@ TEST(KvQuant, FusedMatchesFloat64Reference) {
                                     for (int32_t hq = 0; hq < Hq; ++hq) {
                                         const int32_t h = hq / s.G;
                                         const float* qr = &q[size_t(((b * q_len + i) * Hq + hq) * D)];
-                                        std::vector<double> sco(size_t(pos + 1)), A(size_t(pos + 1));
-                                        double m = -INFINITY, Smax = 0, Vmax = 0, Amax = 0;
-                                        for (int64_t t = 0; t <= pos; ++t) {
-                                            double dot = 0, a = 0;
-                                            for (int32_t dd = 0; dd < D; ++dd) {
-                                                const double qd = double(qr[dd] * scf), kd = k[size_t((t * s.H + h) * D + dd)];
-                                                dot += qd * kd;
-                                                a += std::fabs(qd * kd);
-                                            }
-                                            sco[size_t(t)] = dot;
-                                            m = std::max(m, dot);
-                                            Smax = std::max(Smax, std::fabs(dot));
-                                            Amax = std::max(Amax, a);
-                                            for (int32_t dd = 0; dd < D; ++dd)
-                                                Vmax = std::max(Vmax, double(std::fabs(v[size_t((t * s.H + h) * D + dd)])));
-                                        }
-                                        (void)sc;
-                                        double l = 0;
-                                        std::vector<double> ref(size_t(D), 0.0);
-                                        for (int64_t t = 0; t <= pos; ++t) {
-                                            const double w = std::exp(sco[size_t(t)] - m);
-                                            l += w;
-                                            for (int32_t dd = 0; dd < D; ++dd) ref[size_t(dd)] += w * v[size_t((t * s.H + h) * D + dd)];
-                                        }
+                                        const PrescaledRow r = prescaled_attention_row_f64(qr, scf, k, v, s.H, h, D, pos);
+                                        const double Smax = r.smax, Vmax = r.vmax, Amax = r.amax;
                                         const double N = double(pos + 1), T = std::ceil(N / 64.0) + splits;
                                         const double eta = (D + 4) * kU * Amax + kEpsExp + 2 * kU * Smax + 2 * kU;
                                         const double merge = 2 * (2 * kU * (Smax + std::log(N) + 2) + kEpsExp + (splits + 2) * kU) * Vmax +
@@ -592,7 +441,7 @@ TEST(KvQuant, FusedMatchesFloat64Reference) {
                                             1.25 * (2 * eta * Vmax + 2 * (N + T + 4) * kU * Vmax + merge) + 8 * kU * Vmax;
                                         for (int32_t dd = 0; dd < D; ++dd) {
                                             const double got = o[size_t(((b * q_len + i) * Hq + hq) * D + dd)];
-                                            const double err = std::fabs(got - ref[size_t(dd)] / l);
+                                            const double err = std::fabs(got - r.o[size_t(dd)]);
                                             ASSERT_LE(err, bound)
                                                 << fmt_name(f2[0]) << "/" << fmt_name(f2[1]) << " " << isa_name(isa) << " D " << D
                                                 << " q_len " << q_len << " splits " << splits << " outliers " << outliers
