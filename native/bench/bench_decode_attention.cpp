@@ -11,6 +11,7 @@
 #include <benchmark/benchmark.h>
 #include <llmnative/llmnative.h>
 
+#include "bench_util.hpp"
 #include "cpu/cpu_runtime.hpp"
 
 #include <algorithm>
@@ -24,14 +25,7 @@
 
 namespace {
 
-constexpr int32_t kQHeads = 32, kKvHeads = 8, kHeadDim = 128, kBlock = 16;
-constexpr int64_t kKvBytesPerToken = int64_t(kKvHeads) * kHeadDim * 2 * 2;  // K + V, f16, one layer
-// Override with LLMNATIVE_BENCH_ROTATE_MIB (e.g. 0: one copy, cache-resident for small sizes, which
-// shows the kernel's compute-bound rate).
-int64_t rotate_bytes() {
-    const char* env = std::getenv("LLMNATIVE_BENCH_ROTATE_MIB");
-    return (env ? std::atoll(env) : 256) << 20;
-}
+using namespace llmn_bench;
 
 // Sum of 64-bit words over fixed chunks handed to the pool; integer adds vectorise freely.
 double stream_read_once(const uint64_t* a, size_t words, uint64_t* sink) {
@@ -93,65 +87,29 @@ struct AttentionSetup {
     }
 };
 
-// Bytes of K + V (with INT8/FP8 scales) one token of one layer occupies for a format (the planner).
-int64_t kv_bytes_per_token(int32_t fmt) {
-    if (fmt == LLMN_KV_F16) return kKvBytesPerToken;
-    llmn_kv_cache_desc d{};
-    d.num_layers = 1;
-    d.num_kv_heads = kKvHeads;
-    d.head_dim = kHeadDim;
-    d.block_size = kBlock;
-    d.k_format = d.v_format = fmt;
-    int64_t b = 0;
-    llmn_kv_cache_bytes_per_token(&d, &b);
-    return b;
-}
-
+// One cache of the format with >= 2 copies of the batch (rotation: >= 256 MiB of KV between two visits
+// of a copy; LLMNATIVE_BENCH_ROTATE_MIB overrides, 0: one copy, cache-resident for small sizes, which
+// shows the kernel's compute-bound rate).
 bool build(AttentionSetup& s, int32_t batch, int64_t context, benchmark::State& state, int32_t fmt = LLMN_KV_F16) {
-    const int64_t batch_bytes = int64_t(batch) * context * kv_bytes_per_token(fmt);
-    const int64_t copies = std::max<int64_t>(rotate_bytes() > 0 ? 2 : 1, (rotate_bytes() + batch_bytes - 1) / batch_bytes);
+    const int64_t batch_bytes = int64_t(batch) * context * bytes_per_token(fmt);
+    const int64_t rot = rotate_bytes(256);
+    const int64_t copies = std::max<int64_t>(rot > 0 ? 2 : 1, (rot + batch_bytes - 1) / batch_bytes);
     if (llmn_context_create(LLMN_BACKEND_CPU, 0, &s.ctx) != LLMN_STATUS_OK) return false;
-    llmn_kv_cache_desc d{};
-    d.num_layers = 1;
-    d.num_kv_heads = kKvHeads;
-    d.head_dim = kHeadDim;
-    d.block_size = kBlock;
-    d.k_format = d.v_format = fmt;
+    llmn_kv_cache_desc d = bench_desc(fmt);
     d.max_batch = std::max(batch, 1);
     d.capacity_tokens = copies * batch * (context + kBlock);
     if (llmn_kv_cache_create(s.ctx, &d, &s.cache) != LLMN_STATUS_OK) {
         state.SkipWithError("KV cache allocation failed");
         return false;
     }
-    // One chunk of random K/V reused for every append (values do not matter for the timing).
-    const int32_t chunk = 512;
     std::mt19937 g(7);
     std::normal_distribution<float> nd(0.0f, 1.0f);
-    std::vector<float> kv(size_t(chunk) * kKvHeads * kHeadDim);
-    for (auto& x : kv) x = nd(g);
-    llmn_buffer kb = nullptr;
-    llmn_buffer_create(s.ctx, LLMN_DTYPE_F32, int64_t(kv.size()), LLMN_MEMORY_DEVICE, &kb);
-    llmn_buffer_upload(kb, 0, kv.data(), int64_t(kv.size()));
-    s.sets.assign(size_t(copies), {});
-    for (auto& set : s.sets)
-        for (int32_t b = 0; b < batch; ++b) {
-            int64_t id = 0;
-            llmn_kv_cache_add_sequence(s.cache, &id);
-            set.push_back(id);
-        }
-    // Interleave the appends of all sequences so their blocks are scattered over the pool.
-    for (int64_t done = 0; done < context; done += chunk) {
-        const int32_t n = int32_t(std::min<int64_t>(chunk, context - done));
-        for (auto& set : s.sets)
-            for (int64_t id : set) llmn_kv_cache_append(s.cache, id, 0, kb, kb, n);
-    }
+    llmn_buffer kb = random_buffer(s.ctx, g, nd, int64_t(kChunk) * kKvHeads * kHeadDim);
+    s.sets = fill_rotated(s.cache, copies, batch, context, kb);
     llmn_buffer_destroy(kb);
     const int64_t qn = int64_t(batch) * kQHeads * kHeadDim;
-    std::vector<float> qv(static_cast<size_t>(qn));
-    for (auto& x : qv) x = nd(g);
-    llmn_buffer_create(s.ctx, LLMN_DTYPE_F32, qn, LLMN_MEMORY_DEVICE, &s.q);
+    s.q = random_buffer(s.ctx, g, nd, qn);
     llmn_buffer_create(s.ctx, LLMN_DTYPE_F32, qn, LLMN_MEMORY_DEVICE, &s.out);
-    llmn_buffer_upload(s.q, 0, qv.data(), qn);
     return true;
 }
 
@@ -177,8 +135,8 @@ void run_decode_attention(benchmark::State& state, int32_t batch, int64_t contex
     p.num_q_heads = kQHeads;
     p.q_len = 1;
     p.num_splits = splits;
-    p.scale = 0.08838834764831845f;
-    const double kv_bytes = double(batch) * double(context) * double(kv_bytes_per_token(fmt));
+    p.scale = kScale;
+    const double kv_bytes = double(batch) * double(context) * double(bytes_per_token(fmt));
     const int64_t calls = std::max<int64_t>(1, int64_t(std::ceil(double(int64_t(256) << 20) / kv_bytes)));
     const size_t stream_words = (size_t(256) << 20) / 8;
     StreamArray sa(stream_words);
@@ -204,10 +162,6 @@ void run_decode_attention(benchmark::State& state, int32_t batch, int64_t contex
         ratios.push_back(att_gbps.back() / str_gbps.back());
     }
     benchmark::DoNotOptimize(sink);
-    auto median = [](std::vector<double> v) {
-        std::sort(v.begin(), v.end());
-        return v[v.size() / 2];
-    };
     const double total_calls = double(state.iterations()) * double(calls);
     state.SetBytesProcessed(int64_t(total_calls * kv_bytes));
     state.counters["us_per_call"] = att_seconds / total_calls * 1e6;
