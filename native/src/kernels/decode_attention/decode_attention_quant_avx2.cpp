@@ -18,7 +18,7 @@
 // "zmm variant" section): per key and GQA group of 4 this kernel does 2 x 4 x head_dim multiply-adds
 // against 2 x head_dim bytes of INT8/FP8 K+V, so with ymm it is compute bound near the streaming
 // bandwidth of the dev box (2-core Zen 5), i.e. no faster than the memory-bound f16 kernel. Measured
-// (bench_attention_quant.cpp, same rounds): see docs/kv-quantization.md, "INT8/FP8 CPU speed".
+// (BM_AttentionQuantVsF16 in bench_kv_quant.cpp, same rounds): see docs/kv-quantization.md, "INT8/FP8 CPU speed".
 #include "decode_attention_avx2_math.hpp"
 #include "decode_attention_cpu.hpp"
 
