@@ -7,7 +7,7 @@
 #   .gpu/peers.py      the torch peers (copy of ../shared/gpu/peers.py)
 #   .gpu/googletest    GoogleTest sources (from /usr/src/googletest), so the device can build the tests
 #   .gpu/prebuilt.tar.xz  with --prebuilt: libllmnative.so and llmnative_tests built here for sm_90 (SASS
-#                      only) by this machine's nvcc, xz-compressed (the two uncompressed are ~58 MiB, too close
+#                      only, with -lineinfo so Nsight Compute's stall samples name source lines) by this machine's nvcc, xz-compressed (the two uncompressed are ~58 MiB, too close
 #                      to the limit), so the first minutes on the device run tests and benchmarks instead of
 #                      compiling; run_gpu.sh unpacks it. run_gpu.sh also builds with the device's own nvcc.
 # Everything carried counts against the device call's 64 MiB limit; the script prints the total.
@@ -31,7 +31,7 @@ if [ "${1:-}" = "--prebuilt" ]; then
   command -v nvcc >/dev/null || { echo "prepare_carry: --prebuilt needs nvcc (.ci/install-cuda.sh)" >&2; exit 1; }
   b="$root/build/gpu-prebuilt"
   cmake -S "$root" -B "$b" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLMNATIVE_CUDA=ON \
-    -DLLMNATIVE_CUDA_ARCHITECTURES="90-real" -DLLMNATIVE_BUILD_BENCHMARKS=OFF >/dev/null
+    -DLLMNATIVE_CUDA_ARCHITECTURES="90-real" -DLLMNATIVE_BUILD_BENCHMARKS=OFF -DCMAKE_CUDA_FLAGS=-lineinfo >/dev/null
   cmake --build "$b" --target llmnative llmnative_tests --parallel "${LLMNATIVE_JOBS:-2}"
   mkdir -p "$dst/prebuilt"
   cp "$b/lib/libllmnative.so" "$b/native/tests/llmnative_tests" "$dst/prebuilt/"
