@@ -138,7 +138,7 @@ bench() {
   [ -n "$quick" ] && qa=(--quick)
   local left=$(( deadline - $(date +%s) - 20 ))
   [ -n "$build_pid" ] && left=$(( left - 60 ))   # keep a minute for the device build's tests
-  [ "$backend" = cuda ] && [ -z "$quick" ] && left=$(( left - 60 ))  # the SIMT comparison below
+  [ "$backend" = cuda ] && [ -z "$quick" ] && left=$(( left - 120 ))  # the two kernel comparisons below
   local g=$(( left * 45 / 100 )) a=$(( left * 55 / 100 ))
   step "bench gemm ($label)" "$g" "$out/bench_gemm_$label.log" \
     env PYTHONUNBUFFERED=1 python3 "$root/native/gpu/bench_gpu.py" --lib "$lib" --backend "$backend" \
@@ -152,6 +152,11 @@ bench() {
       env PYTHONUNBUFFERED=1 LLMNATIVE_ATTN_CUDA_PATH=simt python3 "$root/native/gpu/bench_gpu.py" --lib "$lib" \
         --backend cuda --only attention --formats f16 --batches 1,8 --contexts 4096,32768 --budget 40 \
         --out "$out/bench_attention_simt_$label.json"
+    # 8-bit K/V in the tensor-core kernel (opt-in until its tests have passed on a GPU)
+    step "bench attention, 8-bit caches in the tensor-core kernel ($label)" 60 "$out/bench_attention_mma8_$label.log" \
+      env PYTHONUNBUFFERED=1 LLMNATIVE_ATTN_CUDA_PATH=mma python3 "$root/native/gpu/bench_gpu.py" --lib "$lib" \
+        --backend cuda --only attention --formats int8,fp8 --batches 1,8 --contexts 4096,32768 --budget 40 \
+        --out "$out/bench_attention_mma8_$label.json"
   fi
 }
 

@@ -1049,9 +1049,15 @@ TEST(DecodeAttentionCuda, SimtAndTensorCoreKernelsBothMatch) {
         AttnPathScope scope(path);
         const std::string tag = path == ac::KernelPath::Mma ? "[mma] " : "[simt] ";
         auto g = rng(path == ac::KernelPath::Mma ? 221 : 220);
+        // f16 caches: Auto's tensor-core case. INT8 / E4M3 (and one mix) run the tensor-core kernel only when
+        // forced: that variant decodes the codes to f16 in shared memory.
+        for (int32_t fmt : {int32_t(LLMN_KV_F16), int32_t(LLMN_KV_INT8), int32_t(LLMN_KV_FP8_E4M3)})
         for (int32_t D : {64, 128})
             for (int32_t q_len : {1, 4}) {
+                if (fmt != LLMN_KV_F16 && D == 64 && q_len == 4) continue;  // keeps the test short
                 Problem pb;
+                pb.kv_format = fmt;
+                if (fmt == LLMN_KV_FP8_E4M3 && D == 64) pb.v_format = LLMN_KV_INT8;  // mixed 8-bit sides
                 pb.H = 2;
                 pb.G = 4;
                 pb.D = D;
@@ -1060,7 +1066,8 @@ TEST(DecodeAttentionCuda, SimtAndTensorCoreKernelsBothMatch) {
                 pb.outliers = q_len == 4;
                 pb.lengths = {q_len, 5, 63, 64, 65, 129, 1000, 4097};
                 std::shuffle(pb.lengths.begin(), pb.lengths.end(), g);
-                const std::string name = tag + "D " + std::to_string(D) + " q_len " + std::to_string(q_len);
+                const std::string name = tag + "D " + std::to_string(D) + " q_len " + std::to_string(q_len) + " " +
+                                         llmn::kv_format_name(fmt);
                 check_gpu(hx, pb, g, name, {0, 1, 7}, LLMN_DTYPE_F16);
                 std::vector<float> slopes(size_t(pb.H * pb.G));
                 for (size_t h = 0; h < slopes.size(); ++h) slopes[h] = std::pow(2.0f, -8.0f * float(h + 1) / float(slopes.size()));

@@ -633,11 +633,14 @@ constexpr int kMmaTileKeys = 64;
 constexpr int kMmaStages = 3;
 constexpr int kMmaRows = 16;
 
-template <int D>
+template <int D, bool kQ8>
 struct MmaShape {
-    static constexpr int kChunks = D / 8;                      // 16-byte chunks per row
-    static constexpr int kStageVec = 2 * kMmaTileKeys * kChunks;  // uint4 per stage: K rows then V rows
-    static constexpr int kSmemBytes = kMmaStages * kStageVec * 16;
+    static constexpr int kChunks = D / 8;  // 16-byte chunks per f16 row (ldmatrix operand tiles)
+    // uint4 per stage. f16: K rows then V rows (swizzled). 8-bit: K codes, V codes (D / 16 chunks a row,
+    // linear), then the tile's K and V per-token f32 scales (2 x 64 floats).
+    static constexpr int kStageVec = kQ8 ? 2 * kMmaTileKeys * (D / 16) + 2 * kMmaTileKeys / 4 : 2 * kMmaTileKeys * kChunks;
+    static constexpr int kWorkVec = kQ8 ? 2 * kMmaTileKeys * kChunks : 0;  // 8-bit: the tile decoded to f16
+    static constexpr int kSmemBytes = (kMmaStages * kStageVec + kWorkVec) * 16;
     static constexpr int kScratchFloats = 4 * kMmaRows * (D + 2);  // per-warp m, l, O for the final merge
     static_assert(kChunks >= 8, "the XOR swizzle needs >= 8 chunks per row");
     static_assert(kScratchFloats * 4 <= kSmemBytes, "merge scratch fits in the stage buffers");
@@ -647,7 +650,7 @@ __device__ __forceinline__ int swz(int j, int c, int chunks) { return j * chunks
 
 template <int D>
 __device__ __forceinline__ void mma_load_tile(uint4* dst, const Stream& st, int64_t t0) {
-    constexpr int kC = MmaShape<D>::kChunks;
+    constexpr int kC = MmaShape<D, false>::kChunks;
     constexpr int kCount = kMmaTileKeys * kC;
 #pragma unroll
     for (int i = 0; i < kCount / kThreads; ++i) {
@@ -663,15 +666,62 @@ __device__ __forceinline__ void mma_load_tile(uint4* dst, const Stream& st, int6
     }
 }
 
+// 8-bit sides: codes and per-token scales are copied as they are stored (the SIMT kernel's helpers),
+// then decoded to exact f16 values in a work tile laid out like the f16 stage, which the f16 code path
+// reads unchanged. INT8 codes and E4M3 values are exact in f16, so q.k and p.v lose nothing; the
+// per-token scales multiply S (K) and P (V) in fp32 as in the SIMT kernel.
+template <int D>
+__device__ __forceinline__ void mma_load_tile_q8(uint4* dst, const Stream& st, int64_t t0) {
+    constexpr int kRow = D / 16, kCount = kMmaTileKeys * kRow;
+    load_rows<kRow, kCount>(dst, st, t0, st.k_off, D);
+    load_rows<kRow, kCount>(dst + kCount, st, t0, st.v_off, D);
+    float* scales = reinterpret_cast<float*>(dst + 2 * kCount);
+    load_scales<kMmaTileKeys>(scales, st, t0, st.k_aux_off);
+    load_scales<kMmaTileKeys>(scales + kMmaTileKeys, st, t0, st.v_aux_off);
+}
+
+// Bytes 0 and 1 of w -> two exact f16 (low half = byte 0): INT8 through the 1024 + (x + 128) magic, E4M3
+// through kvq_cuda's bit move (value x 2^-8) and an exact x 256.
+__device__ __forceinline__ uint32_t q8x2_to_f16x2(uint32_t w, bool fp8) {
+    __half2 h;
+    if (fp8) {
+        const uint32_t b = kvq_cuda::e4m3x2_to_f16x2(w);
+        h = __hmul2(*reinterpret_cast<const __half2*>(&b), __float2half2_rn(256.0f));
+    } else {
+        const uint32_t u = __byte_perm(w ^ 0x8080u, 0x64u, 0x4140);  // halves 0x64xx: 1024 + (x + 128)
+        h = __hsub2(*reinterpret_cast<const __half2*>(&u), __float2half2_rn(1152.0f));
+    }
+    return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// Stage codes (K rows, then V rows) -> the swizzled f16 work tile (K rows, then V rows).
+template <int D>
+__device__ __forceinline__ void mma_decode_tile_q8(const uint4* stage, uint4* work, bool k_fp8, bool v_fp8) {
+    constexpr int kRow = D / 16, kCount = kMmaTileKeys * kRow, kC = D / 8;
+    for (int idx = int(threadIdx.x); idx < 2 * kCount; idx += kThreads) {
+        const int side = idx / kCount, rem = idx - side * kCount;
+        const int j = rem / kRow, c16 = rem - j * kRow;
+        const bool fp8 = side ? v_fp8 : k_fp8;
+        const uint4 raw = stage[idx];
+        const uint4 lo = make_uint4(q8x2_to_f16x2(raw.x, fp8), q8x2_to_f16x2(raw.x >> 16, fp8), q8x2_to_f16x2(raw.y, fp8),
+                                    q8x2_to_f16x2(raw.y >> 16, fp8));
+        const uint4 hi = make_uint4(q8x2_to_f16x2(raw.z, fp8), q8x2_to_f16x2(raw.z >> 16, fp8), q8x2_to_f16x2(raw.w, fp8),
+                                    q8x2_to_f16x2(raw.w >> 16, fp8));
+        uint4* rows = work + side * kMmaTileKeys * kC;
+        rows[swz(j, 2 * c16, kC)] = lo;
+        rows[swz(j, 2 * c16 + 1, kC)] = hi;
+    }
+}
+
 __device__ __forceinline__ uint32_t pack_half2(float a, float b) {
     const __half2 h = __floats2half2_rn(a, b);
     return *reinterpret_cast<const uint32_t*>(&h);
 }
 
-template <int D>
+template <int D, bool kQ8>
 __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    using MS = MmaShape<D>;
+    using MS = MmaShape<D, kQ8>;
     constexpr int kC = MS::kChunks;
     constexpr int kKSteps = D / 16;  // k16 steps of S = Q K^T
     constexpr int kNT = D / 8;       // n8 tiles of O
@@ -719,20 +769,36 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
 
     const int64_t span = ke > kb ? ke - kb : 0;
     const int ntiles = int((span + kMmaTileKeys - 1) / kMmaTileKeys);
+    auto load = [&](int tile, int stage) {
+        uint4* dst = smem + stage * MS::kStageVec;
+        if constexpr (kQ8) mma_load_tile_q8<D>(dst, ss, kb + int64_t(tile) * kMmaTileKeys);
+        else mma_load_tile<D>(dst, ss, kb + int64_t(tile) * kMmaTileKeys);
+    };
 #pragma unroll
     for (int s = 0; s < kMmaStages - 1; ++s) {
-        if (s < ntiles) mma_load_tile<D>(smem + s * MS::kStageVec, ss, kb + int64_t(s) * kMmaTileKeys);
+        if (s < ntiles) load(s, s);
         cp_async_commit();
     }
     const bool transform = p.softcap > 0.0f || p.slopes != nullptr;
     const int key0 = 16 * warp;  // this warp's keys in a tile: [key0, key0 + 16)
     for (int i = 0; i < ntiles; ++i) {
         const int nxt = i + kMmaStages - 1;
-        if (nxt < ntiles) mma_load_tile<D>(smem + (nxt % kMmaStages) * MS::kStageVec, ss, kb + int64_t(nxt) * kMmaTileKeys);
+        if (nxt < ntiles) load(nxt, nxt % kMmaStages);
         cp_async_commit();
         cp_async_wait<kMmaStages - 1>();
         __syncthreads();
-        const uint4* ks_ = smem + (i % kMmaStages) * MS::kStageVec;
+        const uint4* stage = smem + (i % kMmaStages) * MS::kStageVec;
+        const float* k_scales = nullptr;
+        const float* v_scales = nullptr;
+        const uint4* ks_ = stage;
+        if constexpr (kQ8) {
+            uint4* work = smem + kMmaStages * MS::kStageVec;
+            mma_decode_tile_q8<D>(stage, work, p.k_code != 0, p.v_code != 0);
+            k_scales = reinterpret_cast<const float*>(stage + 2 * kMmaTileKeys * (D / 16));
+            v_scales = k_scales + kMmaTileKeys;
+            ks_ = work;
+            __syncthreads();  // the decoded tile is complete
+        }
         const uint4* vs_ = ks_ + kMmaTileKeys * kC;
         const int64_t t0 = kb + int64_t(i) * kMmaTileKeys;
 
@@ -762,7 +828,9 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
                     const int tt = key0 + 8 * jt + 2 * c4 + e;
-                    float v = sc[jt][2 * ri + e] * p.scale;
+                    float v = sc[jt][2 * ri + e];
+                    if constexpr (kQ8) v *= k_scales[tt];  // per-token K scale after the dot product
+                    v *= p.scale;
                     if (transform) v = score_transform(v, p.softcap, p.slopes != nullptr, slope[ri], t0 + tt, hi[ri]);
                     const bool vis = tt >= first && tt <= last;
                     pr[jt][2 * ri + e] = vis ? v : neg_inf();
@@ -790,6 +858,12 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
             o[nt][1] *= alpha[0];
             o[nt][2] *= alpha[1];
             o[nt][3] *= alpha[1];
+        }
+        if constexpr (kQ8) {  // V's per-token scale folded into the weights (l above used p itself)
+#pragma unroll
+            for (int jt = 0; jt < 2; ++jt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) pr[jt][e] *= v_scales[key0 + 8 * jt + 2 * c4 + (e & 1)];
         }
         // P as A fragments, split p = hi + lo in f16.
         uint32_t ph[4], pl[4];
@@ -990,14 +1064,20 @@ bool is_16bit(int32_t f) { return f == LLMN_KV_F16 || f == LLMN_KV_BF16; }
 
 // Five side pairs x 5 head dims x 5 row buckets: same-format f16 and bf16 caches get fixed types,
 // every pair with an 8-bit side resolves the element variant at run time (Params::k_code/v_code).
-template <int D>
+template <int D, bool kQ8>
 void launch_mma(unsigned grid, int smem, cudaStream_t stream, const Params& p) {
-    mma_kernel<D><<<grid, kThreads, smem, stream>>>(p);
+    mma_kernel<D, kQ8><<<grid, kThreads, smem, stream>>>(p);
 }
 
-template <int D>
+template <int D, bool kQ8>
 KernelInfo mma_info() {
-    return KernelInfo{&launch_mma<D>, reinterpret_cast<const void*>(&mma_kernel<D>), MmaShape<D>::kSmemBytes, kMmaRows};
+    return KernelInfo{&launch_mma<D, kQ8>, reinterpret_cast<const void*>(&mma_kernel<D, kQ8>), MmaShape<D, kQ8>::kSmemBytes,
+                      kMmaRows};
+}
+
+KernelInfo mma_kernel_for(int head_dim, bool q8) {
+    if (head_dim == 64) return q8 ? mma_info<64, true>() : mma_info<64, false>();
+    return q8 ? mma_info<128, true>() : mma_info<128, false>();
 }
 
 std::atomic<int> g_forced_path{static_cast<int>(KernelPath::Auto)};
@@ -1241,17 +1321,20 @@ void decode_attention_cuda(const Context& ctx, const DecodeAttentionArgs& a) {
     refresh_tables(s, cache, a, ctx, stream, capturing);
 
     const RowPlan rp = row_plan(D, G, Q);
-    const bool mma_ok = mma_path_applies(s.cc_major, D, L.k_format == LLMN_KV_F16 && L.v_format == LLMN_KV_F16,
-                                         a.q->dtype() == LLMN_DTYPE_F16, G * Q);
+    // Tensor-core kernel: automatic for f16 caches (run on the H200, 2026-12-04); for 8-bit K and V only
+    // when requested (LLMNATIVE_ATTN_CUDA_PATH=mma / set_kernel_path): that variant has not run on a GPU yet.
+    const bool kv_f16 = L.k_format == LLMN_KV_F16 && L.v_format == LLMN_KV_F16;
+    const bool kv_q8 = is_q8(L.k_format) && is_q8(L.v_format);
+    const bool mma_shape = mma_path_applies(s.cc_major, D, a.q->dtype() == LLMN_DTYPE_F16, G * Q);
     const KernelPath path = requested_path();
-    if (path == KernelPath::Mma && !mma_ok)
+    if (path == KernelPath::Mma && !(mma_shape && (kv_f16 || kv_q8)))
         fail(LLMN_STATUS_UNSUPPORTED,
              "decode attention (CUDA): the tensor-core kernel was requested (LLMNATIVE_ATTN_CUDA_PATH=mma) but needs sm_80+, "
-             "f16 K/V/q, head_dim 64 or 128 and group x q_len <= 16 (this call: sm_%d, head_dim %d, %d rows)",
-             s.cc_major, D, G * Q);
-    const KernelInfo ki = mma_ok && path != KernelPath::Simt
-                              ? (D == 64 ? mma_info<64>() : mma_info<128>())
-                              : select_kernel(D, L.k_format, L.v_format, rp.bucket);
+             "f16 q, f16 or 8-bit K and V, head_dim 64 or 128 and group x q_len <= 16 (this call: sm_%d, head_dim %d, %d rows, "
+             "k_format %s, v_format %s)",
+             s.cc_major, D, G * Q, kv_format_name(L.k_format), kv_format_name(L.v_format));
+    const bool use_mma = path == KernelPath::Mma || (path == KernelPath::Auto && mma_shape && kv_f16);
+    const KernelInfo ki = use_mma ? mma_kernel_for(D, kv_q8) : select_kernel(D, L.k_format, L.v_format, rp.bucket);
 
     PlanInput in;
     in.batch = B;

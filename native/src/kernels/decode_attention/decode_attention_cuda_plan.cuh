@@ -474,14 +474,15 @@ inline int64_t flatten_tables(int32_t batch, GetBlocks get_blocks, std::vector<i
     return off;  // entries needed (nothing past capacity was written)
 }
 
-// Which split kernel a call uses. Auto: the tensor-core kernel (mma_kernel) where it applies (sm_80+,
-// f16 K, V and q, head_dim 64 or 128, group x q_len <= 16), the SIMT kernel otherwise. The environment
-// variable LLMNATIVE_ATTN_CUDA_PATH=simt|mma overrides Auto; tests force a path with set_kernel_path
-// (defined in decode_attention.cu: CUDA builds only). A forced Mma on a call it cannot serve fails.
+// Which split kernel a call uses. Auto: the tensor-core kernel (mma_kernel) for f16 caches where its
+// shape applies (sm_80+, f16 q, head_dim 64 or 128, group x q_len <= 16), the SIMT kernel otherwise.
+// The environment variable LLMNATIVE_ATTN_CUDA_PATH=simt|mma overrides Auto; tests force a path with
+// set_kernel_path (defined in decode_attention.cu: CUDA builds only). A forced Mma also takes 8-bit K and
+// V (INT8 / E4M3, decoded to f16 in shared memory); on a call it cannot serve it fails.
 enum class KernelPath : int { Auto = 0, Simt = 1, Mma = 2 };
 void set_kernel_path(KernelPath path);
-inline bool mma_path_applies(int cc_major, int head_dim, bool kv_f16, bool io_f16, int rows) {
-    return cc_major >= 8 && kv_f16 && io_f16 && (head_dim == 64 || head_dim == 128) && rows <= 16;
+inline bool mma_path_applies(int cc_major, int head_dim, bool io_f16, int rows) {
+    return cc_major >= 8 && io_f16 && (head_dim == 64 || head_dim == 128) && rows <= 16;
 }
 
 }  // namespace llmn::attn_cuda
