@@ -41,6 +41,8 @@
 //    exact variant (INT8 or E4M3, f16 or bf16) is a warp-uniform runtime value (Params::k_code,
 //    v_code): 125 kernels instead of 400 for every format pair. Query/output dtype, group size,
 //    q_len, soft-cap, window and ALiBi are runtime values: they cost nothing in the streaming loop.
+//    The tensor-core kernel (mma_kernel, section below) adds 4 (head_dim 64/128 x f16 / 8-bit sides),
+//    chosen next to select_kernel in decode_attention_cuda().
 //
 // 5b. INT8 / FP8-E4M3 sides (kv_quant.hpp semantics, one f32 scale per (token, head)) are dequantized
 //    inside this kernel, never into memory: the 8-bit rows move global -> shared in 16-byte cp.async
