@@ -421,6 +421,8 @@ def main():
     ap.add_argument("--only", choices=["gemm", "attention", "all"], default="all")
     ap.add_argument("--formats", default="f16,int8,fp8,int4,int2", help="KV formats for attention")
     ap.add_argument("--budget", type=float, default=1e9, help="seconds; configurations past it are skipped")
+    ap.add_argument("--gemm-shapes", help="GEMM K x N shapes, e.g. 4096x4096,8192x8192 (default: the four issue shapes)")
+    ap.add_argument("--ms", help="GEMM row counts, comma-separated (default 1,4,16,64,256)")
     ap.add_argument("--batches", help="attention batches, comma-separated (default 1,8,32)")
     ap.add_argument("--contexts", help="attention contexts, comma-separated (default 1024,4096,32768,131072)")
     ap.add_argument("--out", help="write the JSON here instead of stdout")
@@ -469,6 +471,10 @@ def main():
     batches, contexts = [1, 8, 32], [1024, 4096, 32768, 131072]
     if a.quick:
         shapes, ms, batches, contexts = [(1024, 1024)], [1, 16], [1], [256]
+    if a.gemm_shapes:
+        shapes = [tuple(int(x) for x in v.split("x")) for v in a.gemm_shapes.split(",")]
+    if a.ms:
+        ms = [int(v) for v in a.ms.split(",")]
     if a.batches:
         batches = [int(v) for v in a.batches.split(",")]
     if a.contexts:

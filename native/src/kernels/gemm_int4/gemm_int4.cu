@@ -758,6 +758,17 @@ void launch_reference(const Context& ctx, const CudaInt4Packed& pk, const GemmIn
     check_launch("gemm_int4_reference_kernel");
 }
 
+// Grid-size cap for experiments (LLMNATIVE_INT4_CUDA_BLOCKS=N: at most N blocks instead of one per SM;
+// fewer blocks mean longer stripes and fewer slices shared between blocks). Unset: one block per SM.
+int grid_cap(int sm_count) {
+    static const int cap = [] {
+        const char* e = std::getenv("LLMNATIVE_INT4_CUDA_BLOCKS");
+        const int v = e ? std::atoi(e) : 0;
+        return v > 0 ? v : 0;
+    }();
+    return cap > 0 && cap < sm_count ? cap : sm_count;
+}
+
 // One launch of the fast kernel over `problems` problems of cfg.m_blocks*16 rows (valid rows: m).
 void launch_fast(const CudaInt4Packed& pk, const Workspace& ws, cudaStream_t stream, bool bf16, const TileConfig& cfg,
                  int problems, FastParams fp) {
@@ -767,7 +778,7 @@ void launch_fast(const CudaInt4Packed& pk, const Workspace& ws, cudaStream_t str
     if (!kernel) fail(LLMN_STATUS_INTERNAL, "gemm_int4: no kernel for tile %dx%dx%d", cfg.m_blocks, cfg.k_blocks, cfg.n_blocks);
     const int64_t tiles = int64_t(pk.meta.k_pad / (cfg.k_blocks * 16)) * (pk.meta.n_pad / (cfg.n_blocks * 16)) * problems;
     if (tiles > 0x7fffffff) fail(LLMN_STATUS_UNSUPPORTED, "gemm_int4: %lld tiles exceed the kernel's index range", (long long)tiles);
-    const Partition part = make_partition(tiles, ws.sm_count);
+    const Partition part = make_partition(tiles, grid_cap(ws.sm_count));
     fp.problems = problems;
     fp.iters = part.iters;
     kernel<<<part.blocks, kThreads, smem_bytes(cfg, grouped, zp), stream>>>(fp);
