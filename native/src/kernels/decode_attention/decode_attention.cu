@@ -765,6 +765,10 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
     const Stream ss = make_stream(p, w, h, ke);
 
     float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
+    // 8-bit V: o is kept in units of 2^ve, ve = exponent of the largest V scale this warp has met, so
+    // that p x scale x 2^-ve stays in f16's normal range however small the values (kNoExp: none yet).
+    constexpr int kNoExp = -1000;
+    int ve = kNoExp;
     float o[kNT][4];
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
@@ -862,10 +866,26 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
             o[nt][3] *= alpha[1];
         }
         if constexpr (kQ8) {  // V's per-token scale folded into the weights (l above used p itself)
+            float vmax = 0.0f;  // warp-uniform: every lane reads the warp's 16 scales
+#pragma unroll
+            for (int k = 0; k < 16; ++k) vmax = fmaxf(vmax, v_scales[key0 + k]);
+            if (vmax > 0.0f) {
+                int e;
+                frexpf(vmax, &e);  // vmax < 2^e
+                if (e > ve) {      // rescale o to the new unit: exact (a power of two; o is 0 while ve = kNoExp)
+                    const float r = ve == kNoExp ? 0.0f : ldexpf(1.0f, ve - e);
+#pragma unroll
+                    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+                        for (int q = 0; q < 4; ++q) o[nt][q] *= r;
+                    ve = e;
+                }
+            }
+            const float unit = ve == kNoExp ? 0.0f : ldexpf(1.0f, -ve);
 #pragma unroll
             for (int jt = 0; jt < 2; ++jt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) pr[jt][e] *= v_scales[key0 + 8 * jt + 2 * c4 + (e & 1)];
+                for (int e = 0; e < 4; ++e) pr[jt][e] *= v_scales[key0 + 8 * jt + 2 * c4 + (e & 1)] * unit;
         }
         // P as A fragments, split p = hi + lo in f16.
         uint32_t ph[4], pl[4];
@@ -901,6 +921,15 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
     cp_async_wait<0>();
     __syncthreads();
 
+    if constexpr (kQ8) {  // back from units of 2^ve (exact)
+        if (ve != kNoExp) {
+            const float u = ldexpf(1.0f, ve);
+#pragma unroll
+            for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) o[nt][q] *= u;
+        }
+    }
     // Warp states -> shared scratch (m, l per row; O), then merged in warp order per (row, chunk).
     float* ms = reinterpret_cast<float*>(smem);
     float* ls = ms + 4 * kMmaRows;
@@ -1084,16 +1113,23 @@ KernelInfo mma_kernel_for(int head_dim, bool q8) {
 
 std::atomic<int> g_forced_path{static_cast<int>(KernelPath::Auto)};
 
-KernelPath requested_path() {
+// The kernel path asked for: set_kernel_path (tests; strict: a forced Mma that cannot serve the call
+// fails) or LLMNATIVE_ATTN_CUDA_PATH (not strict: mma means the tensor-core kernel wherever it applies,
+// 8-bit caches included, and the SIMT kernel elsewhere, so a whole model keeps running).
+struct PathChoice {
+    KernelPath path;
+    bool strict;
+};
+PathChoice requested_path() {
     const auto forced = static_cast<KernelPath>(g_forced_path.load());
-    if (forced != KernelPath::Auto) return forced;
+    if (forced != KernelPath::Auto) return {forced, true};
     static const KernelPath env = [] {
         const char* e = std::getenv("LLMNATIVE_ATTN_CUDA_PATH");
         if (e && std::strcmp(e, "simt") == 0) return KernelPath::Simt;
         if (e && std::strcmp(e, "mma") == 0) return KernelPath::Mma;
         return KernelPath::Auto;
     }();
-    return env;
+    return {env, false};
 }
 
 KernelInfo select_kernel(int head_dim, int32_t k_format, int32_t v_format, int bucket) {
@@ -1324,18 +1360,18 @@ void decode_attention_cuda(const Context& ctx, const DecodeAttentionArgs& a) {
 
     const RowPlan rp = row_plan(D, G, Q);
     // Tensor-core kernel: automatic for f16 caches (run on the H200, 2026-12-04); for 8-bit K and V only
-    // when requested (LLMNATIVE_ATTN_CUDA_PATH=mma / set_kernel_path): that variant has not run on a GPU yet.
+    // when asked for (LLMNATIVE_ATTN_CUDA_PATH=mma / set_kernel_path): that variant has not run on a GPU yet.
     const bool kv_f16 = L.k_format == LLMN_KV_F16 && L.v_format == LLMN_KV_F16;
     const bool kv_q8 = is_q8(L.k_format) && is_q8(L.v_format);
     const bool mma_shape = mma_path_applies(s.cc_major, D, a.q->dtype() == LLMN_DTYPE_F16, G * Q);
-    const KernelPath path = requested_path();
-    if (path == KernelPath::Mma && !(mma_shape && (kv_f16 || kv_q8)))
+    const PathChoice pc = requested_path();
+    const bool mma_serves = mma_shape && (kv_f16 || kv_q8);
+    if (pc.path == KernelPath::Mma && pc.strict && !mma_serves)
         fail(LLMN_STATUS_UNSUPPORTED,
-             "decode attention (CUDA): the tensor-core kernel was requested (LLMNATIVE_ATTN_CUDA_PATH=mma) but needs sm_80+, "
-             "f16 q, f16 or 8-bit K and V, head_dim 64 or 128 and group x q_len <= 16 (this call: sm_%d, head_dim %d, %d rows, "
-             "k_format %s, v_format %s)",
+             "decode attention (CUDA): the tensor-core kernel was forced but needs sm_80+, f16 q, f16 or 8-bit K and V, "
+             "head_dim 64 or 128 and group x q_len <= 16 (this call: sm_%d, head_dim %d, %d rows, k_format %s, v_format %s)",
              s.cc_major, D, G * Q, kv_format_name(L.k_format), kv_format_name(L.v_format));
-    const bool use_mma = path == KernelPath::Mma || (path == KernelPath::Auto && mma_shape && kv_f16);
+    const bool use_mma = (pc.path == KernelPath::Mma && mma_serves) || (pc.path == KernelPath::Auto && mma_shape && kv_f16);
     const KernelInfo ki = use_mma ? mma_kernel_for(D, kv_q8) : select_kernel(D, L.k_format, L.v_format, rp.bucket);
 
     PlanInput in;

@@ -476,9 +476,10 @@ inline int64_t flatten_tables(int32_t batch, GetBlocks get_blocks, std::vector<i
 
 // Which split kernel a call uses. Auto: the tensor-core kernel (mma_kernel) for f16 caches where its
 // shape applies (sm_80+, f16 q, head_dim 64 or 128, group x q_len <= 16), the SIMT kernel otherwise.
-// The environment variable LLMNATIVE_ATTN_CUDA_PATH=simt|mma overrides Auto; tests force a path with
-// set_kernel_path (defined in decode_attention.cu: CUDA builds only). A forced Mma also takes 8-bit K and
-// V (INT8 / E4M3, decoded to f16 in shared memory); on a call it cannot serve it fails.
+// LLMNATIVE_ATTN_CUDA_PATH=simt|mma overrides Auto (mma: the tensor-core kernel wherever it can serve
+// the call, 8-bit K and V included — INT8 / E4M3 decoded to f16 in shared memory — and SIMT elsewhere);
+// tests force a path with set_kernel_path (defined in decode_attention.cu: CUDA builds only), where a
+// forced Mma fails on a call it cannot serve.
 enum class KernelPath : int { Auto = 0, Simt = 1, Mma = 2 };
 void set_kernel_path(KernelPath path);
 inline bool mma_path_applies(int cc_major, int head_dim, bool io_f16, int rows) {

@@ -46,17 +46,20 @@
 //
 // 6. Reductions. Inside a block the 8 warps split a k tile into k groups; their partial sums are added
 //    through shared memory (reusing the pipeline stage just consumed). Across blocks, a slice shared by
-//    several blocks is reduced serially in block order through an fp32 slot in a workspace, ordered by
-//    a lock (acquire/release at gpu scope). The last block adds bias and per-column scales and writes Y;
+//    several stripes is reduced serially through an fp32 slot in a workspace, ordered by a lock
+//    (acquire/release at gpu scope), in REVERSE stripe order (slice_share: the stripe that meets the
+//    slice at its start goes first, so no stripe waits for work that comes late in another stripe).
+//    Stripe s runs on block gridDim.x - 1 - s, so every wait goes from a higher block index to a lower
+//    one, i.e. to a block dispatched earlier: the kernel progresses even when only part of the grid is
+//    resident (another kernel on the SMs). The last stripe adds bias and per-column scales and writes Y;
 //    it also resets the lock, so the workspace is always zero between launches ("self-resetting") and
-//    never needs a memset per call. The slot and lock are those of the slice's first block, which is
+//    never needs a memset per call. The slot and lock are those of the slice's first stripe, which is
 //    unique per shared slice (see slice_share), so the workspace is sized by the SM count only and is
 //    allocated once per context (shared by the weights that run there) when a weight is packed: a gemm
 //    call performs no allocation and no host synchronisation, which keeps it CUDA-graph capturable.
 //    (Exception: the first call that runs a weight on a context other than the one it was packed on
-//    creates that context's workspace; do it once before capturing.) Waiting on a lock assumes the
-//    earlier blocks of the grid are resident or will be scheduled, which the grid size (<= one block
-//    per SM, all co-resident) guarantees unless other work occupies the SMs, as in Marlin.
+//    creates that context's workspace; do it once before capturing.) Waiting on a lock assumes that
+//    blocks with lower indices are resident or will be scheduled first, as in Marlin.
 //
 // 7. Shapes. Any m: a launch handles up to kMaxProblems problems of 64 rows and one remainder problem
 //    of 16/32/48/64 rows (rows past m are zero-filled by predicated cp.async and never stored). Any K and
@@ -251,7 +254,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_fast_kernel(FastParams 
     const int k_tiles = p.k_pad / kTK, n_tiles = p.n_pad / kTN;
     const int problems = p.problems;
     const int total = k_tiles * n_tiles * problems;
-    const int t_begin = blockIdx.x * p.iters;
+    // Stripe of this block: reversed, so that the reduction waits go to lower block indices (item 6).
+    const int stripe = int(gridDim.x) - 1 - int(blockIdx.x);
+    const int t_begin = stripe * p.iters;
     const int t_end = min(total, t_begin + p.iters);
     const int s_rows = kGrouped ? scale_rows_per_stage(kKB, 1 << p.group_shift) : 1;
     const int64_t strips_total = p.n_pad / kStrip;
@@ -402,7 +407,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_fast_kernel(FastParams 
             }
         }
         // (2) blocks sharing the slice: serial, in block order, through the first block's fp32 slot.
-        const SliceShare share = slice_share(t, k_tiles, p.iters, blockIdx.x);
+        const SliceShare share = slice_share(t, k_tiles, p.iters, stripe);
         bool write = true;
         if (share.count > 1) {
             float4* slot = reinterpret_cast<float4*>(p.red + int64_t(share.first_block) * kSlotFloats);

@@ -119,16 +119,18 @@ constexpr int c_col(int f, int lane, int i) { return 8 * f + 2 * (lane % 4) + (i
 // ---- work partition ---------------------------------------------------------------------------------
 // Tiles are numbered t = slice * k_tiles + kt with slice = nt * problems + problem (a "slice" is one
 // column of k tiles producing one output tile; with several row problems per launch, neighbouring
-// blocks then read the same weight tiles at about the same time, so the re-reads hit L2). Block b of the persistent grid owns the stripe
-// [b*iters, min((b+1)*iters, total)), walking down k and into the next slice. A slice shared by several
-// blocks is reduced serially in REVERSE block order: the highest block meets the slice at the start of
-// its stripe, the lowest at the end of its stripe, so the highest goes first and nobody waits for work
-// that comes later in another block's stripe. (Block order made every block wait at the start of its
-// stripe for its predecessor's end: a chain through the whole grid, which the first H200 run showed as
-// 5-10 ms at m = 256, 50-100x the m = 64 time.) Waits only go from lower to higher blocks: no cycle.
-// The slice's first block (the lowest) owns the reduction slot and lock and, being last, writes Y.
-// That slot is unique: a block's stripe ends inside at most one slice, and a shared slice's first
-// block is exactly the block whose stripe ends inside it.
+// blocks then read the same weight tiles at about the same time, so the re-reads hit L2). Stripe b of
+// the persistent grid is [b*iters, min((b+1)*iters, total)), walking down k and into the next slice;
+// it runs on block gridDim.x - 1 - b. A slice shared by several stripes is reduced serially in REVERSE
+// stripe order: the highest stripe meets the slice at the start of its range, the lowest at the end,
+// so the highest goes first and nobody waits for work that comes later in another stripe. (Stripe
+// order made every stripe wait at its start for its predecessor's end: a chain through the whole grid,
+// which the first H200 run showed as 5-10 ms at m = 256, 50-100x the m = 64 time.) Waits only go from
+// lower to higher stripes, i.e. from higher to lower block indices (blocks dispatched earlier): no
+// cycle, and progress even when only part of the grid is resident. The slice's first stripe (the
+// lowest) owns the reduction slot and lock and, being last, writes Y. That slot is unique: a stripe
+// ends inside at most one slice, and a shared slice's first stripe is exactly the one ending inside it.
+// (slice_share's `block` argument is the stripe index.)
 struct Partition {
     int iters;   // tiles per block
     int blocks;  // blocks that get at least one tile
