@@ -107,9 +107,10 @@ def timed(lib, ctx, fn, reps):
     return (time.perf_counter() - t) / reps
 
 
-def device_time(lib, ctx, fn, reps, breakdown=None):
-    """GPU seconds per call of everything fn puts on the device (kernels + copies), from torch.profiler;
-    None without torch / CUDA or when the profiler records nothing."""
+def profiled_seconds(fn, sync, reps, breakdown=None):
+    """GPU seconds per call of everything fn puts on the device (kernels + copies), from torch.profiler
+    (sync() waits for the device); per-kernel shares into `breakdown` when given. Ours and the torch
+    peers are timed by this one measure. None without torch / CUDA, or when nothing was recorded."""
     try:
         import torch
         from torch.profiler import profile, ProfilerActivity
@@ -117,13 +118,11 @@ def device_time(lib, ctx, fn, reps, breakdown=None):
             return None
     except Exception:
         return None
-    fn()
-    lib("llmn_context_synchronize", ctx)
     try:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(reps):
                 fn()
-            lib("llmn_context_synchronize", ctx)
+            sync()
         total_us = 0.0
         for e in prof.key_averages():
             v = getattr(e, "self_device_time_total", None)
@@ -140,35 +139,28 @@ def device_time(lib, ctx, fn, reps, breakdown=None):
                         break
                 breakdown[name[:60]] = breakdown.get(name[:60], 0.0) + v * 1e-6 / reps
     except Exception as ex:  # keep the wall-clock numbers if the profiler is unusable here
-        print(f"device_time: profiler failed: {ex}", file=sys.stderr)
+        print(f"profiler failed: {ex}", file=sys.stderr)
         return None
     return total_us * 1e-6 / reps if total_us > 0 else None
 
 
+def device_time(lib, ctx, fn, reps, breakdown=None):
+    """GPU seconds per call of one of our calls (after one warm-up call)."""
+    sync = lambda: lib("llmn_context_synchronize", ctx)
+    fn()
+    sync()
+    return profiled_seconds(fn, sync, reps, breakdown)
+
+
 def torch_device_time(fn, reps):
-    """GPU seconds per call of a torch callable, by the same profiler measure as ours (device_time):
-    CUDA-event times of a short torch call include the host's dispatch gaps when the kernel is shorter
-    than the Python call, which would flatter us."""
-    try:
-        import torch
-        from torch.profiler import profile, ProfilerActivity
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(reps):
-                fn()
-            torch.cuda.synchronize()
-        total_us = 0.0
-        for e in prof.key_averages():
-            v = getattr(e, "self_device_time_total", None)
-            if v is None:
-                v = getattr(e, "self_cuda_time_total", 0.0)
-            total_us += float(v or 0.0)
-        return total_us * 1e-6 / reps if total_us > 0 else None
-    except Exception as ex:
-        print(f"torch_device_time failed: {ex}", file=sys.stderr)
-        return None
+    """GPU seconds per call of a torch callable, by the same profiler measure as ours: CUDA-event times of
+    a short torch call include the host's dispatch gaps when the kernel is shorter than the Python call,
+    which would flatter us."""
+    import torch
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    return profiled_seconds(fn, torch.cuda.synchronize, reps)
 
 
 def torch_gemm_device(k, n, ms, l2_bytes, reps=50):

@@ -136,34 +136,35 @@ run_tests() {  # run_tests BIN LABEL [SUITE_REGEX]
 bench() {
   local lib="$1" label="$2" qa=()
   [ -n "$quick" ] && qa=(--quick)
+  local py=(python3 "$root/native/gpu/bench_gpu.py" --lib "$lib")
   local left=$(( deadline - $(date +%s) - 20 ))
   [ -n "$build_pid" ] && left=$(( left - 60 ))   # keep a minute for the device build's tests
   [ "$backend" = cuda ] && [ -z "$quick" ] && left=$(( left - 180 ))  # the comparisons and sweep below
   local g=$(( left * 45 / 100 )) a=$(( left * 55 / 100 ))
   step "bench gemm ($label)" "$g" "$out/bench_gemm_$label.log" \
-    env PYTHONUNBUFFERED=1 python3 "$root/native/gpu/bench_gpu.py" --lib "$lib" --backend "$backend" \
+    env PYTHONUNBUFFERED=1 "${py[@]}" --backend "$backend" \
       --only gemm "${qa[@]}" "${peer_args[@]}" --budget $(( g - 25 )) --out "$out/bench_gemm_$label.json"
   step "bench attention ($label)" "$a" "$out/bench_attention_$label.log" \
-    env PYTHONUNBUFFERED=1 python3 "$root/native/gpu/bench_gpu.py" --lib "$lib" --backend "$backend" \
+    env PYTHONUNBUFFERED=1 "${py[@]}" --backend "$backend" \
       --only attention --formats "${LLMNATIVE_GPU_KV_FORMATS:-f16,int8,fp8,int4}" "${qa[@]}" "${peer_args[@]}" \
       --budget $(( a - 25 )) --out "$out/bench_attention_$label.json"
   if [ "$backend" = cuda ] && [ -z "$quick" ]; then  # the SIMT kernel on the shapes the tensor-core one takes
     step "bench attention, SIMT kernel ($label)" 60 "$out/bench_attention_simt_$label.log" \
-      env PYTHONUNBUFFERED=1 LLMNATIVE_ATTN_CUDA_PATH=simt python3 "$root/native/gpu/bench_gpu.py" --lib "$lib" \
-        --backend cuda --only attention --formats f16 --batches 1,8 --contexts 4096,32768 --budget 40 \
+      env PYTHONUNBUFFERED=1 LLMNATIVE_ATTN_CUDA_PATH=simt "${py[@]}" --backend cuda \
+        --only attention --formats f16 --batches 1,8 --contexts 4096,32768 --budget 40 \
         --out "$out/bench_attention_simt_$label.json"
     # INT4 GEMM grid-size sweep at small m (LLMNATIVE_INT4_CUDA_BLOCKS caps the persistent grid), our kernel
     # only: is the serial cross-block reduction what limits m = 1? (docs/perf/gpu-2026-12-04)
     for nb in 96 64 32; do
       step "bench gemm, grid <= $nb blocks ($label)" 30 "$out/bench_gemm_grid${nb}_$label.log" \
-        env PYTHONUNBUFFERED=1 LLMNATIVE_INT4_CUDA_BLOCKS=$nb python3 "$root/native/gpu/bench_gpu.py" --lib "$lib" \
-          --backend cuda --only gemm --gemm-shapes 4096x4096,8192x8192 --ms 1,16 --budget 20 \
+        env PYTHONUNBUFFERED=1 LLMNATIVE_INT4_CUDA_BLOCKS=$nb "${py[@]}" --backend cuda \
+          --only gemm --gemm-shapes 4096x4096,8192x8192 --ms 1,16 --budget 20 \
           --out "$out/gemm_grid${nb}_$label.json"
     done
     # 8-bit K/V in the tensor-core kernel (opt-in until its tests have passed on a GPU)
     step "bench attention, 8-bit caches in the tensor-core kernel ($label)" 60 "$out/bench_attention_mma8_$label.log" \
-      env PYTHONUNBUFFERED=1 LLMNATIVE_ATTN_CUDA_PATH=mma python3 "$root/native/gpu/bench_gpu.py" --lib "$lib" \
-        --backend cuda --only attention --formats int8,fp8 --batches 1,8 --contexts 4096,32768 --budget 40 \
+      env PYTHONUNBUFFERED=1 LLMNATIVE_ATTN_CUDA_PATH=mma "${py[@]}" --backend cuda \
+        --only attention --formats int8,fp8 --batches 1,8 --contexts 4096,32768 --budget 40 \
         --out "$out/bench_attention_mma8_$label.json"
   fi
 }

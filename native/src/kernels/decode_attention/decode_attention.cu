@@ -720,6 +720,18 @@ __device__ __forceinline__ uint32_t pack_half2(float a, float b) {
     return *reinterpret_cast<const uint32_t*>(&h);
 }
 
+// O accumulator fragments (NT n8 tiles of m16n8 C fragments): this thread's row g times a, row g + 8 times b.
+template <int NT>
+__device__ __forceinline__ void scale_rows(float (&o)[NT][4], float a, float b) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        o[nt][0] *= a;
+        o[nt][1] *= a;
+        o[nt][2] *= b;
+        o[nt][3] *= b;
+    }
+}
+
 template <int D, bool kQ8>
 __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -858,13 +870,7 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
             l[ri] = l[ri] * alpha[ri] + sum;  // this lane's share; the 4 lanes are added at the end
             m[ri] = mnew[ri];
         }
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) {
-            o[nt][0] *= alpha[0];
-            o[nt][1] *= alpha[0];
-            o[nt][2] *= alpha[1];
-            o[nt][3] *= alpha[1];
-        }
+        scale_rows(o, alpha[0], alpha[1]);
         if constexpr (kQ8) {  // V's per-token scale folded into the weights (l above used p itself)
             float vmax = 0.0f;  // warp-uniform: every lane reads the warp's 16 scales
 #pragma unroll
@@ -874,10 +880,7 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
                 frexpf(vmax, &e);  // vmax < 2^e
                 if (e > ve) {      // rescale o to the new unit: exact (a power of two; o is 0 while ve = kNoExp)
                     const float r = ve == kNoExp ? 0.0f : ldexpf(1.0f, ve - e);
-#pragma unroll
-                    for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-                        for (int q = 0; q < 4; ++q) o[nt][q] *= r;
+                    scale_rows(o, r, r);
                     ve = e;
                 }
             }
@@ -924,10 +927,7 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
     if constexpr (kQ8) {  // back from units of 2^ve (exact)
         if (ve != kNoExp) {
             const float u = ldexpf(1.0f, ve);
-#pragma unroll
-            for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-                for (int q = 0; q < 4; ++q) o[nt][q] *= u;
+            scale_rows(o, u, u);
         }
     }
     // Warp states -> shared scratch (m, l per row; O), then merged in warp order per (row, chunk).
