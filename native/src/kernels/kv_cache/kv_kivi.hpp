@@ -36,6 +36,13 @@ inline uint16_t kivi_scale_f16(float lo, float hi, int32_t qmax) {
     return h;
 }
 
+// Group minimum / maximum of finite values. Spelled as comparisons rather than std::fmin/fmax so the
+// result is defined for +0 / -0 (the later operand wins on equality, which is what glibc's x86-64
+// fminf/fmaxf return): the minimum is stored, sign of zero included, and the CUDA codec
+// (kv_kivi_cuda.cuh) must produce the same bytes on every host.
+inline float kivi_min(float lo, float x) { return lo < x ? lo : x; }
+inline float kivi_max(float hi, float x) { return hi > x ? hi : x; }
+
 inline uint8_t kivi_code(float x, float scale, float mn, int32_t qmax) {
     if (scale == 0.0f) return 0;
     float c = std::round((x - mn) / scale);
@@ -65,8 +72,8 @@ inline void kivi_quantize_k_block(int32_t format, const uint16_t* rows, int32_t 
         float lo = f16_to_f32(rows[d]), hi = lo;
         for (int32_t t = 1; t < bs; ++t) {
             const float x = f16_to_f32(rows[size_t(t) * D + d]);
-            lo = std::fmin(lo, x);
-            hi = std::fmax(hi, x);
+            lo = kivi_min(lo, x);
+            hi = kivi_max(hi, x);
         }
         const uint16_t sh = kivi_scale_f16(lo, hi, qmax);
         aux[d] = sh;
@@ -88,8 +95,8 @@ inline void kivi_quantize_v_block(int32_t format, const uint16_t* rows, int32_t 
             const uint16_t* x = rows + size_t(t) * D + size_t(g) * group;
             float lo = f16_to_f32(x[0]), hi = lo;
             for (int32_t i = 1; i < group; ++i) {
-                lo = std::fmin(lo, f16_to_f32(x[i]));
-                hi = std::fmax(hi, f16_to_f32(x[i]));
+                lo = kivi_min(lo, f16_to_f32(x[i]));
+                hi = kivi_max(hi, f16_to_f32(x[i]));
             }
             const uint16_t sh = kivi_scale_f16(lo, hi, qmax);
             aux[size_t(t) * G + g] = sh;

@@ -1,0 +1,209 @@
+// The KIVI INT4 / INT2 block codec of kv_kivi.hpp as host+device inline functions: what the CUDA
+// append kernel (kv_append.cu) runs when a block fills, written so that the CPU-only test
+// (native/tests/test_kv_kivi_cuda.cpp, a plain .cpp) runs the very same source and compares it with
+// kivi_quantize_k_block / kivi_quantize_v_block byte for byte.
+//
+// Why the codec is cut into "stats" and "bytes": a CUDA thread must own whole output bytes (2 or 4
+// codes share a byte; the CPU codec ORs them in, threads would race). So a block is quantized in two
+// phases over a PIECE of the block staged as f16 in shared memory:
+//   1. one work item per statistic: K one channel over the piece's rows (the piece holds all bs rows),
+//      V one (token, group); it writes the f16 scale and minimum to the tile's aux section and leaves
+//      the f32 scale and minimum for phase 2 (shared memory);
+//   2. one work item per output byte (token, byte column): the 8/bits codes of that byte.
+// Why pieces: a block is up to bs x D = 256 x 256 f16 = 128 KiB, beyond the 48 KiB of static shared
+// memory; instead of opting in to large dynamic shared memory (arch dependent: 227 KiB on sm_90, 99 KiB
+// on sm_86), a CTA walks the block in rectangles of at most kKiviPieceElems f16 values (32 KiB):
+// K needs whole columns (a channel's statistic spans the block's rows), so K pieces are all bs rows x a
+// slab of channels; V statistics live inside one row, so V pieces are a slab of rows x all channels
+// (whole groups). A piece's column count is a multiple of 8/bits (a byte never straddles pieces).
+//
+// Bit-exactness with kv_kivi.hpp: min/max are comparisons (kivi_min/kivi_max, the same tie rule, so the
+// stored minimum has the same sign of zero); the scale is computed in double with the same round-up
+// step (device double arithmetic is IEEE round-to-nearest, as on the host); f32 -> f16 is an integer
+// round-to-nearest-even (f32_to_f16_bits, checked against numeric.hpp's f32_to_f16 by the test); the
+// code is (x - min) / scale in f32 (the division spelled __fdiv_rn on the device so --use_fast_math
+// could not make it approximate; x - min of two f16 values never is subnormal in f32, so flushing
+// denormals could not change it either) rounded half away from zero (roundf on both sides).
+// Nothing here includes a CUDA header beyond cuda_fp16-free intrinsics reached through kv_quant_cuda.cuh.
+#pragma once
+#include "kv_quant_cuda.cuh"
+
+#include <llmnative/llmnative.h>
+
+#include <math.h>
+
+#include <cstdint>
+
+namespace llmn::kivi_cuda {
+
+using kvq_cuda::bits_of;
+using kvq_cuda::div_rn;
+using kvq_cuda::float_of;
+using kvq_cuda::half_bits_to_f32;
+
+// Elements of one staged piece (f16): 32 KiB of shared memory.
+constexpr int32_t kKiviPieceElems = 16384;
+// Statistics of one piece kept for phase 2: K <= 256 channels, V <= rows x groups = 16384 / group
+// <= 512 (group >= 32).
+constexpr int32_t kKiviPieceStats = 512;
+
+LLMN_HD int32_t kivi_bits(int32_t format) { return format == LLMN_KV_INT4 ? 4 : 2; }
+LLMN_HD int32_t kivi_qmax(int32_t format) { return format == LLMN_KV_INT4 ? 15 : 3; }
+
+// f32 -> IEEE half bits, round to nearest even; overflow -> Inf, NaN -> quiet NaN (numeric.hpp's
+// f32_to_f16 for every input). Integer only, so host and device agree by construction.
+LLMN_HD uint16_t f32_to_f16_bits(float f) {
+    const uint32_t u = bits_of(f);
+    const uint32_t sign = (u >> 16) & 0x8000u;
+    const uint32_t a = u & 0x7FFFFFFFu;
+    if (a >= 0x7F800000u) return uint16_t(sign | 0x7C00u | (a > 0x7F800000u ? 0x200u : 0u));
+    if (a >= 0x477FF000u) return uint16_t(sign | 0x7C00u);  // rounds to >= 65520: Inf
+    if (a < 0x33000000u) return uint16_t(sign);             // < 2^-25: rounds to zero (2^-25 itself: tie to even 0)
+    if (a < 0x38800000u) {                                  // f16 subnormal: m * 2^-24
+        const uint32_t e = a >> 23;                         // 102..112
+        const uint32_t m = (a & 0x7FFFFFu) | 0x800000u;     // 24-bit significand: value = m * 2^(e - 150)
+        const uint32_t shift = 126u - e;                    // value / 2^-24 = m >> (126 - e); shift in 14..24
+        uint32_t q = m >> shift;
+        const uint32_t rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+        if (rem > half || (rem == half && (q & 1u))) ++q;
+        return uint16_t(sign | q);                          // q = 0x400 is the smallest normal: still right
+    }
+    uint32_t r = a - 0x38000000u;                           // rebias the exponent (127 - 15) << 23
+    const uint32_t rem = r & 0x1FFFu;
+    r >>= 13;
+    if (rem > 0x1000u || (rem == 0x1000u && (r & 1u))) ++r; // a carry into the exponent is still right
+    return uint16_t(sign | r);
+}
+
+// kivi_scale_f16: f16 of (hi - lo) / qmax rounded UP (the f16 grid step of the group).
+LLMN_HD uint16_t kivi_scale_bits(float lo, float hi, int32_t qmax) {
+    const double s = (double(hi) - double(lo)) / double(qmax);
+    if (s <= 0.0) return 0;
+    uint16_t h = f32_to_f16_bits(float(s));
+    if (double(half_bits_to_f32(h)) < s) ++h;
+    return h;
+}
+
+// kivi_code: clamp(round_half_away((x - mn) / scale), 0, qmax); scale 0 -> 0.
+LLMN_HD uint32_t kivi_code(float x, float scale, float mn, int32_t qmax) {
+    if (scale == 0.0f) return 0;
+    float c = roundf(div_rn(x - mn, scale));
+    if (c < 0.0f) c = 0.0f;
+    if (c > float(qmax)) c = float(qmax);
+    return uint32_t(c);
+}
+
+// One group's statistics: the stored f16 scale and minimum, and the f32 values the codes use.
+struct KiviStat {
+    uint16_t scale_bits, min_bits;
+    float scale, mn;
+};
+
+// Statistic of n f16 values x[0], x[stride], ... (kivi_quantize_*_block's min/max loop and scale).
+LLMN_HD KiviStat kivi_stat(const uint16_t* x, int32_t n, int32_t stride, int32_t qmax) {
+    uint16_t lob = x[0];
+    float lo = half_bits_to_f32(lob), hi = lo;
+    for (int32_t i = 1; i < n; ++i) {
+        const uint16_t b = x[int64_t(i) * stride];
+        const float v = half_bits_to_f32(b);
+        if (!(lo < v)) {  // kivi_min: the later operand wins on equality
+            lo = v;
+            lob = b;
+        }
+        hi = hi > v ? hi : v;
+    }
+    KiviStat s;
+    s.scale_bits = kivi_scale_bits(lo, hi, qmax);
+    s.min_bits = lob;
+    s.scale = half_bits_to_f32(s.scale_bits);
+    s.mn = lo;
+    return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pieces of a block (see the header comment) and the work items of each phase
+// ---------------------------------------------------------------------------------------------
+
+struct KiviPiece {
+    int32_t t0, rows;  // token rows [t0, t0 + rows) of the block
+    int32_t c0, cols;  // channels [c0, c0 + cols); the staged piece is [rows][cols] f16
+};
+
+// Rows / channels of a full piece of one side.
+LLMN_HD int32_t kivi_piece_cols(bool value, int32_t bs, int32_t D) {
+    if (value) return D;
+    const int32_t c = kKiviPieceElems / bs;  // 64..2048: a multiple of 4
+    return c < D ? c : D;
+}
+LLMN_HD int32_t kivi_piece_rows(bool value, int32_t bs, int32_t D) {
+    if (!value) return bs;
+    const int32_t r = kKiviPieceElems / D;  // D in {64, 80, 96, 128, 256}: 64..256 rows
+    return r < bs ? r : bs;
+}
+LLMN_HD int32_t kivi_num_pieces(bool value, int32_t bs, int32_t D) {
+    return value ? (bs + kivi_piece_rows(true, bs, D) - 1) / kivi_piece_rows(true, bs, D)
+                 : (D + kivi_piece_cols(false, bs, D) - 1) / kivi_piece_cols(false, bs, D);
+}
+LLMN_HD KiviPiece kivi_piece(bool value, int32_t bs, int32_t D, int32_t i) {
+    KiviPiece p;
+    if (value) {
+        const int32_t r = kivi_piece_rows(true, bs, D);
+        p.t0 = i * r;
+        p.rows = bs - p.t0 < r ? bs - p.t0 : r;
+        p.c0 = 0;
+        p.cols = D;
+    } else {
+        const int32_t c = kivi_piece_cols(false, bs, D);
+        p.t0 = 0;
+        p.rows = bs;
+        p.c0 = i * c;
+        p.cols = D - p.c0 < c ? D - p.c0 : c;
+    }
+    return p;
+}
+
+// Phase 1: number of statistics of a piece, and statistic s of it. stage = the piece's f16 values
+// [rows][cols]; aux = the side's aux section of the tile (K: D scales then D minimums; V: bs*G
+// scales then bs*G minimums); sh_scale / sh_min[s] receive the f32 scale and minimum for phase 2.
+LLMN_HD int32_t kivi_piece_num_stats(bool value, const KiviPiece& p, int32_t group) {
+    return value ? p.rows * (p.cols / group) : p.cols;
+}
+LLMN_HD void kivi_piece_stat(bool value, int32_t format, const KiviPiece& p, const uint16_t* stage, int32_t s,
+                             int32_t bs, int32_t D, int32_t group, uint16_t* aux, float* sh_scale, float* sh_min) {
+    const int32_t qmax = kivi_qmax(format);
+    KiviStat st;
+    if (value) {
+        const int32_t G = D / group, t = s / G, g = s % G;
+        st = kivi_stat(stage + int64_t(t) * p.cols + int64_t(g) * group, group, 1, qmax);
+        const int64_t a = int64_t(p.t0 + t) * G + g;
+        aux[a] = st.scale_bits;
+        aux[int64_t(bs) * G + a] = st.min_bits;
+    } else {
+        st = kivi_stat(stage + s, p.rows, p.cols, qmax);
+        aux[p.c0 + s] = st.scale_bits;
+        aux[D + p.c0 + s] = st.min_bits;
+    }
+    sh_scale[s] = st.scale;
+    sh_min[s] = st.mn;
+}
+
+// Phase 2: number of output bytes of a piece, and byte e of it (row e / (cols * bits / 8)), written to
+// data = the side's code rows of the tile (row stride D * bits / 8).
+LLMN_HD int32_t kivi_piece_num_bytes(int32_t format, const KiviPiece& p) {
+    return p.rows * (p.cols * kivi_bits(format) / 8);
+}
+LLMN_HD void kivi_piece_byte(bool value, int32_t format, const KiviPiece& p, const uint16_t* stage, int32_t e,
+                             int32_t D, int32_t group, const float* sh_scale, const float* sh_min, uint8_t* data) {
+    const int32_t bits = kivi_bits(format), qmax = kivi_qmax(format), per = 8 / bits;
+    const int32_t nb = p.cols / per, t = e / nb, b = e % nb;
+    const uint16_t* x = stage + int64_t(t) * p.cols + int64_t(b) * per;
+    uint32_t byte = 0;
+    for (int32_t i = 0; i < per; ++i) {
+        const int32_t c = b * per + i;                            // channel within the piece
+        const int32_t s = value ? t * (p.cols / group) + c / group : c;  // its statistic
+        byte |= kivi_code(half_bits_to_f32(x[i]), sh_scale[s], sh_min[s], qmax) << (bits * i);
+    }
+    data[int64_t(p.t0 + t) * (int64_t(D) * bits / 8) + (p.c0 + b * per) / per] = uint8_t(byte);
+}
+
+}  // namespace llmn::kivi_cuda
