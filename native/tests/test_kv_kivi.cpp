@@ -173,18 +173,28 @@ TEST(KvKivi, CreationRules) {
     llmn_kv_cache_destroy(cache);
 }
 
-TEST(KvKivi, CudaRejectsKiviAtCreation) {
+// CUDA caches take KIVI sides too (device quantize-on-append: kv_append.cu; byte equality with this
+// CPU cache: test_kv_cache_cuda.cpp), alone and mixed with 16-bit and 8-bit sides; the value-group
+// rules are the same as on the CPU.
+TEST(KvKivi, CudaAcceptsKiviAtCreation) {
     LLMN_REQUIRE_CUDA();
     llmn_context gpu = nullptr;
     LLMN_ASSERT_OK(llmn_context_create(LLMN_BACKEND_CUDA, 0, &gpu));
-    for (int32_t f : {LLMN_KV_INT4, LLMN_KV_INT2}) {
-        llmn_kv_cache cache = nullptr;
-        llmn_kv_cache_desc d = make_desc(1, 2, 128, 16, f, LLMN_KV_F16, 64, 32);
-        LLMN_EXPECT_STATUS(llmn_kv_cache_create(gpu, &d, &cache), LLMN_STATUS_UNSUPPORTED);
-        EXPECT_NE(last_error().find(llmn::kv_format_name(f)), std::string::npos) << last_error();
-        EXPECT_NE(last_error().find("not yet on CUDA"), std::string::npos) << last_error();
-        EXPECT_EQ(cache, nullptr);
-    }
+    for (int32_t f : {LLMN_KV_INT4, LLMN_KV_INT2})
+        for (int32_t other : std::initializer_list<int32_t>{LLMN_KV_F16, LLMN_KV_BF16, LLMN_KV_INT8, LLMN_KV_FP8_E4M3, f}) {
+            for (bool k_side : {false, true}) {
+                llmn_kv_cache cache = nullptr;
+                llmn_kv_cache_desc d = k_side ? make_desc(1, 2, 128, 16, f, other, 64, 32) : make_desc(1, 2, 128, 16, other, f, 64, 32);
+                LLMN_EXPECT_STATUS(llmn_kv_cache_create(gpu, &d, &cache), LLMN_STATUS_OK);
+                EXPECT_NE(cache, nullptr);
+                llmn_kv_cache_destroy(cache);
+            }
+        }
+    llmn_kv_cache cache = nullptr;
+    llmn_kv_cache_desc d = make_desc(1, 2, 96, 16, LLMN_KV_INT4, LLMN_KV_INT4, 64, 64);
+    LLMN_EXPECT_STATUS(llmn_kv_cache_create(gpu, &d, &cache), LLMN_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(last_error().find("value_group_size = 64"), std::string::npos) << last_error();
+    EXPECT_EQ(cache, nullptr);
     llmn_context_destroy(gpu);
 }
 

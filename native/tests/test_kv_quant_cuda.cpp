@@ -8,7 +8,8 @@
 //     (ties), their neighbours, specials and random values over the whole exponent range;
 //   * whole-row quantization composed as the append kernel composes it (max, scale, codes) equals
 //     kv_quantize_row (codes and scale), including zero rows, subnormal maxima and outliers;
-//   * the acceptance rule equals the CPU path's (NaN/Inf, f16 65520 and bf16 rounding overflow).
+//   * the acceptance rule equals the CPU path's (NaN/Inf, f16 65520 and bf16 rounding overflow; KIVI
+//     INT4/INT2 follow the f16 rule).
 // What this cannot check: the kernels' memory movement (warp shuffles, cp.async, addressing of the
 // pool); GPU tests for that are in test_kv_cache_cuda.cpp (they skip here, no GPU).
 #include "core/numeric.hpp"
@@ -158,7 +159,8 @@ TEST(KvQuantCuda, RowQuantizationMatchesKvQuantizeRow) {
 }
 
 TEST(KvQuantCuda, AppendAcceptanceMatchesCpuRule) {
-    // The CPU rule (kv_cache.cpp stage_rows): q8 any finite; bf16 finite after rounding; f16 |x| < 65520.
+    // The CPU rule (kv_cache.cpp stage_rows): q8 any finite; bf16 finite after rounding; f16 and KIVI
+    // (staged as f16 residual rows) |x| < 65520.
     auto cpu_ok = [](int32_t fmt, float x) {
         if (llmn::kv_format_is_q8(fmt)) return std::isfinite(x);
         if (fmt == LLMN_KV_BF16) return std::isfinite(llmn::bf16_to_f32(llmn::f32_to_bf16(x)));
@@ -173,7 +175,7 @@ TEST(KvQuantCuda, AppendAcceptanceMatchesCpuRule) {
     auto g = rng(7104);
     std::uniform_int_distribution<uint32_t> any;
     for (int i = 0; i < 100000; ++i) xs.push_back(from_bits(any(g)));
-    for (int32_t fmt : {LLMN_KV_F16, LLMN_KV_BF16, LLMN_KV_INT8, LLMN_KV_FP8_E4M3}) {
+    for (int32_t fmt : {LLMN_KV_F16, LLMN_KV_BF16, LLMN_KV_INT8, LLMN_KV_FP8_E4M3, LLMN_KV_INT4, LLMN_KV_INT2}) {
         for (float x : xs) {
             const int st = kq::append_value_status(fmt, x);
             ASSERT_EQ(st == 0, cpu_ok(fmt, x)) << "format " << fmt << " x 0x" << std::hex << bits(x);

@@ -8,7 +8,32 @@
 // rows per decode step (or one prefill), far from bandwidth bound, so simplicity won over vector
 // stores. All per-element arithmetic (codes, scale, acceptance rule) is kv_quant_cuda.cuh, shared
 // with the CPU-run tests that check it against kv_quant.hpp and kv_cache.cpp bit for bit.
+//
+// KIVI INT4/INT2 sides (kv_layout.hpp: the newest, not yet full block of a sequence lives as f16 rows
+// in the sequence's residual tile; a block is quantized with per-channel K / per-token-group V
+// statistics when it fills). The CPU path writes every row to the residual and quantizes the tile
+// each time it fills; here an append is split by destination instead:
+//   * every block that is FULL after the append is quantized straight from its f16 rows by
+//     kivi_quantize_kernel: one CTA per (full block, kv head, KIVI side), 256 threads. Its rows come
+//     from the residual tile (rows below the old length: only the first touched block can have any)
+//     and from the k/v input (converted to f16 round-to-nearest-even, as the CPU path converts).
+//     The CTA walks the block in pieces of at most 16384 f16 values staged in 32 KiB of STATIC shared
+//     memory (K: all rows x a channel slab, since a channel's scale spans the block; V: a row slab x
+//     all channels, since its groups lie within one token), then runs the codec of kv_kivi_cuda.cuh
+//     in two phases: one thread per statistic (K channel / V (token, group)) writes the f16 scale and
+//     minimum, then one thread per output byte writes 8/bits codes, so no two threads share a byte.
+//     Pieces rather than one bs x D stage (up to 128 KiB) because that would need the dynamic shared
+//     memory opt-in with a per-architecture ceiling, for a path that is not performance critical.
+//   * the rows of the final partial block go, as f16, to the residual tile (write_kernel, with the
+//     KIVI side treated as f16 and redirected there); rows of blocks that became full are not copied
+//     into the residual at all (the CPU path leaves them there as stale rows; rows at or beyond the
+//     length are garbage by contract).
+//   Order: the quantize launches read the OLD residual rows; the residual writes of the same append
+//   may overwrite those rows (the final partial block reuses the tile), so all quantize launches are
+//   issued on the stream before any write launch. Bytes equal the CPU cache's, because a block's codes
+//   depend only on its f16 rows, however the rows arrived (one at a time, in bulk, after a truncate).
 #include "kv_append_cuda.hpp"
+#include "kv_kivi_cuda.cuh"
 #include "kv_quant_cuda.cuh"
 
 #include "../../core/error.hpp"
@@ -84,6 +109,12 @@ struct WriteParams {
     int64_t src_token0;   // its index in the k/v buffers
     int32_t num_tokens;   // tokens of this launch
     int64_t block0;       // logical block index of blocks[0]
+    // KIVI sides: rows at positions >= full_end (the final partial block) go to the residual tile
+    // res_layer + h * res_head_stride + res_off[side] as f16; rows below it belong to blocks that
+    // kivi_quantize_kernel quantizes and are skipped.
+    uint8_t* res_layer;   // pool + res_tile_offset(slot, layer, 0), null without a KIVI side
+    int64_t res_head_stride, res_off[2];
+    int64_t full_end;
     int32_t blocks[kAppendBlocksPerLaunch];
 };
 
@@ -100,7 +131,12 @@ __global__ void __launch_bounds__(kThreads) write_kernel(const WriteParams p) {
     uint8_t* tile = p.layer_base + blk * p.block_stride + int64_t(h) * p.head_stride;
     uint8_t* dst = tile + p.data_off[side] + int64_t(rp.row) * p.row_bytes[side];
     const int64_t src0 = ((p.src_token0 + tok) * p.heads + h) * int64_t(p.dim);
-    const int32_t fmt = p.format[side];
+    int32_t fmt = p.format[side];
+    if (fmt == LLMN_KV_INT4 || fmt == LLMN_KV_INT2) {  // warp-uniform
+        if (p.pos0 + tok < p.full_end) return;      // quantized by kivi_quantize_kernel
+        fmt = LLMN_KV_F16;
+        dst = p.res_layer + int64_t(h) * p.res_head_stride + p.res_off[side] + int64_t(rp.row) * p.dim * 2;
+    }
     constexpr int kPer = 8;  // head_dim <= 256 = 8 x 32
     float x[kPer];
     float amax = 0.0f;
@@ -130,6 +166,67 @@ __global__ void __launch_bounds__(kThreads) write_kernel(const WriteParams p) {
         if (d < p.dim) dst[d] = scale == 0.0f ? uint8_t(0) : quantize_value(fmt, x[i], scale);
     }
     if (lane == 0) *reinterpret_cast<float*>(tile + p.aux_off[side] + int64_t(rp.row) * 4) = scale;
+}
+
+// ---------------------------------------------------------------------------------------------
+// KIVI block quantization: one CTA per (full block of this launch, kv head, KIVI side).
+// ---------------------------------------------------------------------------------------------
+
+struct QuantParams {
+    uint8_t* layer_base;  // pool + layer * layer_stride
+    int64_t block_stride, head_stride;
+    int64_t data_off[2], aux_off[2];
+    int32_t format[2];
+    uint8_t* res_layer;   // pool + res_tile_offset(slot, layer, 0)
+    int64_t res_head_stride, res_off[2];
+    const void* src[2];
+    int32_t dtype[2];
+    int32_t heads, dim, block_size, group;
+    int64_t old_len;      // sequence position of k/v token 0; rows below it are in the residual tile
+    int64_t block0;       // logical block index of blocks[0]
+    int32_t side_of[2];   // blockIdx.y -> side (0 = K, 1 = V): only the KIVI sides get CTAs
+    int32_t blocks[kAppendBlocksPerLaunch];
+};
+
+__global__ void __launch_bounds__(kThreads) kivi_quantize_kernel(const QuantParams p) {
+    using namespace kivi_cuda;
+    __shared__ uint16_t stage[kKiviPieceElems];
+    __shared__ float sh_scale[kKiviPieceStats], sh_min[kKiviPieceStats];
+    const int side = p.side_of[blockIdx.y];
+    const bool value = side == 1;
+    const int32_t fmt = p.format[side], H = p.heads, D = p.dim, bs = p.block_size;
+    const int32_t i = int32_t(blockIdx.x) / H, h = int32_t(blockIdx.x) % H;
+    uint8_t* tile = p.layer_base + int64_t(p.blocks[i]) * p.block_stride + int64_t(h) * p.head_stride;
+    uint8_t* data = tile + p.data_off[side];
+    uint16_t* aux = reinterpret_cast<uint16_t*>(tile + p.aux_off[side]);
+    const uint16_t* res = reinterpret_cast<const uint16_t*>(p.res_layer + int64_t(h) * p.res_head_stride + p.res_off[side]);
+    const int64_t pos_base = (p.block0 + i) * bs;
+    const int32_t n_pieces = kivi_num_pieces(value, bs, D);
+    for (int32_t pi = 0; pi < n_pieces; ++pi) {
+        const KiviPiece pc = kivi_piece(value, bs, D, pi);
+        if (pi > 0) __syncthreads();  // the previous piece's codes are written: stage and stats are free
+        const int32_t n = pc.rows * pc.cols;
+        for (int32_t e = int32_t(threadIdx.x); e < n; e += kThreads) {
+            const int32_t t = pc.t0 + e / pc.cols, c = pc.c0 + e % pc.cols;  // row in the block, channel
+            const int64_t pos = pos_base + t;
+            uint16_t x;
+            if (pos < p.old_len) {
+                x = res[int64_t(t) * D + c];
+            } else {
+                const int64_t si = ((pos - p.old_len) * H + h) * int64_t(D) + c;
+                x = __half_as_ushort(__float2half_rn(load_input(p.src[side], p.dtype[side], si)));
+            }
+            stage[e] = x;
+        }
+        __syncthreads();
+        const int32_t ns = kivi_piece_num_stats(value, pc, p.group);
+        for (int32_t s = int32_t(threadIdx.x); s < ns; s += kThreads)
+            kivi_piece_stat(value, fmt, pc, stage, s, bs, D, p.group, aux, sh_scale, sh_min);
+        __syncthreads();
+        const int32_t nb = kivi_piece_num_bytes(fmt, pc);
+        for (int32_t e = int32_t(threadIdx.x); e < nb; e += kThreads)
+            kivi_piece_byte(value, fmt, pc, stage, e, D, p.group, sh_scale, sh_min, data);
+    }
 }
 
 // One 8-byte flag per device (pinned read-back slot + device word), kept for the process: appends
@@ -176,9 +273,8 @@ float host_value(const Context& ctx, const Buffer& b, int64_t i) {
 void kv_cuda_validate_append(const Context& ctx, const Buffer& k, const Buffer& v, int32_t k_format, int32_t v_format,
                              int32_t num_tokens, int32_t heads, int32_t dim) {
     for (int32_t f : {k_format, v_format})
-        if (f != LLMN_KV_F16 && f != LLMN_KV_BF16 && f != LLMN_KV_INT8 && f != LLMN_KV_FP8_E4M3)
-            fail(LLMN_STATUS_UNSUPPORTED, "llmn_kv_cache_append (CUDA) writes LLMN_KV_F16, LLMN_KV_BF16, LLMN_KV_INT8 and "
-                                          "LLMN_KV_FP8_E4M3 rows; this cache stores %s", kv_format_name(f));
+        if (!kv_format_is_valid(f))
+            fail(LLMN_STATUS_UNSUPPORTED, "llmn_kv_cache_append (CUDA): unknown llmn_kv_format %d", int(f));
     check(cudaSetDevice(ctx.device()), "cudaSetDevice");
     auto stream = static_cast<cudaStream_t>(ctx.stream());
     cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
@@ -232,9 +328,51 @@ void kv_cuda_validate_append(const Context& ctx, const Buffer& k, const Buffer& 
 }
 
 void kv_cuda_write_append(const Context& ctx, const KvLayout& L, uint8_t* pool, int32_t layer, const int32_t* blocks,
-                          int64_t old_len, int32_t num_tokens, const Buffer& k, const Buffer& v) {
+                          int32_t res_slot, int64_t old_len, int32_t num_tokens, const Buffer& k, const Buffer& v) {
     check(cudaSetDevice(ctx.device()), "cudaSetDevice");
     auto stream = static_cast<cudaStream_t>(ctx.stream());
+    const int64_t bs = L.block_size, new_len = old_len + num_tokens;
+    const int64_t full_end = new_len / bs * bs;  // blocks below it are full after this append
+    uint8_t* res_layer = L.has_residual() ? pool + L.res_tile_offset(res_slot, layer, 0) : nullptr;
+
+    // 1. KIVI: quantize every block this append fills (reads the old residual rows: before step 2).
+    if (L.has_residual() && full_end > old_len) {
+        QuantParams q{};
+        q.layer_base = pool + int64_t(layer) * L.layer_stride;
+        q.block_stride = L.block_stride;
+        q.head_stride = L.head_stride;
+        q.data_off[0] = L.k_data_off;
+        q.data_off[1] = L.v_data_off;
+        q.aux_off[0] = L.k_aux_off;
+        q.aux_off[1] = L.v_aux_off;
+        q.format[0] = L.k_format;
+        q.format[1] = L.v_format;
+        q.res_layer = res_layer;
+        q.res_head_stride = L.res_head_stride;
+        q.res_off[0] = L.res_k_off;
+        q.res_off[1] = L.res_v_off;
+        q.src[0] = k.data();
+        q.src[1] = v.data();
+        q.dtype[0] = k.dtype();
+        q.dtype[1] = v.dtype();
+        q.heads = L.num_kv_heads;
+        q.dim = L.head_dim;
+        q.block_size = L.block_size;
+        q.group = L.value_group_size;
+        q.old_len = old_len;
+        unsigned sides = 0;
+        if (L.k_kivi()) q.side_of[sides++] = 0;
+        if (L.v_kivi()) q.side_of[sides++] = 1;
+        for (int64_t j0 = old_len / bs, j_end = full_end / bs; j0 < j_end; j0 += kAppendBlocksPerLaunch) {
+            const int64_t nb = std::min<int64_t>(kAppendBlocksPerLaunch, j_end - j0);
+            for (int64_t j = 0; j < nb; ++j) q.blocks[j] = blocks[j0 + j];
+            q.block0 = j0;
+            kivi_quantize_kernel<<<dim3(unsigned(nb * L.num_kv_heads), sides), kThreads, 0, stream>>>(q);
+            check(cudaGetLastError(), "KIVI quantize kernel launch");
+        }
+    }
+
+    // 2. Rows: non-KIVI sides into their blocks, KIVI sides' final partial block into the residual.
     WriteParams p{};
     p.layer_base = pool + int64_t(layer) * L.layer_stride;
     p.block_stride = L.block_stride;
@@ -254,9 +392,15 @@ void kv_cuda_write_append(const Context& ctx, const KvLayout& L, uint8_t* pool, 
     p.heads = L.num_kv_heads;
     p.dim = L.head_dim;
     p.block_size = L.block_size;
-    const int64_t bs = L.block_size, new_len = old_len + num_tokens;
+    p.res_layer = res_layer;
+    p.res_head_stride = L.res_head_stride;
+    p.res_off[0] = L.res_k_off;
+    p.res_off[1] = L.res_v_off;
+    p.full_end = full_end;
+    // Both sides KIVI: only the final partial block has rows to write.
+    const int64_t first = L.k_kivi() && L.v_kivi() ? std::max(old_len, full_end) : old_len;
     // Launches cover whole runs of at most kAppendBlocksPerLaunch logical blocks.
-    for (int64_t pos = old_len; pos < new_len;) {
+    for (int64_t pos = first; pos < new_len;) {
         const int64_t j0 = pos / bs;
         const int64_t end = std::min(new_len, (j0 + kAppendBlocksPerLaunch) * bs);
         const int64_t j1 = (end - 1) / bs;  // last block touched

@@ -10,7 +10,7 @@ void kv_cuda_validate_append(const Context&, const Buffer&, const Buffer&, int32
     fail(LLMN_STATUS_UNSUPPORTED, "llmn_kv_cache_append on a CUDA cache needs the CUDA backend; this build has none");
 }
 
-void kv_cuda_write_append(const Context&, const KvLayout&, uint8_t*, int32_t, const int32_t*, int64_t, int32_t, const Buffer&,
+void kv_cuda_write_append(const Context&, const KvLayout&, uint8_t*, int32_t, const int32_t*, int32_t, int64_t, int32_t, const Buffer&,
                           const Buffer&) {
     fail(LLMN_STATUS_UNSUPPORTED, "llmn_kv_cache_append on a CUDA cache needs the CUDA backend; this build has none");
 }

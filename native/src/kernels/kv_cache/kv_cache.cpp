@@ -1,7 +1,9 @@
 // KvCache bookkeeping and the host-mediated data path (append converts and validates on the host,
 // then writes whole rows into the pool with memcpy on CPU or stream-ordered copies on CUDA). On CUDA,
-// append validates and writes on the device instead (kv_append_cuda.hpp; same checks, same bytes);
-// read-back and copy-on-write stay on this path.
+// append validates and writes on the device instead (kv_append_cuda.hpp; same checks, same bytes,
+// KIVI block quantization included); read-back, copy-on-write, fork's residual copy and truncate's
+// KIVI re-expansion stay on this path (KIVI tiles are staged through the host on CUDA: none of them
+// is on the decode hot path).
 #include "kv_cache.hpp"
 
 #include "../../core/numeric.hpp"
@@ -45,16 +47,8 @@ void check_format(int32_t format, const char* field, const Context* ctx) {
                  "desc->%s = LLMN_KV_BF16 (1) is CUDA only; a CPU cache stores LLMN_KV_F16 (0)", field);
         return;
     }
-    // INT8 / FP8-E4M3: every backend (CUDA: device quantize-on-append in kv_append.cu, dequantization
-    // fused into decode_attention.cu).
-    if (kv_format_is_q8(format)) return;
-    // KIVI INT4/INT2: the residual tiles and block quantization run on the host data path, but no
-    // CUDA attention kernel reads them yet.
-    if (ctx && ctx->is_cuda())
-        fail(LLMN_STATUS_UNSUPPORTED,
-             "desc->%s = %s (%d) is not yet on CUDA: a CUDA cache stores LLMN_KV_F16 (0), LLMN_KV_BF16 (1), "
-             "LLMN_KV_INT8 (2) or LLMN_KV_FP8_E4M3 (3); %s (KIVI) is available on the CPU backend",
-             field, kv_format_name(format), format, kv_format_name(format));
+    // INT8 / FP8-E4M3 and KIVI INT4 / INT2: every backend (CUDA: device quantize-on-append in
+    // kv_append.cu; which format pairs decode attention reads is that kernel's own check).
 }
 
 // Host view of a buffer's first `bytes` bytes: the buffer itself when the host can read it,
@@ -362,8 +356,10 @@ int64_t KvCache::fork_sequence(int64_t source_id) {
         // The child's residual tiles start as a copy of the parent's (every layer's partial block).
         dst.res_slot = take_res_slot("forking a sequence");
         const int64_t per_slot = layout_.residual_bytes(1);
-        std::memcpy(pool() + layout_.res_tile_offset(dst.res_slot, 0, 0), pool() + layout_.res_tile_offset(src.res_slot, 0, 0),
-                    size_t(per_slot));
+        uint8_t* to = pool() + layout_.res_tile_offset(dst.res_slot, 0, 0);
+        const uint8_t* from = pool() + layout_.res_tile_offset(src.res_slot, 0, 0);
+        if (ctx_->is_cuda()) cuda::copy_d2d(ctx_->device(), ctx_->stream(), to, from, size_t(per_slot));
+        else std::memcpy(to, from, size_t(per_slot));
     }
     for (size_t j = 0; j < full; ++j) {
         ++refcount_[size_t(src.blocks[j])];
@@ -389,29 +385,36 @@ void KvCache::truncate_sequence(int64_t id, int64_t length) {
         // as the f16 rounding of their dequantized values (so when the block refills it is quantized
         // a second time, from these already-rounded values: the double-quantization consequence
         // documented in docs/kv-quantization.md). Rows of a block still in the residual stay as they are.
+        // The head tile is staged through pool_read (a copy on CUDA, where the pool is device memory)
+        // and the f16 rows go back with pool_write: truncate is not a hot path.
         const int32_t H = desc_.num_kv_heads, D = desc_.head_dim;
         std::vector<float> row(static_cast<size_t>(D));
+        std::vector<uint8_t> tile(static_cast<size_t>(layout_.head_stride));
+        std::vector<uint16_t> rows;
         for (int32_t layer = 0; layer < desc_.num_layers; ++layer) {
             const int64_t old_len = s.length[size_t(layer)];
             if (length >= old_len || length % bs == 0) continue;
             const int64_t j = length / bs;
             if (old_len < (j + 1) * bs) continue;  // block j is the residual block: nothing quantized
             const int32_t block = s.blocks[size_t(j)];
+            const int32_t kept = int32_t(length % bs);
+            rows.resize(size_t(kept) * D);
             for (int32_t h = 0; h < H; ++h) {
-                uint8_t* res = pool() + layout_.res_tile_offset(s.res_slot, layer, h);
-                const uint8_t* tile = pool() + layout_.tile_offset(layer, block, h);
-                for (int32_t t = 0; t < int32_t(length % bs); ++t) {
-                    for (int side = 0; side < 2; ++side) {
-                        const int32_t fmt = side == 0 ? layout_.k_format : layout_.v_format;
-                        if (!kv_format_is_kivi(fmt)) continue;
-                        const uint16_t* aux =
-                            reinterpret_cast<const uint16_t*>(tile + (side == 0 ? layout_.k_aux_off : layout_.v_aux_off));
-                        if (side == 0) kivi_dequant_k_row(fmt, tile + layout_.k_data_off, aux, t, D, row.data());
-                        else kivi_dequant_v_row(fmt, tile + layout_.v_data_off, aux, int32_t(bs), t, D, desc_.value_group_size, row.data());
-                        uint16_t* dst = reinterpret_cast<uint16_t*>(res + (side == 0 ? layout_.res_k_off : layout_.res_v_off)) + size_t(t) * D;
+                pool_read(layout_.tile_offset(layer, block, h), tile.data(), tile.size());
+                for (int side = 0; side < 2; ++side) {
+                    const int32_t fmt = side == 0 ? layout_.k_format : layout_.v_format;
+                    if (!kv_format_is_kivi(fmt)) continue;
+                    const uint16_t* aux =
+                        reinterpret_cast<const uint16_t*>(tile.data() + (side == 0 ? layout_.k_aux_off : layout_.v_aux_off));
+                    for (int32_t t = 0; t < kept; ++t) {
+                        if (side == 0) kivi_dequant_k_row(fmt, tile.data() + layout_.k_data_off, aux, t, D, row.data());
+                        else kivi_dequant_v_row(fmt, tile.data() + layout_.v_data_off, aux, int32_t(bs), t, D, desc_.value_group_size, row.data());
                         // clamp: the rounded-up scale can put code_max * scale + min a little past 65504
-                        for (int32_t d = 0; d < D; ++d) dst[d] = f32_to_f16(std::clamp(row[size_t(d)], -65504.0f, 65504.0f));
+                        for (int32_t d = 0; d < D; ++d)
+                            rows[size_t(t) * D + d] = f32_to_f16(std::clamp(row[size_t(d)], -65504.0f, 65504.0f));
                     }
+                    pool_write(layout_.res_tile_offset(s.res_slot, layer, h) + (side == 0 ? layout_.res_k_off : layout_.res_v_off),
+                               rows.data(), rows.size() * sizeof(uint16_t));
                 }
             }
         }
@@ -484,7 +487,7 @@ void KvCache::append(int64_t id, int32_t layer, const Buffer& k, const Buffer& v
     while (s.blocks.size() < need_blocks) s.blocks.push_back(take_block());
     if (tables_changed) ++tables_version_;
     if (device_path) {
-        kv_cuda_write_append(*ctx_, layout_, pool(), layer, s.blocks.data(), old_len, num_tokens, k, v);
+        kv_cuda_write_append(*ctx_, layout_, pool(), layer, s.blocks.data(), s.res_slot, old_len, num_tokens, k, v);
         s.length[size_t(layer)] = new_len;
         return;
     }
@@ -552,6 +555,7 @@ void KvCache::read(int64_t id, int32_t layer, int64_t start, int64_t count, cons
     std::vector<uint16_t> run(size_t(bs) * D);
     std::vector<float> srun(static_cast<size_t>(bs));
     std::vector<float> frow(static_cast<size_t>(D));
+    std::vector<uint8_t> kivi_tile(layout_.has_residual() ? size_t(layout_.head_stride) : 0);
     for (int pass = 0; pass < 2; ++pass) {
         const Buffer& dst = pass == 0 ? k : v;
         const int32_t fmt = pass == 0 ? desc_.k_format : desc_.v_format;
@@ -565,17 +569,24 @@ void KvCache::read(int64_t id, int32_t layer, int64_t start, int64_t count, cons
             const int64_t cnt = std::min<int64_t>(bs - row, start + count - pos);
             const int32_t block = s.blocks[size_t(j)];
             for (int32_t h = 0; h < H; ++h) {
-                if (kivi) {  // CPU only: the pool is host memory
+                if (kivi) {  // staged through the host (pool_read: a copy on CUDA)
                     const bool residual = (j + 1) * bs > len;  // the partial block lives in the residual tile
-                    const uint8_t* tile = pool() + layout_.tile_offset(layer, block, h);
-                    const uint16_t* res = reinterpret_cast<const uint16_t*>(
-                        pool() + layout_.res_tile_offset(s.res_slot, layer, h) + (pass == 0 ? layout_.res_k_off : layout_.res_v_off));
-                    const uint16_t* aux = reinterpret_cast<const uint16_t*>(tile + (pass == 0 ? layout_.k_aux_off : layout_.v_aux_off));
+                    const int64_t data_off = pass == 0 ? layout_.k_data_off : layout_.v_data_off;
+                    const int64_t aux_off = pass == 0 ? layout_.k_aux_off : layout_.v_aux_off;
+                    if (residual)
+                        pool_read(layout_.res_tile_offset(s.res_slot, layer, h) + (pass == 0 ? layout_.res_k_off : layout_.res_v_off) +
+                                      int64_t(row) * D * 2,
+                                  run.data(), size_t(cnt) * D * 2);
+                    else  // the side's code rows and its aux section (contiguous after the rows' padding)
+                        pool_read(layout_.tile_offset(layer, block, h) + data_off, kivi_tile.data(),
+                                  size_t(aux_off + kv_aux_bytes(fmt, pass == 1, bs, D, desc_.value_group_size) - data_off));
+                    const uint8_t* codes = kivi_tile.data();
+                    const uint16_t* aux = reinterpret_cast<const uint16_t*>(kivi_tile.data() + (aux_off - data_off));
                     for (int64_t t = 0; t < cnt; ++t) {
                         const int32_t r = int32_t(row + t);
-                        if (residual) for (int32_t d = 0; d < D; ++d) frow[size_t(d)] = f16_to_f32(res[size_t(r) * D + d]);
-                        else if (pass == 0) kivi_dequant_k_row(fmt, tile + layout_.k_data_off, aux, r, D, frow.data());
-                        else kivi_dequant_v_row(fmt, tile + layout_.v_data_off, aux, bs, r, D, desc_.value_group_size, frow.data());
+                        if (residual) for (int32_t d = 0; d < D; ++d) frow[size_t(d)] = f16_to_f32(run[size_t(t) * D + d]);
+                        else if (pass == 0) kivi_dequant_k_row(fmt, codes, aux, r, D, frow.data());
+                        else kivi_dequant_v_row(fmt, codes, aux, bs, r, D, desc_.value_group_size, frow.data());
                         const int64_t o = ((pos - start + t) * H + h) * D;
                         for (int32_t d = 0; d < D; ++d) {
                             if (dst.dtype() == LLMN_DTYPE_F32) reinterpret_cast<float*>(out.data())[o + d] = frow[size_t(d)];

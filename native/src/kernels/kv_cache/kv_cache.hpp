@@ -82,7 +82,8 @@ private:
     void pool_write(int64_t offset, const void* src, size_t bytes);
     void pool_read(int64_t offset, void* dst, size_t bytes) const;
     int32_t take_res_slot(const char* what);  // throws CAPACITY_EXCEEDED when all max_batch slots are live
-    // KIVI: quantizes the residual tile of (seq, layer) into block `block` (the block just filled).
+    // KIVI, CPU backend (host pool): quantizes the residual tile of (seq, layer) into block `block` (the
+    // block just filled). A CUDA cache quantizes on the device in its append (kv_append.cu).
     void kivi_flush(const KvSequence& s, int32_t layer, int32_t block);
 
     std::shared_ptr<Context> ctx_;

@@ -30,10 +30,12 @@
 //   LLMN_KV_F16 / LLMN_KV_BF16   row = head_dim x 2 bytes, IEEE half / bfloat16, aux = 0.
 //       For f16 every size is a multiple of 256 bytes (block_size >= 8, head_dim % 16 == 0), so there
 //       is no padding at all: head_stride = 2 * block_size * head_dim * 2.
-//   LLMN_KV_INT8 / LLMN_KV_FP8_E4M3 (CPU backend; codecs and scale rules in kv_quant.hpp)
+//   LLMN_KV_INT8 / LLMN_KV_FP8_E4M3 (every backend; codecs and scale rules in kv_quant.hpp)
 //       row = head_dim bytes (int8 two's complement / OCP E4M3), aux = block_size f32 scales, one
 //       per (token, head): x = float(code) * scale[t]. Quantized on append, token by token.
-//   LLMN_KV_INT4 / LLMN_KV_INT2 (KIVI, CPU backend; codec and rounding rules in kv_kivi.hpp)
+//   LLMN_KV_INT4 / LLMN_KV_INT2 (KIVI; codec and rounding rules in kv_kivi.hpp. Both backends keep
+//   these bytes: CUDA quantizes a block on the device when it fills with the same codec as host+device
+//   functions, kv_kivi_cuda.cuh, bit for bit; which caches CUDA decode attention reads is its own check)
 //       K: per-channel over the block. row = head_dim * bits / 8 bytes, channel d in bits
 //          [bits*(d % (8/bits)), ...) of byte d / (8/bits) (low bits first); aux = head_dim f16 scales
 //          followed by head_dim f16 minimums: k[t][d] = code * scale[d] + min[d]. Because a channel's
@@ -52,7 +54,9 @@
 //       grid. The min is an f16 residual value, so it is stored exactly; the scale is rounded UP so
 //       that code_max * scale still covers the range.
 //       The physical block of the partial block stays allocated in the block table (capacity
-//       accounting is unchanged); its KIVI sections hold garbage until the block fills. Sides in other
+//       accounting is unchanged); its KIVI sections hold garbage until the block fills. Residual rows at
+//       or beyond the layer's length are garbage too (the CPU append leaves the rows of the block it
+//       last quantized there, the CUDA append never writes rows of blocks it quantizes directly). Sides in other
 //       formats (f16/INT8/FP8) are written to the block on append as usual (mixes work per side).
 //
 // RESIDUAL REGION (only when K or V is INT4/INT2): after the layer slabs, num_res_slots (= max_batch)

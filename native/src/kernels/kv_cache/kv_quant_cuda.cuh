@@ -205,7 +205,9 @@ LLMN_HD int append_value_status(int32_t format, float x) {
     const uint32_t mag = bits_of(x) & 0x7FFFFFFFu;
     if (mag > 0x7F800000u) return 1;
     if (mag == 0x7F800000u) return 2;
-    if (format == LLMN_KV_F16) return mag >= 0x477FF000u ? 3 : 0;   // |x| >= 65520 rounds to f16 Inf
+    // f16, and KIVI INT4/INT2 sides (their rows are staged as f16 residual rows first): |x| >= 65520
+    // rounds to f16 Inf
+    if (format == LLMN_KV_F16 || format == LLMN_KV_INT4 || format == LLMN_KV_INT2) return mag >= 0x477FF000u ? 3 : 0;
     if (format == LLMN_KV_BF16) return mag >= 0x7F7F8000u ? 3 : 0;  // rounds (ties to even) to bf16 Inf
     return 0;                                                       // INT8 / E4M3: any finite value
 }
