@@ -8,10 +8,11 @@
 // CPU in test_kv_quant_cuda.cpp.
 // KIVI INT4/INT2 (device block quantization when a block fills, f16 residual tiles): a CPU and a CUDA
 // cache get identical appends (one at a time, bulk, chunks crossing several blocks, f32 and f16
-// input, per-layer different chunkings), forks with a partial residual, truncates into a quantized
-// block, rejected appends; after each step the RAW bytes must be equal: every quantized tile's codes
-// and f16 scales/minimums, the valid rows of every residual tile and of every non-KIVI side, and the
-// dequantized read-back bit for bit. The codec itself is checked on the CPU in test_kv_kivi_cuda.cpp.
+// input, bf16 input on CUDA vs its exact f32 values on the CPU, per-layer different chunkings),
+// forks with a partial residual, truncates into a quantized block, rejected appends; after each step
+// the RAW bytes must be equal: every quantized tile's codes and f16 scales/minimums, the valid rows
+// of every residual tile and of every non-KIVI side, and the dequantized read-back bit for bit. The
+// codec itself is checked on the CPU in test_kv_kivi_cuda.cpp.
 #include "core/error.hpp"
 #include "core/numeric.hpp"
 #include "kernels/kv_cache/kv_cache.hpp"
@@ -329,12 +330,18 @@ void expect_same_sequence(const Pair& p, int64_t ig, int64_t ic, const std::stri
     EXPECT_GT(compared, 0u) << what;
 }
 
-// The same append on both caches; both must succeed.
+// The same append on both caches; both must succeed. bf16 (CUDA-only input): the values are made
+// bf16-exact first and the CPU cache gets them as f32 (bf16 -> f32 is exact, so both round the same
+// values to f16).
 void append_both(Pair& p, std::mt19937_64& g, int64_t ig, int64_t ic, int32_t layer, int32_t n, int32_t dtype) {
     const size_t count = size_t(n) * p.d.num_kv_heads * p.d.head_dim;
     auto k = random_rows(g, count, true), v = random_rows(g, count, true);
+    if (dtype == LLMN_DTYPE_BF16)
+        for (auto* x : {&k, &v})
+            for (float& e : *x) e = llmn::bf16_to_f32(llmn::f32_to_bf16(e));
     ASSERT_EQ(append(p.gpu.h, p.g, ig, layer, k, v, n, dtype), LLMN_STATUS_OK) << last_error();
-    ASSERT_EQ(append(p.cpu.h, p.c, ic, layer, k, v, n, dtype), LLMN_STATUS_OK) << last_error();
+    ASSERT_EQ(append(p.cpu.h, p.c, ic, layer, k, v, n, dtype == LLMN_DTYPE_BF16 ? LLMN_DTYPE_F32 : dtype), LLMN_STATUS_OK)
+        << last_error();
 }
 
 }  // namespace
@@ -396,6 +403,7 @@ TEST(KvCacheCuda, KiviAppendTruncateForkMatchCpuCacheBytes) {
         for (int32_t layer = 0; layer < 2; ++layer) {
             append_both(p, g, ig, ic, layer, 7, LLMN_DTYPE_F32);
             append_both(p, g, ig, ic, layer, 2 * bs + 1, LLMN_DTYPE_F16);
+            append_both(p, g, ig, ic, layer, bs + 3, LLMN_DTYPE_BF16);
         }
         expect_same_sequence(p, ig, ic, "refilled after truncate");
         expect_same_sequence(p, fg, fc, "child after the parent's truncate");

@@ -16,7 +16,8 @@
 //   * every block that is FULL after the append is quantized straight from its f16 rows by
 //     kivi_quantize_kernel: one CTA per (full block, kv head, KIVI side), 256 threads. Its rows come
 //     from the residual tile (rows below the old length: only the first touched block can have any)
-//     and from the k/v input (converted to f16 round-to-nearest-even, as the CPU path converts).
+//     and from the k/v input (converted to f16 round-to-nearest-even, as the CPU path converts; an
+//     integer conversion shared with the host test rather than the hardware one, same result).
 //     The CTA walks the block in pieces of at most 16384 f16 values staged in 32 KiB of STATIC shared
 //     memory (K: all rows x a channel slab, since a channel's scale spans the block; V: a row slab x
 //     all channels, since its groups lie within one token), then runs the codec of kv_kivi_cuda.cuh
@@ -172,60 +173,29 @@ __global__ void __launch_bounds__(kThreads) write_kernel(const WriteParams p) {
 // KIVI block quantization: one CTA per (full block of this launch, kv head, KIVI side).
 // ---------------------------------------------------------------------------------------------
 
-struct QuantParams {
-    uint8_t* layer_base;  // pool + layer * layer_stride
-    int64_t block_stride, head_stride;
-    int64_t data_off[2], aux_off[2];
-    int32_t format[2];
-    uint8_t* res_layer;   // pool + res_tile_offset(slot, layer, 0)
-    int64_t res_head_stride, res_off[2];
-    const void* src[2];
-    int32_t dtype[2];
-    int32_t heads, dim, block_size, group;
-    int64_t old_len;      // sequence position of k/v token 0; rows below it are in the residual tile
-    int64_t block0;       // logical block index of blocks[0]
-    int32_t side_of[2];   // blockIdx.y -> side (0 = K, 1 = V): only the KIVI sides get CTAs
-    int32_t blocks[kAppendBlocksPerLaunch];
-};
+static_assert(kivi_cuda::kKiviBlocksPerLaunch == kAppendBlocksPerLaunch, "one launch plan for both kernels");
 
-__global__ void __launch_bounds__(kThreads) kivi_quantize_kernel(const QuantParams p) {
+// The skeleton only: CTA mapping, staging source and the codec phases are kv_kivi_cuda.cuh's
+// host+device functions (run on the CPU by test_kv_kivi_cuda.cpp).
+__global__ void __launch_bounds__(kThreads) kivi_quantize_kernel(const kivi_cuda::KiviQuantArgs a) {
     using namespace kivi_cuda;
     __shared__ uint16_t stage[kKiviPieceElems];
     __shared__ float sh_scale[kKiviPieceStats], sh_min[kKiviPieceStats];
-    const int side = p.side_of[blockIdx.y];
-    const bool value = side == 1;
-    const int32_t fmt = p.format[side], H = p.heads, D = p.dim, bs = p.block_size;
-    const int32_t i = int32_t(blockIdx.x) / H, h = int32_t(blockIdx.x) % H;
-    uint8_t* tile = p.layer_base + int64_t(p.blocks[i]) * p.block_stride + int64_t(h) * p.head_stride;
-    uint8_t* data = tile + p.data_off[side];
-    uint16_t* aux = reinterpret_cast<uint16_t*>(tile + p.aux_off[side]);
-    const uint16_t* res = reinterpret_cast<const uint16_t*>(p.res_layer + int64_t(h) * p.res_head_stride + p.res_off[side]);
-    const int64_t pos_base = (p.block0 + i) * bs;
-    const int32_t n_pieces = kivi_num_pieces(value, bs, D);
+    const KiviCta c = kivi_cta(a, blockIdx.x, blockIdx.y);
+    const int32_t n_pieces = kivi_num_pieces(c.value, a.block_size, a.dim);
     for (int32_t pi = 0; pi < n_pieces; ++pi) {
-        const KiviPiece pc = kivi_piece(value, bs, D, pi);
+        const KiviPiece pc = kivi_piece(c.value, a.block_size, a.dim, pi);
         if (pi > 0) __syncthreads();  // the previous piece's codes are written: stage and stats are free
         const int32_t n = pc.rows * pc.cols;
-        for (int32_t e = int32_t(threadIdx.x); e < n; e += kThreads) {
-            const int32_t t = pc.t0 + e / pc.cols, c = pc.c0 + e % pc.cols;  // row in the block, channel
-            const int64_t pos = pos_base + t;
-            uint16_t x;
-            if (pos < p.old_len) {
-                x = res[int64_t(t) * D + c];
-            } else {
-                const int64_t si = ((pos - p.old_len) * H + h) * int64_t(D) + c;
-                x = __half_as_ushort(__float2half_rn(load_input(p.src[side], p.dtype[side], si)));
-            }
-            stage[e] = x;
-        }
+        for (int32_t e = int32_t(threadIdx.x); e < n; e += kThreads) stage[e] = kivi_stage_elem(a, c, pc, e);
         __syncthreads();
-        const int32_t ns = kivi_piece_num_stats(value, pc, p.group);
+        const int32_t ns = kivi_piece_num_stats(c.value, pc, a.group);
         for (int32_t s = int32_t(threadIdx.x); s < ns; s += kThreads)
-            kivi_piece_stat(value, fmt, pc, stage, s, bs, D, p.group, aux, sh_scale, sh_min);
+            kivi_piece_stat(c.value, c.format, pc, stage, s, a.block_size, a.dim, a.group, c.aux, sh_scale, sh_min);
         __syncthreads();
-        const int32_t nb = kivi_piece_num_bytes(fmt, pc);
+        const int32_t nb = kivi_piece_num_bytes(c.format, pc);
         for (int32_t e = int32_t(threadIdx.x); e < nb; e += kThreads)
-            kivi_piece_byte(value, fmt, pc, stage, e, D, p.group, sh_scale, sh_min, data);
+            kivi_piece_byte(c.value, c.format, pc, stage, e, a.dim, a.group, sh_scale, sh_min, c.data);
     }
 }
 
@@ -337,7 +307,7 @@ void kv_cuda_write_append(const Context& ctx, const KvLayout& L, uint8_t* pool, 
 
     // 1. KIVI: quantize every block this append fills (reads the old residual rows: before step 2).
     if (L.has_residual() && full_end > old_len) {
-        QuantParams q{};
+        kivi_cuda::KiviQuantArgs q{};
         q.layer_base = pool + int64_t(layer) * L.layer_stride;
         q.block_stride = L.block_stride;
         q.head_stride = L.head_stride;

@@ -24,7 +24,8 @@
 // code is (x - min) / scale in f32 (the division spelled __fdiv_rn on the device so --use_fast_math
 // could not make it approximate; x - min of two f16 values never is subnormal in f32, so flushing
 // denormals could not change it either) rounded half away from zero (roundf on both sides).
-// Nothing here includes a CUDA header beyond cuda_fp16-free intrinsics reached through kv_quant_cuda.cuh.
+// No CUDA header of its own (kv_quant_cuda.cuh includes cuda_fp16.h only under nvcc), so a plain .cpp
+// compiles it.
 #pragma once
 #include "kv_quant_cuda.cuh"
 
@@ -204,6 +205,72 @@ LLMN_HD void kivi_piece_byte(bool value, int32_t format, const KiviPiece& p, con
         byte |= kivi_code(half_bits_to_f32(x[i]), sh_scale[s], sh_min[s], qmax) << (bits * i);
     }
     data[int64_t(p.t0 + t) * (int64_t(D) * bits / 8) + (p.c0 + b * per) / per] = uint8_t(byte);
+}
+
+// ---------------------------------------------------------------------------------------------
+// One launch of the append's block-quantize kernel (kv_append.cu): its parameters, the CTA -> (block,
+// head, side) mapping and where each staged value comes from. Host+device so the CPU test can run a
+// launch on a host copy of a pool (test_kv_kivi_cuda.cpp) with the kernel's own addressing.
+// ---------------------------------------------------------------------------------------------
+
+constexpr int32_t kKiviBlocksPerLaunch = 128;  // == kAppendBlocksPerLaunch (static_assert in kv_append.cu)
+
+struct KiviQuantArgs {
+    uint8_t* layer_base;  // pool + layer * layer_stride
+    int64_t block_stride, head_stride;
+    int64_t data_off[2], aux_off[2];
+    int32_t format[2];
+    uint8_t* res_layer;   // pool + res_tile_offset(slot, layer, 0)
+    int64_t res_head_stride, res_off[2];
+    const void* src[2];   // k, v input [num_tokens][heads][dim]
+    int32_t dtype[2];     // LLMN_DTYPE_F32 / F16 / BF16
+    int32_t heads, dim, block_size, group;
+    int64_t old_len;      // sequence position of input token 0; rows below it are in the residual tile
+    int64_t block0;       // logical block index of blocks[0]
+    int32_t side_of[2];   // grid y -> side (0 = K, 1 = V): only the KIVI sides get CTAs
+    int32_t blocks[kKiviBlocksPerLaunch];  // physical ids of logical blocks block0, block0 + 1, ...
+};
+
+// What one CTA (grid x = local block * heads + head, grid y = KIVI side index) quantizes.
+struct KiviCta {
+    bool value;
+    int32_t format, side, head;
+    uint8_t* data;         // the side's code rows in the block's head tile
+    uint16_t* aux;         // the side's f16 scales then minimums
+    const uint16_t* res;   // the side's f16 residual rows of this head
+    int64_t pos_base;      // sequence position of the block's row 0
+};
+LLMN_HD KiviCta kivi_cta(const KiviQuantArgs& a, uint32_t bx, uint32_t by) {
+    KiviCta c;
+    c.side = a.side_of[by];
+    c.value = c.side == 1;
+    c.format = a.format[c.side];
+    const int32_t i = int32_t(bx) / a.heads;
+    c.head = int32_t(bx) % a.heads;
+    uint8_t* tile = a.layer_base + int64_t(a.blocks[i]) * a.block_stride + int64_t(c.head) * a.head_stride;
+    c.data = tile + a.data_off[c.side];
+    c.aux = reinterpret_cast<uint16_t*>(tile + a.aux_off[c.side]);
+    c.res = reinterpret_cast<const uint16_t*>(a.res_layer + int64_t(c.head) * a.res_head_stride + a.res_off[c.side]);
+    c.pos_base = (a.block0 + i) * a.block_size;
+    return c;
+}
+
+// Input element i as f32 (exact for every dtype), then the f16 the CPU append stores for it.
+LLMN_HD float kivi_input(const void* p, int32_t dtype, int64_t i) {
+    if (dtype == LLMN_DTYPE_F32) return static_cast<const float*>(p)[i];
+    const uint16_t h = static_cast<const uint16_t*>(p)[i];
+    if (dtype == LLMN_DTYPE_F16) return half_bits_to_f32(h);
+    return float_of(uint32_t(h) << 16);  // bf16
+}
+
+// Staged value e (row-major in the piece) of a CTA's block: rows below old_len come from the
+// residual tile (only the first block of an append can have any), the others from the input.
+LLMN_HD uint16_t kivi_stage_elem(const KiviQuantArgs& a, const KiviCta& c, const KiviPiece& pc, int32_t e) {
+    const int32_t t = pc.t0 + e / pc.cols, ch = pc.c0 + e % pc.cols;  // row in the block, channel
+    const int64_t pos = c.pos_base + t;
+    if (pos < a.old_len) return c.res[int64_t(t) * a.dim + ch];
+    const int64_t si = ((pos - a.old_len) * a.heads + c.head) * int64_t(a.dim) + ch;
+    return f32_to_f16_bits(kivi_input(a.src[c.side], a.dtype[c.side], si));
 }
 
 }  // namespace llmn::kivi_cuda
