@@ -31,6 +31,7 @@
 #include "kernels/decode_attention/decode_attention.hpp"
 #include "kernels/decode_attention/decode_attention_cuda_plan.cuh"
 #include "kernels/kv_cache/kv_cache.hpp"
+#include "kernels/kv_cache/kv_kivi.hpp"
 #include "kernels/kv_cache/kv_quant.hpp"
 #include "kernels/kv_cache/kv_quant_cuda.cuh"
 #include "attention_reference.hpp"
@@ -70,6 +71,7 @@ struct Problem {
     bool outliers = false;
     float v_scale = 1.0f;  // V values are multiplied by this (small V: the f16 range of the tensor-core path)
     int32_t max_batch = 64;
+    int32_t value_group = 0;  // KIVI V: value_group_size (0: 32 when V is INT4/INT2)
 };
 
 struct Reference {
@@ -140,6 +142,7 @@ public:
         d.k_format = pb.kv_format;
         d.v_format = pb.v_format >= 0 ? pb.v_format : pb.kv_format;
         d.max_batch = pb.max_batch;
+        if (llmn::kv_format_is_kivi(d.v_format)) d.value_group_size = pb.value_group > 0 ? pb.value_group : 32;
         d.capacity_tokens = total + 16 * pb.bs;
         const uint64_t shuffle_seed = g();
         for (llmn_context c : ctxs) {
@@ -412,81 +415,115 @@ EmuResult emulate(const EmuInput& in) {
                         qr[(rk * g.lanes + x) * ac::kVec + e] = from_bits(bits, in.io_dtype) * P.scale;
                     }
             }
-        const int64_t span = ke > kb ? ke - kb : 0;
-        const int ntiles = int((span + g.tile_keys - 1) / g.tile_keys);
         std::vector<float> kt(size_t(g.tile_keys) * D), vt(size_t(g.tile_keys) * D);
         // 8-bit sides: codes in kt/vt, per-token scale x q8_scale_factor in ksc/vsc (as compute_tile forms it)
         const bool kq8 = llmn::kv_format_is_q8(L.k_format), vq8 = llmn::kv_format_is_q8(L.v_format);
         std::vector<float> ksc(size_t(g.tile_keys)), vsc(size_t(g.tile_keys));
-        for (int i = 0; i < ntiles; ++i) {
-            const int64_t t0 = kb + int64_t(i) * g.tile_keys;
-            for (int j = 0; j < g.tile_keys; ++j) {  // load_tile
-                const int64_t t = t0 + j;
-                const int64_t blk = t < ke ? table[t >> shift] : 0;
-                for (int side = 0; side < 2; ++side) {
-                    const int32_t fmt = side ? L.v_format : L.k_format;
-                    const int64_t off = side ? L.v_data_off : L.k_data_off;
-                    float* dst = (side ? vt.data() : kt.data()) + size_t(j) * D;
-                    if (!llmn::kv_format_is_q8(fmt)) {
-                        for (int c = 0; c < g.chunks; ++c)
-                            for (int e = 0; e < ac::kVec; ++e)
-                                dst[c * ac::kVec + e] =
-                                    t < ke ? load_elem(head_base + ac::kv_chunk_offset(blk, L.block_stride, off, t, mask, D, c) + 2 * e, fmt)
-                                           : 0.0f;
-                        continue;
-                    }
-                    const bool fp8 = fmt == LLMN_KV_FP8_E4M3;
-                    for (int x = 0; x < g.chunks; ++x) {  // lane x: bytes [8x, 8x + 8) = half of 16-byte chunk x / 2
-                        uint32_t w[2] = {0, 0};
-                        if (t < ke) std::memcpy(w, head_base + ac::kv_row_chunk_offset(blk, L.block_stride, off, t, mask, D, x / 2) + (x % 2) * 8, 8);
-                        llmn::kvq_cuda::q8x8_to_f32(fp8, w[0], w[1], dst + x * ac::kVec);
-                    }
-                    float sc = 0.0f;
-                    if (t < ke)
-                        std::memcpy(&sc, head_base + ac::kv_scale_offset(blk, L.block_stride, side ? L.v_aux_off : L.k_aux_off, t, mask), 4);
-                    (side ? vsc : ksc)[size_t(j)] = sc * llmn::kvq_cuda::q8_scale_factor(fp8);
-                }
-            }
-            for (int z = 0; z < g.z; ++z)  // compute_tile
-                for (int y = 0; y < g.y; ++y)
-                    for (int k = 0; k < g.rpt; ++k) {
-                        const size_t rk = size_t(y) * g.rpt + k;
-                        for (int sb = 0; sb < g.kpt / g.ksub; ++sb) {
-                            std::vector<float> sc(static_cast<size_t>(g.ksub));
-                            uint32_t vis = 0;
-                            float tmax = ac::neg_inf();
-                            for (int jj = 0; jj < g.ksub; ++jj) {
-                                const int tt = ac::geo_tile_key(g, z, sb * g.ksub + jj);
-                                const int64_t t = t0 + tt;
-                                std::vector<float> part(size_t(g.lanes), 0.0f);
-                                for (int x = 0; x < g.chunks; ++x)
-                                    for (int e = 0; e < ac::kVec; ++e)
-                                        part[size_t(x)] = std::fma(qr[(rk * g.lanes + x) * ac::kVec + e],
-                                                                   kt[size_t(tt) * D + x * ac::kVec + e], part[size_t(x)]);
-                                float dot = butterfly(part);
-                                if (kq8) dot *= ksc[size_t(tt)];
-                                const float s = ac::score_transform(dot, P.softcap, alibi, slope[rk], t, hi[rk]);
-                                sc[size_t(jj)] = s;
-                                if (t < ke && t >= lo[rk] && t <= hi[rk]) {
-                                    vis |= 1u << jj;
-                                    tmax = std::max(tmax, s);
+        // KIVI caches: split_kernel's two passes, quantized full blocks [kb, min(ke, res_begin)) and then
+        // the f16 residual tile's keys [max(kb, res_begin), ke); one pass [kb, ke) otherwise.
+        const bool kivi = L.has_residual();
+        const int64_t res_begin = (len >> shift) << shift;
+        const uint8_t* res_tile = kivi ? in.cache->pool() + L.res_tile_offset(in.seqs[size_t(w.batch_index)]->res_slot, P.layer, h)
+                                       : nullptr;
+        for (int pass = 0; pass < (kivi ? 2 : 1); ++pass) {
+            const bool res_pass = pass == 1;
+            const int64_t pass_b = !kivi ? kb : res_pass ? std::max(kb, res_begin) : kb;
+            const int64_t pass_e = !kivi ? ke : res_pass ? ke : std::min(ke, res_begin);
+            const int64_t span = pass_e > pass_b ? pass_e - pass_b : 0;
+            const int ntiles = int((span + g.tile_keys - 1) / g.tile_keys);
+            for (int i = 0; i < ntiles; ++i) {
+                const int64_t t0 = pass_b + int64_t(i) * g.tile_keys;
+                for (int j = 0; j < g.tile_keys; ++j) {  // load_tile
+                    const int64_t t = t0 + j;
+                    const int64_t blk = t < pass_e ? table[t >> shift] : 0;
+                    for (int side = 0; side < 2; ++side) {
+                        const int32_t fmt = side ? L.v_format : L.k_format;
+                        const int64_t off = side ? L.v_data_off : L.k_data_off;
+                        float* dst = (side ? vt.data() : kt.data()) + size_t(j) * D;
+                        if (llmn::kv_format_is_kivi(fmt) && res_pass) {  // f16 residual rows (load_res_rows)
+                            const uint8_t* row = res_tile + (side ? L.res_v_off : L.res_k_off) + (t & mask) * 2 * D;
+                            for (int d = 0; d < D; ++d) dst[d] = t < pass_e ? load_elem(row + 2 * d, LLMN_KV_F16) : 0.0f;
+                            continue;
+                        }
+                        if (llmn::kv_format_is_kivi(fmt)) {  // fmaf(code, scale, min): K per channel of the block, V per token group
+                            const int32_t bits = llmn::kv_format_bits(fmt);
+                            const uint8_t* tile = head_base + blk * L.block_stride;
+                            const uint8_t* row = tile + off + (t & mask) * (D * bits / 8);
+                            const uint8_t* aux = tile + (side ? L.v_aux_off : L.k_aux_off);
+                            const int32_t VG = L.value_group_size, NG = side ? D / VG : 0;
+                            for (int d = 0; d < D; ++d) {
+                                if (t >= pass_e) {
+                                    dst[d] = 0.0f;
+                                    continue;
                                 }
+                                const size_t si = side ? size_t((t & mask) * NG + d / VG) : size_t(d);
+                                const size_t mi = side ? size_t((int64_t(L.block_size) * NG) + (t & mask) * NG + d / VG) : size_t(D + d);
+                                const float sc = load_elem(aux + 2 * si, LLMN_KV_F16), mn = load_elem(aux + 2 * mi, LLMN_KV_F16);
+                                dst[d] = std::fma(float(llmn::kivi_get(row, d, bits)), sc, mn);
                             }
-                            for (int x = 0; x < g.lanes; ++x) {
-                                ac::State& s = st[sidx(z, y, k, x)];
-                                if (tmax > s.m) ac::state_raise_max(s, tmax);
+                            continue;
+                        }
+                        if (!llmn::kv_format_is_q8(fmt)) {
+                            for (int c = 0; c < g.chunks; ++c)
+                                for (int e = 0; e < ac::kVec; ++e)
+                                    dst[c * ac::kVec + e] =
+                                        t < pass_e ? load_elem(head_base + ac::kv_chunk_offset(blk, L.block_stride, off, t, mask, D, c) + 2 * e, fmt)
+                                               : 0.0f;
+                            continue;
+                        }
+                        const bool fp8 = fmt == LLMN_KV_FP8_E4M3;
+                        for (int x = 0; x < g.chunks; ++x) {  // lane x: bytes [8x, 8x + 8) = half of 16-byte chunk x / 2
+                            uint32_t w[2] = {0, 0};
+                            if (t < pass_e) std::memcpy(w, head_base + ac::kv_row_chunk_offset(blk, L.block_stride, off, t, mask, D, x / 2) + (x % 2) * 8, 8);
+                            llmn::kvq_cuda::q8x8_to_f32(fp8, w[0], w[1], dst + x * ac::kVec);
+                        }
+                        float sc = 0.0f;
+                        if (t < pass_e)
+                            std::memcpy(&sc, head_base + ac::kv_scale_offset(blk, L.block_stride, side ? L.v_aux_off : L.k_aux_off, t, mask), 4);
+                        (side ? vsc : ksc)[size_t(j)] = sc * llmn::kvq_cuda::q8_scale_factor(fp8);
+                    }
+                }
+                for (int z = 0; z < g.z; ++z)  // compute_tile
+                    for (int y = 0; y < g.y; ++y)
+                        for (int k = 0; k < g.rpt; ++k) {
+                            const size_t rk = size_t(y) * g.rpt + k;
+                            for (int sb = 0; sb < g.kpt / g.ksub; ++sb) {
+                                std::vector<float> sc(static_cast<size_t>(g.ksub));
+                                uint32_t vis = 0;
+                                float tmax = ac::neg_inf();
                                 for (int jj = 0; jj < g.ksub; ++jj) {
-                                    if (!((vis >> jj) & 1u)) continue;
                                     const int tt = ac::geo_tile_key(g, z, sb * g.ksub + jj);
-                                    float vv[ac::kVec] = {};
-                                    if (x < g.chunks)
-                                        for (int e = 0; e < ac::kVec; ++e) vv[e] = vt[size_t(tt) * D + x * ac::kVec + e];
-                                    if (vq8) ac::state_add_scaled(s, sc[size_t(jj)], vsc[size_t(tt)], vv);
-                                    else ac::state_add(s, sc[size_t(jj)], vv);
+                                    const int64_t t = t0 + tt;
+                                    std::vector<float> part(size_t(g.lanes), 0.0f);
+                                    for (int x = 0; x < g.chunks; ++x)
+                                        for (int e = 0; e < ac::kVec; ++e)
+                                            part[size_t(x)] = std::fma(qr[(rk * g.lanes + x) * ac::kVec + e],
+                                                                       kt[size_t(tt) * D + x * ac::kVec + e], part[size_t(x)]);
+                                    float dot = butterfly(part);
+                                    if (kq8) dot *= ksc[size_t(tt)];
+                                    const float s = ac::score_transform(dot, P.softcap, alibi, slope[rk], t, hi[rk]);
+                                    sc[size_t(jj)] = s;
+                                    if (t < pass_e && t >= lo[rk] && t <= hi[rk]) {
+                                        vis |= 1u << jj;
+                                        tmax = std::max(tmax, s);
+                                    }
+                                }
+                                for (int x = 0; x < g.lanes; ++x) {
+                                    ac::State& s = st[sidx(z, y, k, x)];
+                                    if (tmax > s.m) ac::state_raise_max(s, tmax);
+                                    for (int jj = 0; jj < g.ksub; ++jj) {
+                                        if (!((vis >> jj) & 1u)) continue;
+                                        const int tt = ac::geo_tile_key(g, z, sb * g.ksub + jj);
+                                        float vv[ac::kVec] = {};
+                                        if (x < g.chunks)
+                                            for (int e = 0; e < ac::kVec; ++e) vv[e] = vt[size_t(tt) * D + x * ac::kVec + e];
+                                        if (vq8) ac::state_add_scaled(s, sc[size_t(jj)], vsc[size_t(tt)], vv);
+                                        else ac::state_add(s, sc[size_t(jj)], vv);
+                                    }
                                 }
                             }
                         }
-                    }
+            }
         }
         // key-slot merge
         if (g.z > 1) {
@@ -885,7 +922,8 @@ TEST(DecodeAttentionCudaPlan, EmulatedKernelsMatchReferenceAndCpuBackend) {
         int64_t wave;
         std::vector<int64_t> lengths;
         int32_t io;
-        int32_t kf = LLMN_KV_F16, vf = LLMN_KV_F16;  // CPU caches: f16, INT8, E4M3 (mixed)
+        int32_t kf = LLMN_KV_F16, vf = LLMN_KV_F16;  // CPU caches: f16, INT8, E4M3, KIVI INT4/INT2 (mixed)
+        int32_t vg = 0;                               // KIVI V: value_group_size (0: 32)
     };
     std::vector<Case> cases = {
         {64, 16, 2, 1, 1, 0, 0, 0.0f, false, 528, {1, 2, 17, 300, quick() ? 900 : 2100}, LLMN_DTYPE_F16},
@@ -908,6 +946,14 @@ TEST(DecodeAttentionCudaPlan, EmulatedKernelsMatchReferenceAndCpuBackend) {
         {96, 32, 1, 8, 2, 0, 4, 0.0f, false, 528, {2, 130, 400}, LLMN_DTYPE_F16, LLMN_KV_F16, LLMN_KV_FP8_E4M3},
         {256, 16, 2, 16, 2, 0, 0, 0.0f, false, 132, {2, 77, 900}, LLMN_DTYPE_F16, LLMN_KV_FP8_E4M3, LLMN_KV_INT8},
         {64, 32, 2, 2, 3, 9, 2, 20.0f, true, 528, {3, 50, 310}, LLMN_DTYPE_F16, LLMN_KV_INT8, LLMN_KV_FP8_E4M3},
+        // KIVI INT4/INT2: quantized full blocks, then the f16 residual tile (lengths on and off block edges)
+        {64, 16, 2, 4, 1, 0, 0, 0.0f, false, 528, {1, 15, 16, 17, 300, 1100}, LLMN_DTYPE_F16, LLMN_KV_INT4, LLMN_KV_INT4},
+        {128, 8, 2, 4, 4, 0, 3, 0.0f, false, 528, {4, 8, 9, 33, 700}, LLMN_DTYPE_F16, LLMN_KV_INT2, LLMN_KV_INT2, 64},
+        {80, 32, 2, 7, 1, 0, 0, 0.0f, false, 132, {1, 40, 900}, LLMN_DTYPE_BF16, LLMN_KV_INT4, LLMN_KV_F16},
+        {96, 64, 1, 8, 2, 0, 4, 0.0f, false, 528, {2, 130, 400}, LLMN_DTYPE_F16, LLMN_KV_F16, LLMN_KV_INT2, 32},  // 3 groups
+        {256, 256, 2, 2, 1, 0, 0, 0.0f, false, 528, {2, 256, 257, 900}, LLMN_DTYPE_F16, LLMN_KV_INT4, LLMN_KV_INT2, 128},
+        {64, 16, 2, 2, 3, 9, 2, 20.0f, true, 528, {3, 50, 310}, LLMN_DTYPE_F16, LLMN_KV_INT2, LLMN_KV_INT4},  // window, soft-cap, ALiBi
+        {128, 16, 1, 16, 8, 5, 6, 0.0f, false, 528, {8, 40, 700}, LLMN_DTYPE_F16, LLMN_KV_INT4, LLMN_KV_INT4},    // row chunks + window
     };
     for (const Case& cs : cases) {
         Problem pb;
@@ -920,6 +966,7 @@ TEST(DecodeAttentionCudaPlan, EmulatedKernelsMatchReferenceAndCpuBackend) {
         pb.outliers = cs.window > 0 || cs.alibi;
         pb.kv_format = cs.kf;
         pb.v_format = cs.vf;
+        pb.value_group = cs.vg;
         Caches c(pb, g, {cpu.h});
         ASSERT_FALSE(::testing::Test::HasFatalFailure());
         llmn_attention_params p = params_for(pb, cs.splits);
@@ -1409,6 +1456,78 @@ TEST(DecodeAttentionCuda, Quantized8BitCachesMatchReferenceAndCpu) {
         for (int32_t io : {LLMN_DTYPE_F16, LLMN_DTYPE_BF16})
             check_gpu(hx, pb, g, std::string("8-bit ") + llmn::kv_format_name(cs.kf) + "/" + llmn::kv_format_name(cs.vf), {0, 1, 4}, io);
     }
+}
+
+// KIVI INT4/INT2 sides (alone and mixed with f16/bf16): quantized full blocks and the f16 residual
+// tile in one call, against the float64 reference on the cache's dequantized read-back and against the
+// CPU backend on a CPU cache with the same appends (same bytes: KvCacheCuda.KiviAppendTruncateForkMatchCpuCacheBytes).
+// The dequantization is code * scale + min in both backends (the product is exact), so the f16 bounds hold.
+TEST(DecodeAttentionCuda, KiviCachesMatchReferenceAndCpu) {
+    LLMN_REQUIRE_CUDA();
+    GpuHarness hx;
+    auto g = rng(214);
+    struct Case {
+        int32_t kf, vf, D, bs, G, q_len, vg;
+    };
+    for (Case cs : {Case{LLMN_KV_INT4, LLMN_KV_INT4, 128, 16, 4, 1, 32}, Case{LLMN_KV_INT2, LLMN_KV_INT2, 64, 8, 2, 4, 64},
+                    Case{LLMN_KV_INT4, LLMN_KV_F16, 80, 32, 8, 1, 0},  // head_dim 80: K only (no V group divides it)
+                    Case{LLMN_KV_INT2, LLMN_KV_INT4, 96, 16, 1, 2, 32}, Case{LLMN_KV_INT4, LLMN_KV_F16, 256, 256, 16, 1, 0},
+                    Case{LLMN_KV_F16, LLMN_KV_INT2, 128, 64, 4, 8, 128}, Case{LLMN_KV_INT4, LLMN_KV_BF16, 64, 16, 4, 1, 0},
+                    Case{LLMN_KV_BF16, LLMN_KV_INT4, 128, 16, 7, 1, 64}}) {
+        Problem pb;
+        pb.H = 2;
+        pb.G = cs.G;
+        pb.D = cs.D;
+        pb.bs = cs.bs;
+        pb.q_len = cs.q_len;
+        pb.kv_format = cs.kf;
+        pb.v_format = cs.vf;
+        pb.value_group = cs.vg;
+        pb.outliers = true;
+        // lengths on a block edge (no residual rows), one past it, and long sequences that split
+        pb.lengths = {std::max(1, cs.q_len), int64_t(cs.bs), int64_t(cs.bs) + 1, 130, 900, 2500};
+        for (int32_t io : {LLMN_DTYPE_F16, LLMN_DTYPE_BF16})
+            check_gpu(hx, pb, g, std::string("KIVI ") + llmn::kv_format_name(pb.kv_format) + "/" + llmn::kv_format_name(pb.v_format),
+                      {0, 1, 4}, io);
+        // window + soft-cap on the same shapes
+        llmn_attention_params p = params_for(pb);
+        p.window = 3 * cs.bs / 2 + 1;
+        p.softcap = 30.0f;
+        check_gpu(hx, pb, g, "KIVI window + soft-cap", {0, 3}, LLMN_DTYPE_F16, &p);
+    }
+}
+
+// KIVI and 8-bit sides are not mixed on CUDA (the CPU backend reads those caches).
+TEST(DecodeAttentionCuda, RejectsKiviWith8BitSide) {
+    LLMN_REQUIRE_CUDA();
+    Ctx gpu(LLMN_BACKEND_CUDA);
+    llmn_kv_cache_desc d{};
+    d.num_layers = 1;
+    d.num_kv_heads = 1;
+    d.head_dim = 64;
+    d.block_size = 16;
+    d.k_format = LLMN_KV_INT4;
+    d.v_format = LLMN_KV_INT8;
+    d.capacity_tokens = 64;
+    llmn_kv_cache kc = nullptr;
+    LLMN_ASSERT_OK(llmn_kv_cache_create(gpu.h, &d, &kc));
+    int64_t id = 0;
+    LLMN_ASSERT_OK(llmn_kv_cache_add_sequence(kc, &id));
+    {
+        Buf k(gpu.h, LLMN_DTYPE_F32, 64), v(gpu.h, LLMN_DTYPE_F32, 64);
+        std::vector<float> ones(64, 1.0f);
+        llmn_buffer_upload(k.h, 0, ones.data(), 64);
+        llmn_buffer_upload(v.h, 0, ones.data(), 64);
+        LLMN_ASSERT_OK(llmn_kv_cache_append(kc, id, 0, k.h, v.h, 1));
+        Buf q(gpu.h, LLMN_DTYPE_F16, 64), o(gpu.h, LLMN_DTYPE_F16, 64);
+        llmn_attention_params p{};
+        p.num_q_heads = 1;
+        p.q_len = 1;
+        p.scale = 0.125f;
+        LLMN_EXPECT_STATUS(llmn_decode_attention(gpu.h, kc, &id, 1, q.h, nullptr, o.h, &p), LLMN_STATUS_UNSUPPORTED);
+        EXPECT_NE(last_error().find("k_format LLMN_KV_INT4 and v_format LLMN_KV_INT8"), std::string::npos) << last_error();
+    }
+    llmn_kv_cache_destroy(kc);
 }
 
 TEST(DecodeAttentionCuda, AlibiSlopesAreReadFromTheDeviceBufferAndValidated) {

@@ -39,7 +39,9 @@
 //    side pair x row bucket (1/4/8/16/32). Side pairs: f16/f16 and bf16/bf16 with fixed element
 //    types, and the three pairs with an 8-bit side (8-bit/8-bit, 8-bit/16-bit, 16-bit/8-bit) whose
 //    exact variant (INT8 or E4M3, f16 or bf16) is a warp-uniform runtime value (Params::k_code,
-//    v_code): 125 kernels instead of 400 for every format pair. Query/output dtype, group size,
+//    v_code): 125 kernels instead of 400 for every format pair; the three pairs with a KIVI side
+//    (KIVI/KIVI, KIVI/16-bit, 16-bit/KIVI; bit width and 16-bit variant at run time) add 75.
+//    Query/output dtype, group size,
 //    q_len, soft-cap, window and ALiBi are runtime values: they cost nothing in the streaming loop.
 //    The tensor-core kernel (mma_kernel, section below) adds 4 (head_dim 64/128 x f16 / 8-bit sides),
 //    chosen next to select_kernel in decode_attention_cuda().
@@ -54,6 +56,20 @@
 //    code values and the key's scale multiplies the reduced dot once; V: the scale is folded into
 //    the softmax weight (state_add_scaled: o += (p * scale) * code), so per element the 8-bit path
 //    costs the decode only.
+//
+// 5c. KIVI INT4 / INT2 sides (kv_kivi.hpp; layout and residual rule in kv_layout.hpp). A KIVI CTA
+//    streams its keys in two passes through the same ring (stream_tiles): the quantized full blocks
+//    below res_begin = floor(length / block) * block, then the sequence's partial block from its f16
+//    residual tile (addressed by the per-sequence residual slot in SeqWork, not the block table) with
+//    the f16 side type (ResSide). Pass 1 stages packed code rows (D * bits / 8 bytes, copied in the
+//    widest of 16/8/4 bytes that divides a row) plus their metadata: K's per-channel scale and minimum
+//    of every block the tile touches (a tile of 16-32 keys spans at most tile / 8 + 1 blocks), V's
+//    per-token group scales and minimums. Decoding is fmaf(code, scale, min) per element, which equals
+//    the CPU codec's code * scale + min bit for bit (the product is exact), so K and V enter the same
+//    dot product and P.V update as 16-bit values. Why not fold K's scales into q per block (as the
+//    CPU kernel does): a tile can straddle blocks, and the fold would re-scale q for every block;
+//    the per-element fmaf costs one instruction, and the stage shrinks by 4x (INT4) / 8x (INT2).
+//    KIVI is not mixed with an 8-bit side here (rejected with the formats; the CPU backend reads it).
 //
 // 6. Split policy (num_splits = 0, make_plan): no split when batch x kv heads x row chunks already
 //    fills one wave (SMs x resident CTAs from the occupancy API); otherwise pieces of at least 256
@@ -101,6 +117,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -129,8 +146,14 @@ void check(cudaError_t err, const char* what) {
 struct Params {
     const uint8_t* layer_base;  // pool + layer * layer_stride
     int64_t block_stride, head_stride, k_off, v_off;
-    int64_t k_aux_off, v_aux_off;  // per-token f32 scales of INT8 / E4M3 sides
-    int32_t k_code, v_code;     // runtime element variant of a side: KvX16 0 f16 / 1 bf16; KvQ8 0 INT8 / 1 E4M3
+    int64_t k_aux_off, v_aux_off;  // per-token f32 scales of INT8 / E4M3 sides, KIVI metadata
+    int32_t k_code, v_code;     // runtime element variant of a side: KvX16 0 f16 / 1 bf16; KvQ8 0 INT8 / 1 E4M3;
+                                // KvKivi: bits (4 or 2)
+    int32_t v_group_shift;      // KIVI V: log2(value_group_size)
+    // KIVI residual tiles (kv_layout.hpp): tile of (slot, this layer, head h) =
+    // res_base + slot * res_slot_stride + h * res_head_stride; K rows at + res_k_off, V rows at + res_v_off.
+    const uint8_t* res_base;
+    int64_t res_slot_stride, res_head_stride, res_k_off, res_v_off;
     int32_t block_shift;        // log2(block_size)
     const int32_t* tables;      // flattened block tables of the batch
     const SeqWork* work;        // [num_seqs] schedule order
@@ -184,6 +207,7 @@ struct KvBf16 {
 // out of the decoded values: K applies it to the dot product, V folds it into the softmax weight.
 struct KvF16Side {
     static constexpr bool kQ8 = false;
+    static constexpr bool kKivi = false;
     template <int D>
     static __device__ __forceinline__ void load(const uint4* rows, int tt, int x, int, float* f) {
         KvF16::to_float(rows[tt * (D / 8) + x], f);
@@ -191,6 +215,7 @@ struct KvF16Side {
 };
 struct KvBf16Side {
     static constexpr bool kQ8 = false;
+    static constexpr bool kKivi = false;
     template <int D>
     static __device__ __forceinline__ void load(const uint4* rows, int tt, int x, int, float* f) {
         KvBf16::to_float(rows[tt * (D / 8) + x], f);
@@ -198,6 +223,7 @@ struct KvBf16Side {
 };
 struct KvX16Side {
     static constexpr bool kQ8 = false;
+    static constexpr bool kKivi = false;
     template <int D>
     static __device__ __forceinline__ void load(const uint4* rows, int tt, int x, int code, float* f) {
         const uint4 raw = rows[tt * (D / 8) + x];
@@ -207,6 +233,7 @@ struct KvX16Side {
 };
 struct KvQ8Side {
     static constexpr bool kQ8 = true;
+    static constexpr bool kKivi = false;
     template <int D>
     static __device__ __forceinline__ void load(const uint4* rows, int tt, int x, int code, float* f) {
         const uint2 raw = reinterpret_cast<const uint2*>(rows)[tt * (D / 8) + x];
@@ -214,10 +241,52 @@ struct KvQ8Side {
     }
 };
 
-// uint4 chunks of one row of a side in a stage buffer.
+// KIVI INT4 / INT2 side (kv_kivi.hpp semantics; the bit width is the warp-uniform Params code, 4 or
+// 2). Quantized tiles hold packed codes (row = D * bits / 8 bytes, channel d in bits
+// [bits * (d % (8 / bits)), ...) of byte d / (8 / bits)), so a lane's 8 channels [8x, 8x + 8) are one
+// 4-byte (INT4) or 2-byte (INT2) word with channel 8x + i in bits [bits * i, ...). Their metadata is
+// staged beside them (StageLayout): K's per-channel f16 scale and minimum of each block the tile
+// touches, V's per-token f16 scale and minimum of each group. Decoding: float(code) * scale + min as
+// one fmaf, bitwise the CPU codec's two operations because code * scale is exact (a 4-bit integer
+// times an f16 value fits f32's mantissa). The sequence's newest, partial block is an f16 residual
+// tile: split_kernel streams it in a second pass with KvF16Side (ResSide below).
+struct KvKiviSide {
+    static constexpr bool kQ8 = false;
+    static constexpr bool kKivi = true;
+};
+
+// The side type that reads a side's rows in the residual pass: KIVI sides become their f16 residual
+// rows, other sides are read from the block as in the first pass.
+template <class S>
+struct ResSideOf {
+    using type = S;
+};
+template <>
+struct ResSideOf<KvKiviSide> {
+    using type = KvF16Side;
+};
+template <class S>
+using ResSide = typename ResSideOf<S>::type;
+
+// uint4 chunks of one row of a 16-bit or 8-bit side in a stage buffer (KIVI rows: StageLayout).
 template <class S, int D>
 constexpr int row_vec() {
     return S::kQ8 ? D / 16 : D / 8;
+}
+
+constexpr int kKiviMaxGroups = 8;  // head_dim / value_group_size <= 256 / 32
+
+// 8 packed KIVI codes of channels [8x, 8x + 8) of a staged row (row_bytes = D * bits / 8).
+__device__ __forceinline__ void kivi_codes(const uint8_t* row, int x, int bits, float* c) {
+    if (bits == 4) {
+        const uint32_t w = *reinterpret_cast<const uint32_t*>(row + 4 * x);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) c[i] = float((w >> (4 * i)) & 15u);
+    } else {
+        const uint32_t w = *reinterpret_cast<const uint16_t*>(row + 2 * x);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) c[i] = float((w >> (2 * i)) & 3u);
+    }
 }
 
 __device__ __forceinline__ uint4 pack_out(const float* f, bool bf16) {
@@ -267,6 +336,21 @@ __device__ __forceinline__ void cp_async4(float* smem, const void* gmem, bool va
 #endif
 }
 
+// N bytes (4, 8 or 16) global -> shared through L1 (KIVI code rows whose length is not a multiple
+// of 16); valid = false writes zeros and reads nothing.
+template <int N>
+__device__ __forceinline__ void cp_async_n(void* smem, const void* gmem, bool valid) {
+    static_assert(N == 4 || N == 8 || N == 16, "cp.async sizes");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    const int bytes = valid ? N : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(s), "l"(gmem), "n"(N), "r"(bytes) : "memory");
+#else
+    for (int i = 0; i < N / 4; ++i)
+        static_cast<uint32_t*>(smem)[i] = valid ? static_cast<const uint32_t*>(gmem)[i] : 0u;
+#endif
+}
+
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -291,6 +375,10 @@ struct Stream {
     int64_t block_stride, k_off, v_off, k_aux_off, v_aux_off;
     int32_t block_shift, block_mask;
     int64_t key_end;
+    const uint8_t* res_k;      // KIVI sides: f16 rows of the sequence's residual tile (else null)
+    const uint8_t* res_v;
+    int32_t k_code, v_code;    // Params::k_code / v_code (KIVI sides: bits)
+    int32_t v_group_shift;     // KIVI V: log2(value_group_size)
 };
 
 // The K/V stream of a CTA's (sequence, kv head), keys below key_end.
@@ -306,6 +394,15 @@ __device__ __forceinline__ Stream make_stream(const Params& p, const SeqWork& w,
     ss.block_shift = p.block_shift;
     ss.block_mask = (1 << p.block_shift) - 1;
     ss.key_end = key_end;
+    ss.res_k = ss.res_v = nullptr;
+    if (p.res_base) {
+        const uint8_t* res = p.res_base + int64_t(w.res_slot) * p.res_slot_stride + int64_t(h) * p.res_head_stride;
+        ss.res_k = res + p.res_k_off;
+        ss.res_v = res + p.res_v_off;
+    }
+    ss.k_code = p.k_code;
+    ss.v_code = p.v_code;
+    ss.v_group_shift = p.v_group_shift;
     return ss;
 }
 
@@ -329,16 +426,27 @@ __device__ __forceinline__ CtaWork cta_work(const Params& p) {
 }
 
 // Stage buffer layout (uint4 units): K rows [0, kKeyVec), V rows [kKeyVec, kKeyVec + kValVec), then
-// the f32 scales of the 8-bit sides (K's tile_keys, then V's). Always within geometry().stage_vec:
-// 16-bit rows fill it exactly, 8-bit rows take half of a side's share and their scales 1/4 uint4 per key.
+// the f32 scales of the 8-bit sides (K's tile_keys, then V's), then the KIVI metadata: K's per-channel
+// f16 scales and minimums of each block the tile touches (kKiviKSlots slots of [D scales][D mins];
+// slot b = block (t0 >> shift) + b), V's per-token f16 scales and minimums ([tile_keys][8] scales, then
+// as many minimums; groups g < head_dim / value_group_size <= 8 used). KIVI rows get the room of INT4
+// rows (D / 2 bytes; INT2 rows use half of it). Always within geometry().stage_vec: 16-bit rows fill it
+// exactly, 8-bit rows take half of a side's share and their scales 1/4 uint4 per key, KIVI sides at
+// most 1/4 plus metadata.
 template <int D, int ROWS, class KT, class VT>
 struct StageLayout {
     static constexpr Geometry g = geometry(D, ROWS);
     static constexpr int kRowK = row_vec<KT, D>(), kRowV = row_vec<VT, D>();
-    static constexpr int kKeyVec = g.tile_keys * kRowK, kValVec = g.tile_keys * kRowV;
+    static constexpr int kKeyVec = KT::kKivi ? g.tile_keys * D / 32 : g.tile_keys * kRowK;
+    static constexpr int kValVec = VT::kKivi ? g.tile_keys * D / 32 : g.tile_keys * kRowV;
     static constexpr int kScales = (KT::kQ8 ? g.tile_keys : 0) + (VT::kQ8 ? g.tile_keys : 0);
-    static_assert((kKeyVec + kValVec) * 16 + kScales * 4 <= g.stage_vec * 16, "stage buffer");
+    static constexpr int kKiviKSlots = g.tile_keys / 8 + 1;  // blocks of >= 8 keys a tile can touch
+    static constexpr int kKMetaOff = (kKeyVec + kValVec) * 16 + kScales * 4;                 // bytes
+    static constexpr int kVMetaOff = kKMetaOff + (KT::kKivi ? kKiviKSlots * 4 * D : 0);       // bytes
+    static constexpr int kEnd = kVMetaOff + (VT::kKivi ? g.tile_keys * kKiviMaxGroups * 4 : 0);
+    static_assert(kEnd <= g.stage_vec * 16, "stage buffer");
     static_assert(g.tile_keys % 4 == 0, "scales start 16-byte aligned");
+    static_assert((g.tile_keys * D / 2) % 16 == 0 && kKMetaOff % 16 == 0 && kVMetaOff % 16 == 0, "KIVI sections 16-byte aligned");
 };
 
 // Stage 1: copy K and V rows of keys [t0, t0 + tile_keys) into stage buffer `dst` (K rows, then V
@@ -374,15 +482,114 @@ __device__ __forceinline__ void load_scales(float* dst, const Stream& st, int64_
     }
 }
 
-template <int D, int ROWS, class KT, class VT>
+// f16 rows of a KIVI side's residual tile (the sequence's partial block: row = key & block_mask).
+template <int PER, int COUNT>
+__device__ __forceinline__ void load_res_rows(uint4* dst, const uint8_t* res, const Stream& st, int64_t t0) {
+#pragma unroll
+    for (int i = 0; i < (COUNT + kThreads - 1) / kThreads; ++i) {
+        const int idx = int(threadIdx.x) + i * kThreads;
+        if (COUNT % kThreads != 0 && idx >= COUNT) break;
+        const int j = idx / PER, c = idx - j * PER;
+        const int64_t t = t0 + j;
+        const bool valid = t < st.key_end;
+        const int64_t tc = valid ? t : t0;
+        cp_async16(dst + idx, res + (tc & st.block_mask) * (PER * 16) + c * 16, valid);
+    }
+}
+
+// Packed KIVI code rows (D * BITS / 8 bytes each), in the widest copy size dividing a row.
+template <int D, int BITS, int TK>
+__device__ __forceinline__ void load_kivi_rows(uint4* dst, const Stream& st, int64_t t0, int64_t section_off) {
+    constexpr int RB = D * BITS / 8;
+    constexpr int CH = RB % 16 == 0 ? 16 : RB % 8 == 0 ? 8 : 4;
+    constexpr int PER = RB / CH, COUNT = TK * PER;
+    uint8_t* d8 = reinterpret_cast<uint8_t*>(dst);
+#pragma unroll
+    for (int i = 0; i < (COUNT + kThreads - 1) / kThreads; ++i) {
+        const int idx = int(threadIdx.x) + i * kThreads;
+        if (COUNT % kThreads != 0 && idx >= COUNT) break;
+        const int j = idx / PER, c = idx - j * PER;
+        const int64_t t = t0 + j;
+        const bool valid = t < st.key_end;
+        const int64_t tc = valid ? t : t0;
+        const int64_t blk = __ldg(st.table + (tc >> st.block_shift));
+        cp_async_n<CH>(d8 + j * RB + c * CH,
+                       st.head_base + blk * st.block_stride + section_off + (tc & st.block_mask) * RB + c * CH, valid);
+    }
+}
+
+// K metadata ([D f16 scales][D f16 mins], 4 D bytes) of the SLOTS blocks starting at t0's block.
+template <int D, int SLOTS>
+__device__ __forceinline__ void load_kivi_kmeta(uint4* dst, const Stream& st, int64_t t0) {
+    constexpr int PER = D / 4, COUNT = SLOTS * PER;  // 16-byte chunks
+    const int64_t j0 = t0 >> st.block_shift;
+    for (int idx = int(threadIdx.x); idx < COUNT; idx += kThreads) {
+        const int b = idx / PER, c = idx - b * PER;
+        const bool valid = ((j0 + b) << st.block_shift) < st.key_end;
+        const int64_t blk = __ldg(st.table + (valid ? j0 + b : j0));
+        cp_async16(dst + idx, st.head_base + blk * st.block_stride + st.k_aux_off + c * 16, valid);
+    }
+}
+
+// V metadata of the tile's keys: stage [TK][8] f16 scales then [TK][8] f16 mins from the block's
+// [bs][G] scales and [bs][G] mins. Even G: 4-byte cp.async of scale / min pairs; odd G (1 or 3:
+// head_dim = value_group_size, or 96 with groups of 32): plain 2-byte loads.
+template <int D, int TK>
+__device__ __forceinline__ void load_kivi_vmeta(uint4* dst, const Stream& st, int64_t t0) {
+    const int G = D >> st.v_group_shift;
+    const int64_t mins_off = (int64_t(2) << st.block_shift) * G;  // bytes of the scales
+    uint16_t* d16 = reinterpret_cast<uint16_t*>(dst);
+    for (int idx = int(threadIdx.x); idx < TK * kKiviMaxGroups; idx += kThreads) {
+        const int j = idx / kKiviMaxGroups, w = idx - j * kKiviMaxGroups;
+        const int64_t t = t0 + j;
+        const bool valid = t < st.key_end;
+        const int64_t tc = valid ? t : t0;
+        const int64_t blk = __ldg(st.table + (tc >> st.block_shift));
+        const uint8_t* aux = st.head_base + blk * st.block_stride + st.v_aux_off + (tc & st.block_mask) * G * 2;
+        if ((G & 1) == 0) {
+            if (w >= G) continue;
+            const bool mins = w >= G / 2;
+            const int ww = mins ? w - G / 2 : w;
+            cp_async_n<4>(d16 + (mins ? TK * kKiviMaxGroups : 0) + j * kKiviMaxGroups + 2 * ww,
+                          aux + (mins ? mins_off : 0) + 4 * ww, valid);
+        } else {
+            if (w >= 2 * G) continue;
+            const bool mins = w >= G;
+            const int gi = mins ? w - G : w;
+            d16[(mins ? TK * kKiviMaxGroups : 0) + j * kKiviMaxGroups + gi] =
+                valid ? __ldg(reinterpret_cast<const unsigned short*>(aux + (mins ? mins_off : 0) + 2 * gi)) : uint16_t(0);
+        }
+    }
+}
+
+// Rows of one side into its stage section. RES: the residual pass (KIVI sides read f16 residual rows).
+template <int D, int TK, class S, bool RES>
+__device__ __forceinline__ void load_side(uint4* dst, const Stream& st, int64_t t0, int64_t section_off, const uint8_t* res,
+                                          int bits) {
+    if constexpr (S::kKivi && RES) {
+        load_res_rows<D / 8, TK * D / 8>(dst, res, st, t0);
+    } else if constexpr (S::kKivi) {
+        if (bits == 4) load_kivi_rows<D, 4, TK>(dst, st, t0, section_off);
+        else load_kivi_rows<D, 2, TK>(dst, st, t0, section_off);
+    } else {
+        load_rows<row_vec<S, D>(), TK * row_vec<S, D>()>(dst, st, t0, section_off, S::kQ8 ? D : 2 * D);
+    }
+}
+
+template <class S, bool RES>
+using StageSide = typename std::conditional<RES, ResSide<S>, S>::type;
+
+template <int D, int ROWS, class KT, class VT, bool RES = false>
 __device__ __forceinline__ void load_tile(uint4* dst, const Stream& st, int64_t t0) {
-    using SL = StageLayout<D, ROWS, KT, VT>;
+    using SL = StageLayout<D, ROWS, StageSide<KT, RES>, StageSide<VT, RES>>;
     constexpr Geometry g = SL::g;
-    load_rows<SL::kRowK, SL::kKeyVec>(dst, st, t0, st.k_off, KT::kQ8 ? D : 2 * D);
-    load_rows<SL::kRowV, SL::kValVec>(dst + SL::kKeyVec, st, t0, st.v_off, VT::kQ8 ? D : 2 * D);
+    load_side<D, g.tile_keys, KT, RES>(dst, st, t0, st.k_off, st.res_k, st.k_code);
+    load_side<D, g.tile_keys, VT, RES>(dst + SL::kKeyVec, st, t0, st.v_off, st.res_v, st.v_code);
     float* scales = reinterpret_cast<float*>(dst + SL::kKeyVec + SL::kValVec);
     if constexpr (KT::kQ8) load_scales<g.tile_keys>(scales, st, t0, st.k_aux_off);
     if constexpr (VT::kQ8) load_scales<g.tile_keys>(scales + (KT::kQ8 ? g.tile_keys : 0), st, t0, st.v_aux_off);
+    if constexpr (KT::kKivi && !RES) load_kivi_kmeta<D, SL::kKiviKSlots>(dst + SL::kKMetaOff / 16, st, t0);
+    if constexpr (VT::kKivi && !RES) load_kivi_vmeta<D, g.tile_keys>(dst + SL::kVMetaOff / 16, st, t0);
 }
 
 // Per-thread query rows: scaled queries, masks, ALiBi slopes.
@@ -400,16 +607,23 @@ struct Rows {
 // key, the first H200 run's SASS ran one dot -> butterfly -> softmax chain at a time (~150 cycles of
 // latency per key). The arithmetic per key and its order are unchanged (score_transform, state_add).
 template <int D, int ROWS, class KT, class VT>
-__device__ __forceinline__ void compute_tile(const uint4* tile, int64_t t0, int64_t key_end, const Rows<geometry(D, ROWS).rpt>& rw,
-                                             State* st, int x, int z, float softcap, bool alibi, int k_code, int v_code) {
+__device__ __forceinline__ void compute_tile(const uint4* tile, int64_t t0, const Stream& ss, const Rows<geometry(D, ROWS).rpt>& rw,
+                                             State* st, int x, int z, float softcap, bool alibi) {
     using SL = StageLayout<D, ROWS, KT, VT>;
     constexpr Geometry g = SL::g;
+    const int64_t key_end = ss.key_end;
+    const int k_code = ss.k_code, v_code = ss.v_code;
     const uint4* ks = tile;
     const uint4* vs = tile + SL::kKeyVec;
     const float* k_scales = reinterpret_cast<const float*>(tile + SL::kKeyVec + SL::kValVec);
     const float* v_scales = k_scales + (KT::kQ8 ? g.tile_keys : 0);
     const float k_factor = kvq_cuda::q8_scale_factor(k_code != 0), v_factor = kvq_cuda::q8_scale_factor(v_code != 0);
     const bool lane_on = x < g.chunks;
+    // KIVI: staged metadata (StageLayout) and the block slot of the tile's first key
+    const uint4* k_meta = tile + SL::kKMetaOff / 16;
+    const uint16_t* v_meta = reinterpret_cast<const uint16_t*>(tile + SL::kVMetaOff / 16);
+    const int64_t blk0 = t0 >> ss.block_shift;
+    const int v_gi = (kVec * x) >> ss.v_group_shift;
 #pragma unroll
     for (int k = 0; k < g.rpt; ++k) {
         // visible tile keys of this row: lo_rel <= tt <= hi_rel (32-bit, once per tile)
@@ -426,7 +640,18 @@ __device__ __forceinline__ void compute_tile(const uint4* tile, int64_t t0, int6
                 float part = 0.0f;
                 if (lane_on) {
                     float kf[kVec];
-                    KT::template load<D>(ks, tt, x, k_code, kf);
+                    if constexpr (KT::kKivi) {
+                        // code * scale[d] + min[d] with the per-channel statistics of the key's block
+                        const int slot = int(((t0 + tt) >> ss.block_shift) - blk0);
+                        float ksc[kVec], kmn[kVec];
+                        KvF16::to_float(k_meta[slot * (D / 4) + x], ksc);
+                        KvF16::to_float(k_meta[slot * (D / 4) + D / 8 + x], kmn);
+                        kivi_codes(reinterpret_cast<const uint8_t*>(ks) + tt * (D * k_code / 8), x, k_code, kf);
+#pragma unroll
+                        for (int e = 0; e < kVec; ++e) kf[e] = fmaf(kf[e], ksc[e], kmn[e]);
+                    } else {
+                        KT::template load<D>(ks, tt, x, k_code, kf);
+                    }
 #pragma unroll
                     for (int e = 0; e < kVec; ++e) part = fmaf(rw.q[k][e], kf[e], part);
                 }
@@ -466,7 +691,16 @@ __device__ __forceinline__ void compute_tile(const uint4* tile, int64_t t0, int6
                 const int tt = geo_tile_key(g, z, sb * g.ksub + jj);
                 float vf[kVec];
                 if (lane_on) {
-                    VT::template load<D>(vs, tt, x, v_code, vf);
+                    if constexpr (VT::kKivi) {
+                        // code * scale[t][g] + min[t][g]: a lane's 8 channels lie in one group
+                        const float vsc = __half2float(__ushort_as_half(v_meta[tt * kKiviMaxGroups + v_gi]));
+                        const float vmn = __half2float(__ushort_as_half(v_meta[(g.tile_keys + tt) * kKiviMaxGroups + v_gi]));
+                        kivi_codes(reinterpret_cast<const uint8_t*>(vs) + tt * (D * v_code / 8), x, v_code, vf);
+#pragma unroll
+                        for (int e = 0; e < kVec; ++e) vf[e] = fmaf(vf[e], vsc, vmn);
+                    } else {
+                        VT::template load<D>(vs, tt, x, v_code, vf);
+                    }
                 } else {
 #pragma unroll
                     for (int e = 0; e < kVec; ++e) vf[e] = 0.0f;
@@ -497,6 +731,37 @@ __device__ __forceinline__ void store_row(const Params& p, const SeqWork& w, int
         dst[1] = make_float4(o[4], o[5], o[6], o[7]);
         if (x == 0) p.ws_lse[row] = lse;
     }
+}
+
+// Keys [kb, ke) of one stream through the cp.async ring: tiles i+1 .. i+kStages-1 are in flight while
+// tile i is computed. RES: the KIVI residual pass (KIVI sides read as their f16 residual rows).
+// Returns with every copy landed and the stage buffers free.
+template <int D, int ROWS, class KT, class VT, bool RES>
+__device__ __forceinline__ void stream_tiles(const Stream& ss, int64_t kb, int64_t ke, const Rows<geometry(D, ROWS).rpt>& rw,
+                                             State* st, int x, int z, float softcap, bool alibi, uint4* smem) {
+    using CK = StageSide<KT, RES>;
+    using CV = StageSide<VT, RES>;
+    constexpr Geometry g = geometry(D, ROWS);
+    const int64_t span = ke > kb ? ke - kb : 0;
+    const int ntiles = int((span + g.tile_keys - 1) / g.tile_keys);
+    if (ntiles == 0) return;  // CTA-uniform
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+        if (s < ntiles) load_tile<D, ROWS, KT, VT, RES>(smem + s * g.stage_vec, ss, kb + int64_t(s) * g.tile_keys);
+        cp_async_commit();
+    }
+    for (int i = 0; i < ntiles; ++i) {
+        const int nxt = i + kStages - 1;
+        if (nxt < ntiles) load_tile<D, ROWS, KT, VT, RES>(smem + (nxt % kStages) * g.stage_vec, ss, kb + int64_t(nxt) * g.tile_keys);
+        cp_async_commit();
+        cp_async_wait<kStages - 1>();
+        __syncthreads();
+        compute_tile<D, ROWS, CK, CV>(smem + (i % kStages) * g.stage_vec, kb + int64_t(i) * g.tile_keys, ss, rw, st, x, z, softcap,
+                                      alibi);
+        __syncthreads();  // the next iteration's copies overwrite this stage
+    }
+    cp_async_wait<0>();
+    __syncthreads();
 }
 
 template <int D, int ROWS, class KT, class VT>
@@ -548,33 +813,22 @@ __global__ void __launch_bounds__(kThreads) split_kernel(const Params p) {
         }
     }
 
-    const Stream ss = make_stream(p, w, h, ke);
-
     State st[g.rpt];
 #pragma unroll
     for (int k = 0; k < g.rpt; ++k) state_init(st[k]);
 
-    // cp.async ring: tiles i+1 .. i+kStages-1 are in flight while tile i is computed.
-    const int64_t span = ke > kb ? ke - kb : 0;
-    const int ntiles = int((span + g.tile_keys - 1) / g.tile_keys);
-#pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) {
-        if (s < ntiles) load_tile<D, ROWS, KT, VT>(smem + s * g.stage_vec, ss, kb + int64_t(s) * g.tile_keys);
-        cp_async_commit();
-    }
     const bool alibi = p.slopes != nullptr;
-    for (int i = 0; i < ntiles; ++i) {
-        const int nxt = i + kStages - 1;
-        if (nxt < ntiles) load_tile<D, ROWS, KT, VT>(smem + (nxt % kStages) * g.stage_vec, ss, kb + int64_t(nxt) * g.tile_keys);
-        cp_async_commit();
-        cp_async_wait<kStages - 1>();
-        __syncthreads();
-        compute_tile<D, ROWS, KT, VT>(smem + (i % kStages) * g.stage_vec, kb + int64_t(i) * g.tile_keys, ke, rw, st, x, z,
-                                      p.softcap, alibi, p.k_code, p.v_code);
-        __syncthreads();  // the next iteration's copies overwrite this stage
+    if constexpr (KT::kKivi || VT::kKivi) {
+        // KIVI: quantized full blocks below res_begin, then the f16 residual tile of the partial block
+        // (both passes keep the key order of one pass, so the online softmax sees the same sequence).
+        const int64_t res_begin = (L >> p.block_shift) << p.block_shift;
+        const int64_t e1 = ke < res_begin ? ke : res_begin;
+        stream_tiles<D, ROWS, KT, VT, false>(make_stream(p, w, h, e1), kb, e1, rw, st, x, z, p.softcap, alibi, smem);
+        const int64_t b2 = kb > res_begin ? kb : res_begin;
+        stream_tiles<D, ROWS, KT, VT, true>(make_stream(p, w, h, ke), b2, ke, rw, st, x, z, p.softcap, alibi, smem);
+    } else {
+        stream_tiles<D, ROWS, KT, VT, false>(make_stream(p, w, h, ke), kb, ke, rw, st, x, z, p.softcap, alibi, smem);
     }
-    cp_async_wait<0>();
-    __syncthreads();
 
     // Merge the key slots' states (fixed order), reusing the stage buffers as scratch:
     // m[z][row], l[z][row], o[z][row][head_dim].
@@ -1133,6 +1387,9 @@ PathChoice requested_path() {
 }
 
 KernelInfo select_kernel(int head_dim, int32_t k_format, int32_t v_format, int bucket) {
+    if (kv_format_is_kivi(k_format) && kv_format_is_kivi(v_format)) return by_head_dim<KvKiviSide, KvKiviSide>(head_dim, bucket);
+    if (kv_format_is_kivi(k_format)) return by_head_dim<KvKiviSide, KvX16Side>(head_dim, bucket);
+    if (kv_format_is_kivi(v_format)) return by_head_dim<KvX16Side, KvKiviSide>(head_dim, bucket);
     if (is_q8(k_format) && is_q8(v_format)) return by_head_dim<KvQ8Side, KvQ8Side>(head_dim, bucket);
     if (is_q8(k_format)) return by_head_dim<KvQ8Side, KvX16Side>(head_dim, bucket);
     if (is_q8(v_format)) return by_head_dim<KvX16Side, KvQ8Side>(head_dim, bucket);
@@ -1320,14 +1577,16 @@ void decode_attention_cuda(const Context& ctx, const DecodeAttentionArgs& a) {
     const KvCache& cache = *a.cache;
     const KvLayout& L = cache.layout();
     const llmn_attention_params& P = a.params;
+    const bool k_kivi = kv_format_is_kivi(L.k_format), v_kivi = kv_format_is_kivi(L.v_format);
     const bool formats_ok = (is_16bit(L.k_format) && L.v_format == L.k_format) ||
                             (is_q8(L.k_format) && (is_q8(L.v_format) || is_16bit(L.v_format))) ||
-                            (is_16bit(L.k_format) && is_q8(L.v_format));
+                            (is_16bit(L.k_format) && is_q8(L.v_format)) ||
+                            (k_kivi && (v_kivi || is_16bit(L.v_format))) || (is_16bit(L.k_format) && v_kivi);
     if (!formats_ok)
         fail(LLMN_STATUS_UNSUPPORTED,
              "llmn_decode_attention (CUDA) reads caches whose k_format and v_format are each LLMN_KV_F16, LLMN_KV_BF16, "
-             "LLMN_KV_INT8 or LLMN_KV_FP8_E4M3 (f16 and bf16 are not mixed with each other); this cache has k_format %s "
-             "and v_format %s",
+             "LLMN_KV_INT8, LLMN_KV_FP8_E4M3, LLMN_KV_INT4 or LLMN_KV_INT2 (f16 and bf16 are not mixed with each other, "
+             "INT4/INT2 not with INT8/FP8: the CPU backend reads those mixes); this cache has k_format %s and v_format %s",
              kv_format_name(L.k_format), kv_format_name(L.v_format));
     const int32_t D = L.head_dim, H = L.num_kv_heads, G = a.group, Q = P.q_len, B = a.batch;
     LLMN_CHECK_ARG(a.q->dtype() == LLMN_DTYPE_F16 || a.q->dtype() == LLMN_DTYPE_BF16, "q must be f16 or bf16 on CUDA, got %s",
@@ -1403,6 +1662,10 @@ void decode_attention_cuda(const Context& ctx, const DecodeAttentionArgs& a) {
     uint8_t* h_slot = s.h_ring + size_t(slot) * s.slot_bytes;
     uint8_t* d_slot = s.d_ring + size_t(slot) * s.slot_bytes;
     std::memcpy(h_slot, plan.work.data(), plan.work.size() * sizeof(SeqWork));
+    if (L.has_residual()) {  // KIVI: each sequence's residual slot (kv_layout.hpp)
+        SeqWork* hw = reinterpret_cast<SeqWork*>(h_slot);
+        for (size_t i = 0; i < plan.work.size(); ++i) hw[i].res_slot = a.seqs[size_t(hw[i].batch_index)]->res_slot;
+    }
     const size_t bytes = plan.work.size() * sizeof(SeqWork);
     check(cudaMemcpyAsync(d_slot, h_slot, bytes, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync(call metadata)");
 
@@ -1414,8 +1677,16 @@ void decode_attention_cuda(const Context& ctx, const DecodeAttentionArgs& a) {
     prm.v_off = L.v_data_off;
     prm.k_aux_off = L.k_aux_off;
     prm.v_aux_off = L.v_aux_off;
-    prm.k_code = (L.k_format == LLMN_KV_BF16 || L.k_format == LLMN_KV_FP8_E4M3) ? 1 : 0;
-    prm.v_code = (L.v_format == LLMN_KV_BF16 || L.v_format == LLMN_KV_FP8_E4M3) ? 1 : 0;
+    prm.k_code = k_kivi ? kv_format_bits(L.k_format) : (L.k_format == LLMN_KV_BF16 || L.k_format == LLMN_KV_FP8_E4M3) ? 1 : 0;
+    prm.v_code = v_kivi ? kv_format_bits(L.v_format) : (L.v_format == LLMN_KV_BF16 || L.v_format == LLMN_KV_FP8_E4M3) ? 1 : 0;
+    prm.v_group_shift = v_kivi ? log2_exact(L.value_group_size) : 0;
+    if (L.has_residual()) {
+        prm.res_base = cache.pool() + L.res_tile_offset(0, P.layer, 0);
+        prm.res_slot_stride = int64_t(L.num_layers) * H * L.res_head_stride;
+        prm.res_head_stride = L.res_head_stride;
+        prm.res_k_off = L.res_k_off;
+        prm.res_v_off = L.res_v_off;
+    }
     prm.block_shift = log2_exact(L.block_size);
     prm.tables = s.d_tables;
     prm.work = reinterpret_cast<const SeqWork*>(d_slot);

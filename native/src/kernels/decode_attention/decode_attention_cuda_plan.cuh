@@ -149,7 +149,8 @@ struct SeqWork {
     int32_t table_off;    // offset of its block table in the flattened device mirror
     int32_t n_splits;     // >= 1; 1 = written straight to out
     int32_t ws_row_base;  // first partial row in the workspace (n_splits > 1), else -1
-    int32_t reserved0, reserved1;
+    int32_t res_slot;     // KIVI caches: the sequence's residual slot (kv_layout.hpp), else unused
+    int32_t reserved1;
 };
 static_assert(sizeof(SeqWork) == 32, "SeqWork is copied to the device as raw bytes");
 
