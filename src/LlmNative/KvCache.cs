@@ -62,8 +62,8 @@ public sealed class KvCache : IDisposable
     /// <exception cref="ObjectDisposedException"><paramref name="context"/> was disposed.</exception>
     /// <exception cref="ArgumentException">A member of <paramref name="options"/> is out of range (named as <c>options.Member</c>).</exception>
     /// <exception cref="LlmNativeException">
-    /// <see cref="LlmNativeStatus.Unsupported"/>: a format this build or backend cannot store (BF16 on the CPU; Int8, Fp8E4M3,
-    /// Int4 and Int2 on CUDA). <see cref="LlmNativeStatus.OutOfMemory"/>: the pool could not be allocated.
+    /// <see cref="LlmNativeStatus.Unsupported"/>: a format this build or backend cannot store (BF16 on the CPU).
+    /// <see cref="LlmNativeStatus.OutOfMemory"/>: the pool could not be allocated.
     /// </exception>
     public static unsafe KvCache Create(LlmContext context, KvCacheOptions options)
     {

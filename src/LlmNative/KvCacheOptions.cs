@@ -5,10 +5,11 @@ namespace LlmNative;
 
 /// <summary>Storage format of a KV cache's keys or values (<c>llmn_kv_format</c>).</summary>
 /// <remarks>
-/// <see cref="F16"/> works on every backend, <see cref="BF16"/> on CUDA only. <see cref="Int8"/>, <see cref="Fp8E4M3"/>,
-/// <see cref="Int4"/> and <see cref="Int2"/> are CPU formats: a CUDA context refuses them at <see cref="KvCache.Create"/>
-/// with an <see cref="LlmNativeException"/> of status <see cref="LlmNativeStatus.Unsupported"/>. Keys and values
-/// choose their formats independently (for example Int4 keys with F16 values). Int4/Int2 (KIVI) keep the newest,
+/// <see cref="BF16"/> is CUDA only; every other format works on the CPU and CUDA backends. Keys and values choose their
+/// formats independently (for example Int4 keys with F16 values); CUDA decode attention does not mix F16 with BF16, nor
+/// Int4/Int2 with Int8/Fp8E4M3 (an <see cref="LlmNativeException"/> of status <see cref="LlmNativeStatus.Unsupported"/>
+/// at the call; the CPU backend reads every mix). The Int4/Int2 CUDA kernels are compiled but have not yet run on a GPU
+/// (docs/STATUS.md). Int4/Int2 (KIVI) keep the newest,
 /// not-yet-full block of each sequence in f16 (the residual) and quantize it when it fills; such a cache holds at
 /// most <see cref="KvCacheOptions.MaxBatch"/> live sequences (one residual slot each). Accuracy and sizes:
 /// docs/kv-quantization.md.
@@ -34,11 +35,11 @@ public enum KvFormat
 
     /// <summary>
     /// 4-bit KIVI (asymmetric, f16 scale and minimum): keys per channel over the tokens of a block, values per token
-    /// in groups of <see cref="KvCacheOptions.ValueGroupSize"/> channels; the partial newest block stays f16. CPU only.
+    /// in groups of <see cref="KvCacheOptions.ValueGroupSize"/> channels; the partial newest block stays f16.
     /// </summary>
     Int4 = 4,
 
-    /// <summary>2-bit KIVI, laid out like <see cref="Int4"/> (four codes per byte). CPU only.</summary>
+    /// <summary>2-bit KIVI, laid out like <see cref="Int4"/> (four codes per byte).</summary>
     Int2 = 5,
 }
 
