@@ -23,6 +23,8 @@
 // the whole kernel's CPU time, not inflated by time slicing in the guest). The f16 cache runs the f16
 // kernel of the active ISA (AVX-512 where detected), INT8/FP8 the quantized-KV kernel
 // (decode_attention_quant_avx2.cpp, zmm loops under AVX-512).
+// BM_KiviIsa: f16 (detected ISA's kernel) vs the KIVI INT4 / INT2 kernels at AVX2 and at AVX-512 width
+// (llmn_set_cpu_isa before each format's calls), same rounds, as BM_KvQuantFormats; needs AVX-512.
 // LLMNATIVE_BENCH_ROTATE_MIB=0: one copy (cache-resident for small sizes: the compute-bound rate).
 // Run: build/<dir>/native/bench/llmnative_bench --benchmark_filter='KvQuantFormats|AttentionQuantVsF16'
 #include <benchmark/benchmark.h>
@@ -51,12 +53,18 @@ struct Variant {
     bool at_least_two_copies;   // 2 copies unless one alone already covers the rotation bytes
     bool slot_per_sequence;     // max_batch = all live sequences (KIVI: one residual slot each), else batch
     bool cpu_counters;          // report {fmt}_cpu_us and {fmt}_min_us
+    std::vector<int32_t> isas = {};  // per format: llmn_set_cpu_isa before its calls (empty: detected ISA)
 };
 
 const Variant kFormats5{{LLMN_KV_F16, LLMN_KV_INT8, LLMN_KV_FP8_E4M3, LLMN_KV_INT4, LLMN_KV_INT2},
                         {"f16", "int8", "fp8", "int4", "int2"},
                         7, 32, true, true, false};
 const Variant kFormats3{{LLMN_KV_F16, LLMN_KV_INT8, LLMN_KV_FP8_E4M3}, {"f16", "int8", "fp8"}, 11, 0, false, false, true};
+// The KIVI kernels of both vector widths against the f16 kernel of the detected ISA, same rounds.
+const Variant kKiviIsas{{LLMN_KV_F16, LLMN_KV_INT4, LLMN_KV_INT4, LLMN_KV_INT2, LLMN_KV_INT2},
+                        {"f16", "int4_avx2", "int4_avx512", "int2_avx2", "int2_avx512"},
+                        7, 32, true, true, false,
+                        {-1, LLMN_CPU_ISA_AVX2, LLMN_CPU_ISA_AVX512, LLMN_CPU_ISA_AVX2, LLMN_CPU_ISA_AVX512}};
 
 struct PerFormat {
     llmn_kv_cache cache = nullptr;
@@ -127,6 +135,13 @@ void run_formats(benchmark::State& state, const Variant& var) {
     p.num_splits = 0;
     p.scale = kScale;
     const size_t nf = var.formats.size();
+    llmn_cpu_info info{};
+    llmn_get_cpu_info(&info);
+    for (int32_t isa : var.isas)
+        if (isa > info.detected_isa) {
+            state.SkipWithError("this CPU lacks an ISA the benchmark compares (BM_KiviIsa needs AVX-512)");
+            return;
+        }
     const int64_t calls = std::max<int64_t>(1, ((int64_t(128) << 20) + s.f[0].call_bytes - 1) / s.f[0].call_bytes);
     std::vector<std::vector<double>> us(nf), cpu_us(nf), ratio(nf);
     std::vector<size_t> next(nf, 0);
@@ -135,6 +150,7 @@ void run_formats(benchmark::State& state, const Variant& var) {
         double total = 0.0;
         for (size_t i = 0; i < nf; ++i) {
             PerFormat& fs = s.f[i];
+            if (!var.isas.empty()) llmn_set_cpu_isa(var.isas[i] >= 0 ? var.isas[i] : info.detected_isa);
             const auto t0 = std::chrono::steady_clock::now();
             const double c0 = var.cpu_counters ? thread_cpu_seconds() : 0.0;
             for (int64_t c = 0; c < calls; ++c) {
@@ -167,6 +183,12 @@ void run_formats(benchmark::State& state, const Variant& var) {
 
 void BM_KvQuantFormats(benchmark::State& state) { run_formats(state, kFormats5); }
 void BM_AttentionQuantVsF16(benchmark::State& state) { run_formats(state, kFormats3); }
+void BM_KiviIsa(benchmark::State& state) {
+    run_formats(state, kKiviIsas);
+    llmn_cpu_info info{};
+    llmn_get_cpu_info(&info);
+    llmn_set_cpu_isa(info.detected_isa);
+}
 
 }  // namespace
 
@@ -188,5 +210,15 @@ BENCHMARK(BM_AttentionQuantVsF16)
     ->Args({8, 4096})
     ->Args({8, 32768})
     ->Iterations(9)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+
+BENCHMARK(BM_KiviIsa)
+    ->ArgNames({"batch", "ctx"})
+    ->Args({1, 4096})
+    ->Args({1, 32768})
+    ->Args({8, 4096})
+    ->Args({8, 32768})
+    ->Iterations(7)
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);

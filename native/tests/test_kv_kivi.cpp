@@ -33,8 +33,8 @@ llmn_kv_cache_desc make_desc(int32_t layers, int32_t heads, int32_t dim, int32_t
     return kv_desc(layers, heads, dim, bs, kf, vf, tokens, 8, group);
 }
 
-// The KIVI attention kernels are scalar and AVX2 (no AVX-512 file): those two caps only.
-std::vector<int32_t> kivi_isas() { return isas_to_test(/*with_avx512=*/false); }
+// The KIVI attention kernels: scalar, AVX2 and AVX-512 (each where the CPU has it).
+std::vector<int32_t> kivi_isas() { return isas_to_test(); }
 
 // Expected read-back of a sequence whose f16-rounded inputs are x ([len][H][D], one side): full blocks
 // through the codec (kv_kivi.hpp, checked on its own by CodecErrorWithinHalfStep), the partial block as
@@ -545,11 +545,12 @@ TEST(KvKivi, FusedMatchesFloat64Reference) {
     s.lengths = quick() ? std::vector<int64_t>{3, 37, 300} : std::vector<int64_t>{3, 37, 300, 1500};
     const int32_t fm[][2] = {{LLMN_KV_INT4, LLMN_KV_INT4}, {LLMN_KV_INT2, LLMN_KV_INT2}, {LLMN_KV_INT4, LLMN_KV_F16},
                              {LLMN_KV_F16, LLMN_KV_INT2}, {LLMN_KV_INT4, LLMN_KV_INT8}, {LLMN_KV_FP8_E4M3, LLMN_KV_INT4}};
-    for (int32_t D : {64, 96, 128})  // value groups: 1 (64/64), 3 (96/32), 4 (128/32)
+    for (int32_t D : {64, 80, 96, 128, 256})  // value groups: 1 (64/64), 3 (96/32), 4 (128/32), 8 (256/32); 80: K only
         for (int32_t q_len : {1, 3})
             for (bool outliers : {false, true})
                 for (const auto& f2 : fm) {
-                    if (D == 96 && q_len == 3) continue;
+                    if ((D == 96 || D == 80 || D == 256) && q_len == 3) continue;
+                    if (D == 80 && llmn::kv_format_is_kivi(f2[1])) continue;  // no value group divides 80
                     s.D = D;
                     s.q_len = q_len;
                     s.outliers = outliers;

@@ -161,9 +161,10 @@ ItemFn select_kernel(const KvLayout& L) {
 #if defined(__x86_64__) || defined(_M_X64)
     llmn_cpu_isa isa = cpu::active_isa();
     if (isa == LLMN_CPU_ISA_AVX2 || isa == LLMN_CPU_ISA_AVX512) {
-        if (L.has_residual())  // KIVI: fused AVX2 unless mixed with an 8-bit side (scalar then)
-            return kv_format_is_q8(L.k_format) || kv_format_is_q8(L.v_format) ? attn_cpu::run_item_scalar
-                                                                              : attn_cpu::run_item_kivi_avx2;
+        if (L.has_residual()) {  // KIVI: fused AVX2 / AVX-512 unless mixed with an 8-bit side (scalar then)
+            if (kv_format_is_q8(L.k_format) || kv_format_is_q8(L.v_format)) return attn_cpu::run_item_scalar;
+            return isa == LLMN_CPU_ISA_AVX512 ? attn_cpu::run_item_kivi_avx512 : attn_cpu::run_item_kivi_avx2;
+        }
         if (L.k_format == LLMN_KV_F16 && L.v_format == LLMN_KV_F16)
             return isa == LLMN_CPU_ISA_AVX512 ? attn_cpu::run_item_avx512 : attn_cpu::run_item_avx2;
         return attn_cpu::run_item_quant_avx2;

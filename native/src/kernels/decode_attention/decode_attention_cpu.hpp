@@ -50,5 +50,6 @@ void run_item_quant_avx2(const Item& it);
 // Caches with an INT4/INT2 side whose other side is F16, INT4 or INT2 (decode_attention_kivi_avx2.cpp);
 // KIVI mixed with INT8/FP8 runs the scalar kernel.
 void run_item_kivi_avx2(const Item& it);
+void run_item_kivi_avx512(const Item& it);  // the same at zmm width, when active_isa() == AVX512 (x86 builds)
 
 }  // namespace llmn::attn_cpu

@@ -1,7 +1,8 @@
 // AVX2 work-item kernel for KIVI caches (INT4/INT2 on K and/or V, the other side F16, INT4 or INT2),
 // same contract and masking as run_item_scalar. Its own file because the per-channel key scales make
-// the BLOCK, not the token, the unit of dequantization: tiles never straddle blocks here, and the
-// tuned f16 / INT8 kernels keep their straddling tiles untouched.
+// the BLOCK, not the token, the unit of dequantization: a tile's scores run per block segment (each
+// with its q folded by that block's scales), and the tuned f16 / INT8 kernels stay untouched.
+// decode_attention_kivi_avx512.cpp is this design at zmm width.
 // Dequantization is fused and never materialised:
 //  - 8 codes -> 8 f32 in a register: the 4 (INT4) or 2 (INT2) packed bytes are broadcast to all lanes,
 //    shifted right per lane by (bits * lane) (vpsrlvd), masked and converted (cvtdq2ps);

@@ -1,0 +1,467 @@
+// AVX-512 (F) work-item kernel for KIVI caches: decode_attention_kivi_avx2.cpp's design (tiles of
+// kTileKeys keys that may straddle blocks, q folded with each block's K channel scales, V's per-group
+// scales folded into the softmax weights and its minimums added once per tile, f16 residual rows for
+// the partial block, next-block prefetch) at twice the vector width. Why: the AVX2 KIVI kernel is
+// compute-bound on the 2-core dev box (0.5-0.7x the f16 kernel, docs/kv-quantization.md), and per
+// 16 codes zmm needs 5 decode operations where ymm needs 8 (two groups of broadcast/shift/mask/
+// convert), plus half the FMAs.
+//  - decode of 16 codes into one zmm: INT2 = one 4-byte broadcast, per-lane shift (2 x lane), mask,
+//    convert; INT4 = the 8 bytes' two dwords spread over lanes 0-7 / 8-15 by one vpermd, per-lane
+//    shift (4 x (lane % 8)), mask, convert. Only AVX512F instructions.
+//  - q.k: 4/2/1 rows x 4/8/16 keys = 16 zmm accumulators reduced by one transpose-and-add tree
+//    (as decode_attention_avx512.cpp); p.v: 32-channel chunks (inside one value group: groups are
+//    >= 32 channels) unrolled over keys to 16 accumulators; head_dim 80/96 end with a 16-channel chunk.
+// Arithmetic per element is the AVX2 kernel's (fold, code * folded q, p * s_g * code + p * m_g), in
+// another summation order: results agree within f32 rounding, and are bitwise repeatable run to run.
+// Only this file's functions are compiled with AVX-512 flags, and all of them have internal linkage
+// (no inline function shared with the AVX2 files, which would let the linker pick a zmm copy).
+#include "decode_attention_cpu.hpp"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace llmn::attn_cpu {
+
+namespace {
+
+enum RowFmt { kF16 = 0, kI4 = 4, kI2 = 2 };
+
+constexpr int64_t row_bytes(int F, int D) { return F == kF16 ? int64_t(D) * 2 : int64_t(D) * F / 8; }
+
+constexpr int kStride = kTileKeys + 16;  // score row pitch (floats)
+
+// 16 channels [c, c + 16) of a row as f32 codes (KIVI) or values (f16).
+template <int F>
+inline __m512 load16(const uint8_t* row, int c) {
+    if constexpr (F == kF16) {
+        return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + size_t(c) * 2)));
+    } else if constexpr (F == kI4) {
+        const __m512i w = _mm512_castsi128_si512(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c / 2)));
+        const __m512i x = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), w);
+        const __m512i sh = _mm512_srlv_epi32(x, _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28));
+        return _mm512_cvtepi32_ps(_mm512_and_si512(sh, _mm512_set1_epi32(0xF)));
+    } else {
+        uint32_t w;
+        std::memcpy(&w, row + c / 4, 4);
+        const __m512i sh = _mm512_srlv_epi32(_mm512_set1_epi32(int32_t(w)),
+                                             _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30));
+        return _mm512_cvtepi32_ps(_mm512_and_si512(sh, _mm512_set1_epi32(0x3)));
+    }
+}
+
+inline __m512 cvt_h16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+
+// e^x, the polynomial of avx2_math::exp_ps (relative error ~1.5e-7), 16 lanes.
+inline __m512 exp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3365447505531f)), _mm512_set1_ps(88.3762626647949f));
+    const __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
+    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), x);
+    y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+}
+
+// c * tanh(s / c), as avx2_math::softcap_ps.
+inline __m512 softcap16(__m512 s, __m512 c) {
+    const __m512i sign = _mm512_set1_epi32(int32_t(0x80000000u));
+    const __m512 y = _mm512_div_ps(s, c);
+    const __m512 a = _mm512_castsi512_ps(_mm512_andnot_si512(sign, _mm512_castps_si512(y)));
+    const __m512 e = exp16(_mm512_mul_ps(a, _mm512_set1_ps(-2.0f)));
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512 t = _mm512_div_ps(_mm512_sub_ps(one, e), _mm512_add_ps(one, e));
+    const __m512i ys = _mm512_and_si512(sign, _mm512_castps_si512(y));
+    return _mm512_mul_ps(c, _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t), ys)));
+}
+
+// Sums of 16 vectors by a transpose-and-add tree: lane 4k + m of the result is sum(a[4m + k]).
+inline __m512 reduce16(const __m512* a) {
+    __m512 b[8], c[4], d[2];
+    for (int p = 0; p < 8; ++p)
+        b[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int p = 0; p < 4; ++p)
+        c[p] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    for (int p = 0; p < 2; ++p)
+        d[p] = _mm512_add_ps(_mm512_unpacklo_ps(c[2 * p], c[2 * p + 1]), _mm512_unpackhi_ps(c[2 * p], c[2 * p + 1]));
+    const __m512d e = _mm512_castps_pd(d[0]), f = _mm512_castps_pd(d[1]);
+    return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(e, f)), _mm512_castpd_ps(_mm512_unpackhi_pd(e, f)));
+}
+
+// s[r][t + j] = q[r] . k_j + kc[r] for RT rows x KT keys (16 accumulators), j < valid.
+template <int F, int RT, int KT>
+inline void qk_block(const float* q, int D, const uint8_t* const* k, const float* kc, float* s, int t, int valid) {
+    static_assert(RT * KT == 16, "16 accumulators");
+    __m512 acc[16];
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+    for (int c = 0; c < D; c += 16) {
+        __m512 kv[KT];
+        for (int j = 0; j < KT; ++j) kv[j] = load16<F>(k[j], c);
+        for (int r = 0; r < RT; ++r) {
+            __m512 qv = _mm512_loadu_ps(q + size_t(r) * D + c);
+            __asm__("" : "+v"(qv));  // one load per row, not one per FMA
+            for (int j = 0; j < KT; ++j) acc[r * KT + j] = _mm512_fmadd_ps(qv, kv[j], acc[r * KT + j]);
+        }
+    }
+    alignas(64) float out[16];
+    _mm512_store_ps(out, reduce16(acc));
+    for (int r = 0; r < RT; ++r)
+        for (int j = 0; j < valid; ++j) {
+            const int i = r * KT + j;
+            s[size_t(r) * kStride + t + j] = out[4 * (i % 4) + i / 4] + kc[r];
+        }
+}
+
+template <int F, int RT, int KT>
+inline void qk_rows(const float* q, int D, const uint8_t* const* krows, const float* kc, int n, float* s) {
+    for (int t = 0; t < n; t += KT) {
+        const uint8_t* k[KT];
+        for (int j = 0; j < KT; ++j) k[j] = krows[std::min(t + j, n - 1)];  // tail: recompute the last key
+        qk_block<F, RT, KT>(q, D, k, kc, s, t, std::min(KT, n - t));
+    }
+}
+
+// acc[r][c, c + 16 CW) += sum_t P[g(c)][r][t] * v[t][...] for RT rows, U-way unroll over keys. P for
+// the chunk's group is pg (the chunk lies in one value group).
+template <int F, int RT, int CW>
+inline void pv_chunk(const float* pg, const uint8_t* const* vrows, int n, int D, int c, float* acc) {
+    constexpr int U = 16 / (RT * CW);
+    __m512 a[U][RT][CW];
+    for (int u = 0; u < U; ++u)
+        for (int r = 0; r < RT; ++r)
+            for (int w = 0; w < CW; ++w) a[u][r][w] = _mm512_setzero_ps();
+    int t = 0;
+    for (; t + U <= n; t += U)
+        for (int u = 0; u < U; ++u) {
+            __m512 v[CW];
+            for (int w = 0; w < CW; ++w) v[w] = load16<F>(vrows[t + u], c + 16 * w);
+            for (int r = 0; r < RT; ++r) {
+                const __m512 pb = _mm512_set1_ps(pg[size_t(r) * kStride + t + u]);
+                for (int w = 0; w < CW; ++w) a[u][r][w] = _mm512_fmadd_ps(pb, v[w], a[u][r][w]);
+            }
+        }
+    for (; t < n; ++t) {
+        __m512 v[CW];
+        for (int w = 0; w < CW; ++w) v[w] = load16<F>(vrows[t], c + 16 * w);
+        for (int r = 0; r < RT; ++r) {
+            const __m512 pb = _mm512_set1_ps(pg[size_t(r) * kStride + t]);
+            for (int w = 0; w < CW; ++w) a[0][r][w] = _mm512_fmadd_ps(pb, v[w], a[0][r][w]);
+        }
+    }
+    for (int r = 0; r < RT; ++r)
+        for (int w = 0; w < CW; ++w) {
+            __m512 s = a[0][r][w];
+            for (int u = 1; u < U; ++u) s = _mm512_add_ps(s, a[u][r][w]);
+            float* ar = acc + size_t(r) * D + c + 16 * w;
+            _mm512_storeu_ps(ar, _mm512_add_ps(_mm512_loadu_ps(ar), s));
+        }
+}
+
+// P for channel c is p + (c / group) * gstride (gstride = 0: one weight row for every channel).
+template <int F, int RT>
+inline void pv_rows(const float* p, int64_t gstride, int group, const uint8_t* const* vrows, int n, int D, float* acc) {
+    int c = 0;
+    for (; c + 32 <= D; c += 32) pv_chunk<F, RT, 2>(p + (c / group) * gstride, vrows, n, D, c, acc);
+    if (c < D) pv_chunk<F, RT, 1>(p + (c / group) * gstride, vrows, n, D, c, acc);  // head_dim 80 / 96
+}
+
+struct State {
+    std::vector<float> acc, m, l, S, P, PM, qf, kc, zero, vsc, vmn;
+};
+
+// Scores of keys K[0..n) for all rows into S + offset: s = q . k + kc[r].
+template <int KF>
+void scores(const Item& it, State& st, const uint8_t* const* K, int n, const float* q, const float* kc, int offset) {
+    const int D = it.head_dim, R = it.rows;
+    float* S = st.S.data() + offset;
+    int r = 0;
+    for (; r + 4 <= R; r += 4) qk_rows<KF, 4, 4>(q + size_t(r) * D, D, K, kc + r, n, S + size_t(r) * kStride);
+    for (; r + 2 <= R; r += 2) qk_rows<KF, 2, 8>(q + size_t(r) * D, D, K, kc + r, n, S + size_t(r) * kStride);
+    for (; r < R; ++r) qk_rows<KF, 1, 16>(q + size_t(r) * D, D, K, kc + r, n, S + size_t(r) * kStride);
+}
+
+// Soft-cap, ALiBi and the visible range [lo, hi) on a row's scores s[0, nv); returns their maximum.
+inline float mask_row(float* s, int nv, int64_t t0, int64_t lo, int64_t hi, float softcap, const float* slope, int64_t qpos) {
+    const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 cap = _mm512_set1_ps(softcap);
+    const __m512 vlo = _mm512_set1_ps(float(lo)), vhi = _mm512_set1_ps(float(hi));
+    __m512 vmax = ninf;
+    for (int j = 0; j < nv; j += 16) {
+        __m512 x = _mm512_loadu_ps(s + j);
+        if (softcap > 0.0f) x = softcap16(x, cap);
+        if (slope) {  // bias = slope * (key - query), key - query exact in f32
+            const __m512 rel = _mm512_add_ps(_mm512_set1_ps(float(t0 + j - qpos)), lane);
+            x = _mm512_fmadd_ps(_mm512_set1_ps(*slope), rel, x);
+        }
+        const __m512 idx = _mm512_add_ps(_mm512_set1_ps(float(j)), lane);
+        const __mmask16 valid = _mm512_cmp_ps_mask(idx, vlo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(idx, vhi, _CMP_LT_OQ);
+        x = _mm512_mask_blend_ps(valid, ninf, x);
+        _mm512_storeu_ps(s + j, x);
+        vmax = _mm512_max_ps(vmax, x);
+    }
+    return _mm512_reduce_max_ps(vmax);
+}
+
+// Softmax update and P.V for one tile of n <= kTileKeys keys [t0, t0 + n) whose scores are in st.S.
+// VF: how V's rows are stored (F16 for a residual tile); for INT4/INT2 st.vsc / st.vmn hold the
+// per (group, key) scales and minimums, lanes past n zero.
+template <int VF>
+void softmax_pv(const Item& it, State& st, int64_t t0, int n, const uint8_t* const* V) {
+    const int D = it.head_dim, R = it.rows;
+    const float NEG_INF = -std::numeric_limits<float>::infinity();
+    const __m512 ninf = _mm512_set1_ps(NEG_INF);
+    float* S = st.S.data();
+    const int G = VF == kF16 ? 1 : D / it.value_group;
+    const int group = VF == kF16 ? D : it.value_group;
+    const int64_t gstride = VF == kF16 ? 0 : int64_t(R) * kStride;
+    float* P = st.P.data();
+    const int nv = (n + 15) & ~15;
+    int r = 0;
+
+    bool any = false;
+    for (r = 0; r < R; ++r) {
+        float* s = S + size_t(r) * kStride;
+        const int64_t lo = std::max(it.row_lo[r], t0) - t0, hi = std::min(it.row_hi[r] + 1, t0 + n) - t0;
+        float* pm = st.PM.data() + size_t(r) * G;
+        if (VF != kF16) std::fill(pm, pm + G, 0.0f);
+        if (lo >= hi) {
+            for (int g = 0; g < G; ++g)
+                for (int j = 0; j < nv; j += 16) _mm512_storeu_ps(P + g * gstride + size_t(r) * kStride + j, _mm512_setzero_ps());
+            continue;
+        }
+        any = true;
+        const float tile_max = mask_row(s, nv, t0, lo, hi, it.softcap, it.row_slope ? &it.row_slope[r] : nullptr, it.row_hi[r]);
+        float* ar = st.acc.data() + size_t(r) * D;
+        float& m = st.m[size_t(r)];
+        if (tile_max > m) {
+            if (m != NEG_INF) {  // first visible tile: acc and l are still 0
+                const float alpha = std::exp(m - tile_max);
+                const __m512 va = _mm512_set1_ps(alpha);
+                for (int d = 0; d < D; d += 16) _mm512_storeu_ps(ar + d, _mm512_mul_ps(_mm512_loadu_ps(ar + d), va));
+                st.l[size_t(r)] *= alpha;
+            }
+            m = tile_max;
+        }
+        const __m512 vm = _mm512_set1_ps(m);
+        __m512 vsum = _mm512_setzero_ps();
+        __m512 vpm[8];
+        for (int g = 0; g < G; ++g) vpm[g] = _mm512_setzero_ps();
+        for (int j = 0; j < nv; j += 16) {
+            const __m512 x = _mm512_loadu_ps(s + j);
+            const __mmask16 keep = _mm512_cmp_ps_mask(x, ninf, _CMP_NEQ_OQ);
+            const __m512 p = _mm512_maskz_mov_ps(keep, exp16(_mm512_sub_ps(x, vm)));
+            vsum = _mm512_add_ps(vsum, p);
+            if constexpr (VF != kF16) {
+                for (int g = 0; g < G; ++g) {
+                    _mm512_storeu_ps(P + g * gstride + size_t(r) * kStride + j,
+                                     _mm512_mul_ps(p, _mm512_loadu_ps(&st.vsc[size_t(g) * kStride + j])));
+                    vpm[g] = _mm512_fmadd_ps(p, _mm512_loadu_ps(&st.vmn[size_t(g) * kStride + j]), vpm[g]);
+                }
+            } else {
+                _mm512_storeu_ps(P + size_t(r) * kStride + j, p);
+            }
+        }
+        st.l[size_t(r)] += _mm512_reduce_add_ps(vsum);
+        if constexpr (VF != kF16)
+            for (int g = 0; g < G; ++g) pm[g] = _mm512_reduce_add_ps(vpm[g]);
+    }
+    if (!any) return;
+
+    for (r = 0; r + 4 <= R; r += 4)
+        pv_rows<VF, 4>(P + size_t(r) * kStride, gstride, group, V, n, D, st.acc.data() + size_t(r) * D);
+    for (; r + 2 <= R; r += 2)
+        pv_rows<VF, 2>(P + size_t(r) * kStride, gstride, group, V, n, D, st.acc.data() + size_t(r) * D);
+    for (; r < R; ++r) pv_rows<VF, 1>(P + size_t(r) * kStride, gstride, group, V, n, D, st.acc.data() + size_t(r) * D);
+    if constexpr (VF != kF16) {
+        for (r = 0; r < R; ++r) {
+            float* ar = st.acc.data() + size_t(r) * D;
+            const float* pm = st.PM.data() + size_t(r) * G;
+            for (int g = 0; g < G; ++g) {
+                const __m512 b = _mm512_set1_ps(pm[g]);
+                for (int d = g * group; d < (g + 1) * group; d += 16)
+                    _mm512_storeu_ps(ar + d, _mm512_add_ps(_mm512_loadu_ps(ar + d), b));
+            }
+        }
+    }
+}
+
+// Folds q with a block's K channel scales into st.qf, and sum_d q_d min_d into st.kc.
+inline void fold_q(const Item& it, State& st, const uint8_t* tile) {
+    const int D = it.head_dim, R = it.rows;
+    const uint16_t* aux = reinterpret_cast<const uint16_t*>(tile + it.k_aux_off);
+    float* qf = st.qf.data();
+    for (int r = 0; r < R; ++r) {
+        const float* qr = it.q + size_t(r) * D;
+        __m512 c = _mm512_setzero_ps();
+        for (int d = 0; d < D; d += 16) {
+            const __m512 qv = _mm512_loadu_ps(qr + d);
+            _mm512_storeu_ps(qf + size_t(r) * D + d, _mm512_mul_ps(qv, cvt_h16(aux + d)));
+            c = _mm512_fmadd_ps(qv, cvt_h16(aux + D + d), c);
+        }
+        st.kc[size_t(r)] = _mm512_reduce_add_ps(c);
+    }
+}
+
+// A tile of quantized (full) blocks: keys [t0, t1), at most kTileKeys, may straddle blocks. Scores run
+// per block segment (each with its own folded q); softmax and P.V run once over the tile.
+template <int KF, int VF>
+void quant_tile(const Item& it, State& st, int64_t t0, int64_t t1) {
+    const int D = it.head_dim, bs = it.block_size;
+    const int n = int(t1 - t0);
+    const int G = VF == kF16 ? 1 : D / it.value_group;
+    const uint8_t* K[kTileKeys];
+    const uint8_t* V[kTileKeys];
+    for (int64_t s0 = t0; s0 < t1;) {
+        const int64_t j = s0 / bs;
+        const int64_t s1 = std::min(t1, (j + 1) * bs);
+        const uint8_t* tile = it.layer_base + int64_t(it.blocks[j]) * it.block_stride + it.head_off;
+        const int row0 = int(s0 - j * bs), cnt = int(s1 - s0), off = int(s0 - t0);
+        if (row0 == 0 || s0 == it.key_begin) {
+            // scattered blocks: pull the next block's head tile (codes and scale/min sections) into L2
+            const int64_t jn = j + 1;
+            if (jn * bs < it.key_end) {
+                const uint8_t* nt = it.layer_base + int64_t(it.blocks[jn]) * it.block_stride + it.head_off;
+                const int64_t tile_bytes = it.v_aux_off + (VF != kF16 ? int64_t(bs) * G * 4 : 0);
+                for (int64_t b = 0; b < tile_bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(nt + b), _MM_HINT_T1);
+            }
+        }
+        for (int i = 0; i < cnt; ++i) {
+            K[off + i] = tile + it.k_data_off + (row0 + i) * row_bytes(KF, D);
+            V[off + i] = tile + it.v_data_off + (row0 + i) * row_bytes(VF, D);
+        }
+        if constexpr (VF != kF16) {
+            // the segment's [t][g] f16 scales and minimums, transposed to [g][key] for the softmax loop
+            const uint16_t* aux = reinterpret_cast<const uint16_t*>(tile + it.v_aux_off);
+            alignas(64) float cs[kTileKeys * 8 + 16], cm[kTileKeys * 8 + 16];
+            const uint16_t* sp = aux + size_t(row0) * G;
+            const uint16_t* mp = aux + size_t(bs) * G + size_t(row0) * G;
+            const int m = cnt * G;
+            int k = 0;
+            for (; k + 16 <= m; k += 16) {
+                _mm512_store_ps(cs + k, cvt_h16(sp + k));
+                _mm512_store_ps(cm + k, cvt_h16(mp + k));
+            }
+            for (; k < m; ++k) {
+                cs[k] = _cvtsh_ss(sp[k]);
+                cm[k] = _cvtsh_ss(mp[k]);
+            }
+            for (int g = 0; g < G; ++g) {
+                float* ds = &st.vsc[size_t(g) * kStride + off];
+                float* dm = &st.vmn[size_t(g) * kStride + off];
+                for (int i = 0; i < cnt; ++i) {
+                    ds[i] = cs[i * G + g];
+                    dm[i] = cm[i * G + g];
+                }
+            }
+        }
+        if constexpr (KF != kF16) {
+            fold_q(it, st, tile);
+            scores<KF>(it, st, K + off, cnt, st.qf.data(), st.kc.data(), off);
+        } else {
+            scores<KF>(it, st, K + off, cnt, it.q, st.zero.data(), off);
+        }
+        s0 = s1;
+    }
+    if constexpr (VF != kF16)
+        for (int g = 0; g < G; ++g)
+            for (int i = n; i < ((n + 15) & ~15); ++i) st.vsc[size_t(g) * kStride + i] = st.vmn[size_t(g) * kStride + i] = 0.0f;
+    softmax_pv<VF>(it, st, t0, n, V);
+}
+
+// The residual (partial) block: KIVI sides read f16 rows from the residual tile, f16 sides from the block.
+template <int KF, int VF>
+void residual_range(const Item& it, State& st, int64_t j, int64_t b0, int64_t b1) {
+    const int D = it.head_dim, bs = it.block_size;
+    const uint8_t* tile = it.layer_base + int64_t(it.blocks[j]) * it.block_stride + it.head_off;
+    const uint8_t* kb = KF == kF16 ? tile + it.k_data_off : it.res + it.res_k_off;
+    const uint8_t* vb = VF == kF16 ? tile + it.v_data_off : it.res + it.res_v_off;
+    const uint8_t* K[kTileKeys];
+    const uint8_t* V[kTileKeys];
+    for (int64_t t0 = b0; t0 < b1; t0 += kTileKeys) {
+        const int n = int(std::min<int64_t>(kTileKeys, b1 - t0));
+        const int row0 = int(t0 - j * bs);
+        for (int i = 0; i < n; ++i) {
+            K[i] = kb + int64_t(row0 + i) * D * 2;
+            V[i] = vb + int64_t(row0 + i) * D * 2;
+        }
+        scores<kF16>(it, st, K, n, it.q, st.zero.data(), 0);
+        softmax_pv<kF16>(it, st, t0, n, V);
+    }
+}
+
+template <int KF, int VF>
+void run_item_t(const Item& it) {
+    const int D = it.head_dim, R = it.rows, bs = it.block_size;
+    const float NEG_INF = -std::numeric_limits<float>::infinity();
+    thread_local State st;
+    const int G = D / (it.value_group > 0 ? it.value_group : D);
+    st.acc.assign(size_t(R) * D, 0.0f);
+    st.m.assign(size_t(R), NEG_INF);
+    st.l.assign(size_t(R), 0.0f);
+    st.S.assign(size_t(R) * kStride, 0.0f);
+    st.P.assign(size_t(std::max(G, 1)) * R * kStride, 0.0f);
+    st.PM.assign(size_t(std::max(G, 1)) * R, 0.0f);
+    st.qf.resize(size_t(R) * D);
+    st.kc.assign(size_t(R), 0.0f);
+    st.zero.assign(size_t(R), 0.0f);
+    st.vsc.assign(size_t(std::max(G, 1)) * kStride, 0.0f);
+    st.vmn.assign(size_t(std::max(G, 1)) * kStride, 0.0f);
+    const int64_t res_block = it.length / bs;  // == number of full blocks; a block >= it is partial
+    const int64_t q_end = std::min(it.key_end, res_block * bs);  // keys in quantized blocks
+    for (int64_t t = it.key_begin; t < q_end; t += kTileKeys) quant_tile<KF, VF>(it, st, t, std::min(q_end, t + kTileKeys));
+    if (it.key_end > q_end) residual_range<KF, VF>(it, st, res_block, std::max(it.key_begin, q_end), it.key_end);
+    for (int r = 0; r < R; ++r) {
+        float* o = it.o + size_t(r) * D;
+        const float* ar = st.acc.data() + size_t(r) * D;
+        if (st.l[size_t(r)] > 0.0f) {
+            const __m512 vl = _mm512_set1_ps(st.l[size_t(r)]);
+            for (int d = 0; d < D; d += 16) _mm512_storeu_ps(o + d, _mm512_div_ps(_mm512_loadu_ps(ar + d), vl));
+            it.lse[r] = st.m[size_t(r)] + std::log(st.l[size_t(r)]);
+        } else {
+            std::memset(o, 0, size_t(D) * sizeof(float));
+            it.lse[r] = NEG_INF;
+        }
+    }
+}
+
+int row_fmt(int32_t f) { return f == LLMN_KV_INT4 ? kI4 : (f == LLMN_KV_INT2 ? kI2 : kF16); }
+
+template <int KF>
+void dispatch_v(const Item& it) {
+    switch (row_fmt(it.v_format)) {
+        case kI4: run_item_t<KF, kI4>(it); break;
+        case kI2: run_item_t<KF, kI2>(it); break;
+        default: run_item_t<KF, kF16>(it); break;
+    }
+}
+
+}  // namespace
+
+void run_item_kivi_avx512(const Item& it) {
+    if (it.head_dim % 16 != 0) {  // every head_dim the cache accepts is a multiple of 16; keep the kernel total
+        run_item_kivi_avx2(it);
+        return;
+    }
+    switch (row_fmt(it.k_format)) {
+        case kI4: dispatch_v<kI4>(it); break;
+        case kI2: dispatch_v<kI2>(it); break;
+        default: dispatch_v<kF16>(it); break;
+    }
+}
+
+}  // namespace llmn::attn_cpu
