@@ -5,9 +5,12 @@
 // compute-bound on the 2-core dev box (0.5-0.7x the f16 kernel, docs/kv-quantization.md), and per
 // 16 codes zmm needs 5 decode operations where ymm needs 8 (two groups of broadcast/shift/mask/
 // convert), plus half the FMAs.
-//  - decode of 16 codes into one zmm: INT2 = one 4-byte broadcast, per-lane shift (2 x lane), mask,
-//    convert; INT4 = the 8 bytes' two dwords spread over lanes 0-7 / 8-15 by one vpermd, per-lane
-//    shift (4 x (lane % 8)), mask, convert. Only AVX512F instructions.
+//  - decode: INT4 32 codes at a time in "pair order" (load32_i4: one zero-extending load of 16 bytes,
+//    mask -> even channels, shift -> odd channels, two converts: 5 operations per 32 codes), with the
+//    folded q and the P.V accumulator kept in the same order inside each 32-channel chunk (the
+//    accumulator returns to natural order before the residual pass); INT2 16 codes = one 4-byte
+//    broadcast, per-lane shift (2 x lane), mask, convert; head_dim 80's 16-channel INT4 tail: one vpermd
+//    spreads the 8 bytes' two dwords over lanes 0-7 / 8-15, then shift / mask / convert. AVX512F only.
 //  - q.k: 4/2/1 rows x 4/8/16 keys = 16 zmm accumulators reduced by one transpose-and-add tree
 //    (as decode_attention_avx512.cpp); p.v: 32-channel chunks (inside one value group: groups are
 //    >= 32 channels) unrolled over keys to 16 accumulators; head_dim 80/96 end with a 16-channel chunk.
@@ -52,6 +55,26 @@ inline __m512 load16(const uint8_t* row, int c) {
                                              _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30));
         return _mm512_cvtepi32_ps(_mm512_and_si512(sh, _mm512_set1_epi32(0x3)));
     }
+}
+
+// INT4 rows are read 32 channels (16 bytes) at a time in "pair order": one zero-extending byte load
+// gives 16 dwords, whose low nibbles are channels c, c+2, .., c+30 and high nibbles c+1, .., c+31
+// (5 operations per 32 codes instead of 10). The query (folded with the scales) and the P.V
+// accumulator use the same order inside every full 32-channel chunk: lanes [c, c+16) hold the even
+// channels, [c+16, c+32) the odd ones; a 16-channel tail (head_dim 80) stays in natural order.
+inline void load32_i4(const uint8_t* row, int c, __m512& even, __m512& odd) {
+    const __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 2)));
+    even = _mm512_cvtepi32_ps(_mm512_and_si512(x, _mm512_set1_epi32(0xF)));
+    odd = _mm512_cvtepi32_ps(_mm512_srli_epi32(x, 4));
+}
+// natural [c, c+32) as two vectors -> pair order, and back
+inline void to_pair_order(__m512 a, __m512 b, __m512& even, __m512& odd) {
+    even = _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
+    odd = _mm512_permutex2var_ps(a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b);
+}
+inline void from_pair_order(__m512 even, __m512 odd, __m512& a, __m512& b) {
+    a = _mm512_permutex2var_ps(even, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), odd);
+    b = _mm512_permutex2var_ps(even, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), odd);
 }
 
 inline __m512 cvt_h16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
@@ -108,7 +131,19 @@ inline void qk_block(const float* q, int D, const uint8_t* const* k, const float
     static_assert(RT * KT == 16, "16 accumulators");
     __m512 acc[16];
     for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
-    for (int c = 0; c < D; c += 16) {
+    int c = 0;
+    if constexpr (F == kI4) {  // full 32-channel chunks in pair order (q is stored in it too)
+        for (; c + 32 <= D; c += 32) {
+            __m512 ke[KT], ko[KT];
+            for (int j = 0; j < KT; ++j) load32_i4(k[j], c, ke[j], ko[j]);
+            for (int r = 0; r < RT; ++r) {
+                __m512 qe = _mm512_loadu_ps(q + size_t(r) * D + c), qo = _mm512_loadu_ps(q + size_t(r) * D + c + 16);
+                __asm__("" : "+v"(qe), "+v"(qo));
+                for (int j = 0; j < KT; ++j) acc[r * KT + j] = _mm512_fmadd_ps(qo, ko[j], _mm512_fmadd_ps(qe, ke[j], acc[r * KT + j]));
+            }
+        }
+    }
+    for (; c < D; c += 16) {
         __m512 kv[KT];
         for (int j = 0; j < KT; ++j) kv[j] = load16<F>(k[j], c);
         for (int r = 0; r < RT; ++r) {
@@ -137,6 +172,16 @@ inline void qk_rows(const float* q, int D, const uint8_t* const* krows, const fl
 
 // acc[r][c, c + 16 CW) += sum_t P[g(c)][r][t] * v[t][...] for RT rows, U-way unroll over keys. P for
 // the chunk's group is pg (the chunk lies in one value group).
+// CW 16-channel vectors of channels [c, c + 16 CW) of a V row: INT4 pairs (CW == 2) in pair order.
+template <int F, int CW>
+inline void load_v(const uint8_t* row, int c, __m512* v) {
+    if constexpr (F == kI4 && CW == 2) {
+        load32_i4(row, c, v[0], v[1]);
+    } else {
+        for (int w = 0; w < CW; ++w) v[w] = load16<F>(row, c + 16 * w);
+    }
+}
+
 template <int F, int RT, int CW>
 inline void pv_chunk(const float* pg, const uint8_t* const* vrows, int n, int D, int c, float* acc) {
     constexpr int U = 16 / (RT * CW);
@@ -148,7 +193,7 @@ inline void pv_chunk(const float* pg, const uint8_t* const* vrows, int n, int D,
     for (; t + U <= n; t += U)
         for (int u = 0; u < U; ++u) {
             __m512 v[CW];
-            for (int w = 0; w < CW; ++w) v[w] = load16<F>(vrows[t + u], c + 16 * w);
+            load_v<F, CW>(vrows[t + u], c, v);
             for (int r = 0; r < RT; ++r) {
                 const __m512 pb = _mm512_set1_ps(pg[size_t(r) * kStride + t + u]);
                 for (int w = 0; w < CW; ++w) a[u][r][w] = _mm512_fmadd_ps(pb, v[w], a[u][r][w]);
@@ -156,7 +201,7 @@ inline void pv_chunk(const float* pg, const uint8_t* const* vrows, int n, int D,
         }
     for (; t < n; ++t) {
         __m512 v[CW];
-        for (int w = 0; w < CW; ++w) v[w] = load16<F>(vrows[t], c + 16 * w);
+        load_v<F, CW>(vrows[t], c, v);
         for (int r = 0; r < RT; ++r) {
             const __m512 pb = _mm512_set1_ps(pg[size_t(r) * kStride + t]);
             for (int w = 0; w < CW; ++w) a[0][r][w] = _mm512_fmadd_ps(pb, v[w], a[0][r][w]);
@@ -301,16 +346,31 @@ void softmax_pv(const Item& it, State& st, int64_t t0, int n, const uint8_t* con
 }
 
 // Folds q with a block's K channel scales into st.qf, and sum_d q_d min_d into st.kc.
+// INT4 keys: st.qf in pair order (load32_i4).
+template <int KF>
 inline void fold_q(const Item& it, State& st, const uint8_t* tile) {
     const int D = it.head_dim, R = it.rows;
     const uint16_t* aux = reinterpret_cast<const uint16_t*>(tile + it.k_aux_off);
     float* qf = st.qf.data();
     for (int r = 0; r < R; ++r) {
         const float* qr = it.q + size_t(r) * D;
+        float* qo = qf + size_t(r) * D;
         __m512 c = _mm512_setzero_ps();
-        for (int d = 0; d < D; d += 16) {
+        int d = 0;
+        if constexpr (KF == kI4) {
+            for (; d + 32 <= D; d += 32) {
+                const __m512 q0 = _mm512_loadu_ps(qr + d), q1 = _mm512_loadu_ps(qr + d + 16);
+                __m512 e, o;
+                to_pair_order(_mm512_mul_ps(q0, cvt_h16(aux + d)), _mm512_mul_ps(q1, cvt_h16(aux + d + 16)), e, o);
+                _mm512_storeu_ps(qo + d, e);
+                _mm512_storeu_ps(qo + d + 16, o);
+                c = _mm512_fmadd_ps(q0, cvt_h16(aux + D + d), c);
+                c = _mm512_fmadd_ps(q1, cvt_h16(aux + D + d + 16), c);
+            }
+        }
+        for (; d < D; d += 16) {
             const __m512 qv = _mm512_loadu_ps(qr + d);
-            _mm512_storeu_ps(qf + size_t(r) * D + d, _mm512_mul_ps(qv, cvt_h16(aux + d)));
+            _mm512_storeu_ps(qo + d, _mm512_mul_ps(qv, cvt_h16(aux + d)));
             c = _mm512_fmadd_ps(qv, cvt_h16(aux + D + d), c);
         }
         st.kc[size_t(r)] = _mm512_reduce_add_ps(c);
@@ -370,7 +430,7 @@ void quant_tile(const Item& it, State& st, int64_t t0, int64_t t1) {
             }
         }
         if constexpr (KF != kF16) {
-            fold_q(it, st, tile);
+            fold_q<KF>(it, st, tile);
             scores<KF>(it, st, K + off, cnt, st.qf.data(), st.kc.data(), off);
         } else {
             scores<KF>(it, st, K + off, cnt, it.q, st.zero.data(), off);
@@ -424,6 +484,15 @@ void run_item_t(const Item& it) {
     const int64_t res_block = it.length / bs;  // == number of full blocks; a block >= it is partial
     const int64_t q_end = std::min(it.key_end, res_block * bs);  // keys in quantized blocks
     for (int64_t t = it.key_begin; t < q_end; t += kTileKeys) quant_tile<KF, VF>(it, st, t, std::min(q_end, t + kTileKeys));
+    if constexpr (VF == kI4)  // the accumulator back to natural channel order (V has no tail: groups of >= 32)
+        for (int r = 0; r < R; ++r)
+            for (int d = 0; d + 32 <= D; d += 32) {
+                float* ar = st.acc.data() + size_t(r) * D + d;
+                __m512 a, b;
+                from_pair_order(_mm512_loadu_ps(ar), _mm512_loadu_ps(ar + 16), a, b);
+                _mm512_storeu_ps(ar, a);
+                _mm512_storeu_ps(ar + 16, b);
+            }
     if (it.key_end > q_end) residual_range<KF, VF>(it, st, res_block, std::max(it.key_begin, q_end), it.key_end);
     for (int r = 0; r < R; ++r) {
         float* o = it.o + size_t(r) * D;
