@@ -222,3 +222,66 @@ BENCHMARK(BM_KiviIsa)
     ->Iterations(7)
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
+
+namespace {
+
+// BM_KvAppend: time of llmn_kv_cache_append per token for each storage format, Llama-3-8B shape (8 kv
+// heads x 128, one layer, block 16), f32 input. Args: tokens per append call (1: decode step; 512:
+// a prefill chunk). One iteration = one sequence filled to 4096 tokens by calls of that size, then
+// removed (the pool is reused, so page faults are not timed after the first iteration).
+// Counters: {fmt}_ns_per_token (median over iterations) and {fmt}_MBps of f32 K+V input consumed.
+void BM_KvAppend(benchmark::State& state) {
+    const int32_t per_call = int32_t(state.range(0));
+    constexpr int64_t kTokens = 4096;
+    const std::vector<int32_t> formats = {LLMN_KV_F16, LLMN_KV_INT8, LLMN_KV_FP8_E4M3, LLMN_KV_INT4, LLMN_KV_INT2};
+    const std::vector<const char*> names = {"f16", "int8", "fp8", "int4", "int2"};
+    llmn_context ctx = nullptr;
+    if (llmn_context_create(LLMN_BACKEND_CPU, 0, &ctx) != LLMN_STATUS_OK) {
+        state.SkipWithError("context creation failed");
+        return;
+    }
+    std::mt19937 g(5);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    llmn_buffer kb = random_buffer(ctx, g, nd, int64_t(per_call) * kKvHeads * kHeadDim);
+    llmn_buffer vb = random_buffer(ctx, g, nd, int64_t(per_call) * kKvHeads * kHeadDim);
+    std::vector<llmn_kv_cache> caches(formats.size(), nullptr);
+    for (size_t i = 0; i < formats.size(); ++i) {
+        llmn_kv_cache_desc d = bench_desc(formats[i], 32);
+        d.max_batch = 1;
+        d.capacity_tokens = kTokens + kBlock;
+        if (llmn_kv_cache_create(ctx, &d, &caches[i]) != LLMN_STATUS_OK) state.SkipWithError("KV cache allocation failed");
+    }
+    std::vector<std::vector<double>> ns(formats.size());
+    for (auto _ : state) {
+        double total = 0.0;
+        for (size_t i = 0; i < formats.size() && caches[i]; ++i) {
+            int64_t id = 0;
+            llmn_kv_cache_add_sequence(caches[i], &id);
+            const auto t0 = std::chrono::steady_clock::now();
+            for (int64_t done = 0; done < kTokens; done += per_call)
+                if (llmn_kv_cache_append(caches[i], id, 0, kb, vb, per_call) != LLMN_STATUS_OK) {
+                    state.SkipWithError("append failed");
+                    break;
+                }
+            const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            llmn_kv_cache_remove_sequence(caches[i], id);
+            ns[i].push_back(s / double(kTokens) * 1e9);
+            total += s;
+        }
+        state.SetIterationTime(total);
+    }
+    for (size_t i = 0; i < formats.size(); ++i) {
+        if (ns[i].empty()) continue;
+        const double m = median(ns[i]);
+        state.counters[std::string(names[i]) + "_ns_per_token"] = m;
+        state.counters[std::string(names[i]) + "_MBps"] = 2.0 * kKvHeads * kHeadDim * 4 / m * 1e3;
+    }
+    for (llmn_kv_cache c : caches) llmn_kv_cache_destroy(c);
+    llmn_buffer_destroy(kb);
+    llmn_buffer_destroy(vb);
+    llmn_context_destroy(ctx);
+}
+
+}  // namespace
+
+BENCHMARK(BM_KvAppend)->ArgNames({"tokens_per_call"})->Arg(1)->Arg(512)->Iterations(5)->UseManualTime()->Unit(benchmark::kMillisecond);

@@ -12,6 +12,7 @@
 #include "core/numeric.hpp"
 #include "kernels/kv_cache/kv_cache.hpp"
 #include "kernels/kv_cache/kv_kivi.hpp"
+#include "kernels/kv_cache/kv_kivi_stage.hpp"
 #include "attention_reference.hpp"
 #include "kv_test_util.hpp"
 #include "test_util.hpp"
@@ -71,6 +72,84 @@ std::vector<float> model_side(int32_t fmt, bool value, const std::vector<float>&
 
 // Per group: codes in [0, qmax]; min stored exactly; scale = the smallest f16 >= (max - min) / qmax;
 // every element dequantizes within scale / 2 (+ f32 rounding of code * scale + min) of its f16 input.
+// kivi_code's inline rounding equals clamp(std::round((x - mn) / scale), 0, qmax) (the definition in
+// kv_kivi.hpp's header) on random inputs and on quotients next to every half-integer.
+TEST(KvKivi, CodeRoundingIsRoundHalfAwayClamped) {
+    auto reference = [](float x, float scale, float mn, int32_t qmax) -> int {
+        if (scale == 0.0f) return 0;
+        const float c = std::round((x - mn) / scale);
+        return c < 0.0f ? 0 : c > float(qmax) ? qmax : int(c);
+    };
+    std::mt19937_64 g(test_seed());
+    std::uniform_real_distribution<float> u(-3.0f, 20.0f);
+    int64_t checked = 0;
+    for (int32_t qmax : {3, 15}) {
+        for (int i = 0; i < 200000; ++i) {
+            const float scale = std::ldexp(1.0f + float(g() % 1024) / 1024.0f, int(g() % 30) - 20);
+            const float mn = u(g) * scale, x = mn + u(g) * scale;
+            ASSERT_EQ(int(llmn::kivi_code(x, scale, mn, qmax)), reference(x, scale, mn, qmax)) << x << " " << scale << " " << mn;
+            ++checked;
+        }
+        for (int k = -1; k <= qmax + 1; ++k)  // (x - mn) / scale = k + 0.5 and its neighbours (scale 1, mn 0)
+            for (float v : {float(k) + 0.5f, std::nextafter(float(k) + 0.5f, -100.0f), std::nextafter(float(k) + 0.5f, 100.0f),
+                            float(k), std::nextafter(float(k), -100.0f)}) {
+                ASSERT_EQ(int(llmn::kivi_code(v, 1.0f, 0.0f, qmax)), reference(v, 1.0f, 0.0f, qmax)) << v;
+                ++checked;
+            }
+    }
+    EXPECT_GT(checked, 400000);
+}
+
+#if defined(__x86_64__) || defined(_M_X64)  // the AVX2 files exist in x86 builds only
+// The AVX2 block quantizers (kv_kivi_avx2.cpp, used by CPU caches on AVX2 machines) write the scalar
+// codec's bytes: every block size, head_dim and value group, INT4 and INT2, on Gaussian, outlier,
+// constant, signed-zero, subnormal and f16-limit data.
+TEST(KvKivi, Avx2BlockQuantizersMatchScalarBytes) {
+    llmn_cpu_info info{};
+    llmn_get_cpu_info(&info);
+    if (info.detected_isa < LLMN_CPU_ISA_AVX2) GTEST_SKIP() << "this CPU has no AVX2/F16C: the scalar codec is the only one";
+    std::mt19937_64 g(test_seed() + 5);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    int64_t blocks = 0;
+    for (int32_t fmt : {LLMN_KV_INT4, LLMN_KV_INT2})
+        for (int32_t bs : {8, 16, 64, 256})
+            for (int32_t D : {64, 80, 96, 128, 256})
+                for (int kind = 0; kind < 6; ++kind) {
+                    std::vector<uint16_t> rows(size_t(bs) * D);
+                    for (size_t i = 0; i < rows.size(); ++i) {
+                        float x = nd(g);
+                        if (kind == 1 && i % size_t(D) < 3) x *= 20.0f;                      // outlier channels
+                        if (kind == 2) x = float(int(i % size_t(D)) % 5) * 0.25f;             // constant channels / groups
+                        if (kind == 3) x = (g() % 3 == 0) ? ((g() & 1) ? -0.0f : 0.0f) : std::fabs(x) * ((g() & 1) ? 1e-3f : -1e-3f);
+                        if (kind == 4) x *= 3e-6f;                                            // f16 subnormals
+                        if (kind == 5) x = (g() & 1) ? 65504.0f * ((g() & 1) ? 1.0f : -1.0f) : x;  // f16 limits
+                        rows[i] = llmn::f32_to_f16(x);
+                    }
+                    const int64_t rb = int64_t(D) * llmn::kivi_bits(fmt) / 8;
+                    std::vector<uint8_t> d0(size_t(rb * bs), 0xAB), d1(size_t(rb * bs), 0xCD);
+                    std::vector<uint16_t> a0(size_t(2 * D), 0x7e00), a1(size_t(2 * D), 0x7e01);
+                    llmn::kivi_quantize_k_block(fmt, rows.data(), bs, D, d0.data(), a0.data());
+                    llmn::kivi_quantize_k_block_avx2(fmt, rows.data(), bs, D, d1.data(), a1.data());
+                    ASSERT_EQ(d0, d1) << "K codes, fmt " << fmt << " bs " << bs << " D " << D << " kind " << kind;
+                    ASSERT_EQ(a0, a1) << "K scales/minimums, fmt " << fmt << " bs " << bs << " D " << D << " kind " << kind;
+                    for (int32_t group : {32, 64, 128}) {
+                        if (D % group != 0) continue;
+                        const size_t na = size_t(2) * bs * (D / group);
+                        std::vector<uint16_t> v0(na, 0x7e00), v1(na, 0x7e01);
+                        std::fill(d0.begin(), d0.end(), 0xAB);
+                        std::fill(d1.begin(), d1.end(), 0xCD);
+                        llmn::kivi_quantize_v_block(fmt, rows.data(), bs, D, group, d0.data(), v0.data());
+                        llmn::kivi_quantize_v_block_avx2(fmt, rows.data(), bs, D, group, d1.data(), v1.data());
+                        ASSERT_EQ(d0, d1) << "V codes, fmt " << fmt << " bs " << bs << " D " << D << " group " << group << " kind " << kind;
+                        ASSERT_EQ(v0, v1) << "V scales/minimums, fmt " << fmt << " bs " << bs << " D " << D << " group " << group
+                                          << " kind " << kind;
+                    }
+                    ++blocks;
+                }
+    EXPECT_EQ(blocks, 2 * 4 * 5 * 6);
+}
+#endif
+
 TEST(KvKivi, CodecErrorWithinHalfStep) {
     auto g = rng(1);
     for (int32_t fmt : {LLMN_KV_INT4, LLMN_KV_INT2})

@@ -11,6 +11,9 @@
 #include "kv_kivi.hpp"
 #include "kv_append_cuda.hpp"
 #include "kv_quant.hpp"
+#include "kv_kivi_stage.hpp"
+#include "kv_stage.hpp"
+#include "../../cpu/cpu_runtime.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -105,6 +108,23 @@ void stage_rows(const Buffer& b, const char* param, int32_t format, int64_t n, i
     const void* src = host_view(b, size_t(count) * dtype_size(b.dtype()), staging);
     const bool q8 = kv_format_is_q8(format);
     out.resize(size_t(count) * (q8 ? 1 : 2));
+    if (!q8 && format != LLMN_KV_BF16) {  // f16 rows (F16, KIVI residual): fast paths, same bytes
+        uint16_t* dst = reinterpret_cast<uint16_t*>(out.data());
+        if (b.dtype() == LLMN_DTYPE_F16) {  // finite halves are stored as they are
+            const uint16_t* h = static_cast<const uint16_t*>(src);
+            bool finite = true;
+            for (int64_t i = 0; i < count; ++i) finite &= (h[i] & 0x7c00) != 0x7c00;
+            if (finite) {
+                std::memcpy(dst, h, size_t(count) * 2);
+                return;
+            }
+        }
+#if defined(__x86_64__) || defined(_M_X64)
+        if (b.dtype() == LLMN_DTYPE_F32 && cpu::active_isa() >= LLMN_CPU_ISA_AVX2 &&
+            kv_stage_f16_avx2(static_cast<const float*>(src), count, dst))
+            return;
+#endif
+    }
     std::vector<float> row;
     if (q8) {
         scales.resize(size_t(n * heads));
@@ -306,13 +326,21 @@ void KvCache::kivi_flush(const KvSequence& s, int32_t layer, int32_t block) {
     for (int32_t h = 0; h < H; ++h) {
         const uint8_t* res = pool() + layout_.res_tile_offset(s.res_slot, layer, h);
         uint8_t* tile = pool() + layout_.tile_offset(layer, block, h);
-        if (layout_.k_kivi())
-            kivi_quantize_k_block(layout_.k_format, reinterpret_cast<const uint16_t*>(res + layout_.res_k_off), bs, D,
-                                  tile + layout_.k_data_off, reinterpret_cast<uint16_t*>(tile + layout_.k_aux_off));
+        const auto* krows = reinterpret_cast<const uint16_t*>(res + layout_.res_k_off);
+        const auto* vrows = reinterpret_cast<const uint16_t*>(res + layout_.res_v_off);
+        auto* kaux = reinterpret_cast<uint16_t*>(tile + layout_.k_aux_off);
+        auto* vaux = reinterpret_cast<uint16_t*>(tile + layout_.v_aux_off);
+#if defined(__x86_64__) || defined(_M_X64)
+        if (cpu::active_isa() >= LLMN_CPU_ISA_AVX2) {  // same bytes (kv_kivi_avx2.cpp)
+            if (layout_.k_kivi()) kivi_quantize_k_block_avx2(layout_.k_format, krows, bs, D, tile + layout_.k_data_off, kaux);
+            if (layout_.v_kivi())
+                kivi_quantize_v_block_avx2(layout_.v_format, vrows, bs, D, desc_.value_group_size, tile + layout_.v_data_off, vaux);
+            continue;
+        }
+#endif
+        if (layout_.k_kivi()) kivi_quantize_k_block(layout_.k_format, krows, bs, D, tile + layout_.k_data_off, kaux);
         if (layout_.v_kivi())
-            kivi_quantize_v_block(layout_.v_format, reinterpret_cast<const uint16_t*>(res + layout_.res_v_off), bs, D,
-                                  desc_.value_group_size, tile + layout_.v_data_off,
-                                  reinterpret_cast<uint16_t*>(tile + layout_.v_aux_off));
+            kivi_quantize_v_block(layout_.v_format, vrows, bs, D, desc_.value_group_size, tile + layout_.v_data_off, vaux);
     }
 }
 

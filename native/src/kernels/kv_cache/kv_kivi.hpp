@@ -43,12 +43,18 @@ inline uint16_t kivi_scale_f16(float lo, float hi, int32_t qmax) {
 inline float kivi_min(float lo, float x) { return lo < x ? lo : x; }
 inline float kivi_max(float hi, float x) { return hi > x ? hi : x; }
 
+// clamp(round_half_away((x - mn) / scale), 0, qmax), written without the libm call (std::round is not
+// inlined; it was 15 % of an append into a KIVI cache): for v in (0, qmax) the truncation i and the
+// fraction v - i are exact (v < 16), so i + (fraction >= 0.5) is round-half-away's result; v <= 0
+// (or NaN) clamps to 0 and v >= qmax to qmax either way.
 inline uint8_t kivi_code(float x, float scale, float mn, int32_t qmax) {
     if (scale == 0.0f) return 0;
-    float c = std::round((x - mn) / scale);
-    if (c < 0.0f) c = 0.0f;
-    if (c > float(qmax)) c = float(qmax);
-    return uint8_t(c);
+    const float v = (x - mn) / scale;
+    if (!(v > 0.0f)) return 0;
+    if (v >= float(qmax)) return uint8_t(qmax);
+    int32_t i = int32_t(v);
+    if (v - float(i) >= 0.5f) ++i;
+    return uint8_t(i);
 }
 
 inline uint8_t kivi_get(const uint8_t* row, int32_t d, int32_t bits) {
