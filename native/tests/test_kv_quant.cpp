@@ -9,6 +9,7 @@
 #include "core/numeric.hpp"
 #include "kernels/kv_cache/kv_cache.hpp"
 #include "kernels/kv_cache/kv_quant.hpp"
+#include "kernels/kv_cache/kv_stage.hpp"
 #include "attention_reference.hpp"
 #include "kv_test_util.hpp"
 #include "test_util.hpp"
@@ -113,6 +114,18 @@ TEST(KvQuant, Int8CodeRoundsHalfAwayFromZeroAndClamps) {
     EXPECT_EQ(llmn::f32_to_int8_code(127.4f), 127);
     EXPECT_EQ(llmn::f32_to_int8_code(127.0001f), 127);
     EXPECT_EQ(llmn::f32_to_int8_code(-300.0f), -127);
+    // Against clamp(std::round(y)): every half-integer in range and its f32 neighbours, random values.
+    auto ref = [](float y) { return int(std::min(127.0f, std::max(-127.0f, std::round(y)))); };
+    for (int k = -130; k <= 130; ++k)
+        for (float y : {float(k) + 0.5f, std::nextafter(float(k) + 0.5f, -1e9f), std::nextafter(float(k) + 0.5f, 1e9f), float(k),
+                        std::nextafter(float(k), -1e9f), std::nextafter(float(k), 1e9f)})
+            ASSERT_EQ(int(llmn::f32_to_int8_code(y)), ref(y)) << y;
+    auto g8 = rng(7);
+    std::uniform_real_distribution<float> u8(-140.0f, 140.0f);
+    for (int i = 0; i < 200000; ++i) {
+        const float y = (i % 3 == 0) ? u8(g8) * 1e-3f : u8(g8);
+        ASSERT_EQ(int(llmn::f32_to_int8_code(y)), ref(y)) << y;
+    }
     // Row quantization: the max |x| element maps to +-127 / +-448, an all-zero row to scale 0.
     std::vector<float> x{0.5f, -3.0f, 1.0f, 0.0f, 2.9f, -1.49f, 0.01f, 3.0e-3f};
     uint8_t c[8];
@@ -126,6 +139,48 @@ TEST(KvQuant, Int8CodeRoundsHalfAwayFromZeroAndClamps) {
     EXPECT_EQ(llmn::kv_quantize_row(LLMN_KV_INT8, z.data(), 8, c), 0.0f);
     for (uint8_t b : c) EXPECT_EQ(b, 0);
 }
+
+#if defined(__x86_64__) || defined(_M_X64)  // the AVX2 files exist in x86 builds only
+// The AVX2 staging of INT8 / E4M3 rows (kv_stage_avx2.cpp, used by CPU caches on AVX2 machines) gives
+// kv_quantize_row's scale and codes byte for byte: Gaussian, outlier, tiny (E4M3 subnormal codes),
+// all-zero, signed-zero and half-step data, every head_dim; and refuses rows holding NaN or Inf.
+TEST(KvQuant, Avx2RowStagingMatchesScalarBytes) {
+    llmn_cpu_info info{};
+    llmn_get_cpu_info(&info);
+    if (info.detected_isa < LLMN_CPU_ISA_AVX2) GTEST_SKIP() << "this CPU has no AVX2: the scalar codec is the only one";
+    auto g = rng(11);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    int64_t rows_checked = 0;
+    for (bool fp8 : {false, true})
+        for (int32_t D : {64, 80, 96, 128, 256})
+            for (int kind = 0; kind < 6; ++kind) {
+                const int64_t R = 64;
+                std::vector<float> x(size_t(R) * D);
+                for (size_t i = 0; i < x.size(); ++i) {
+                    float v = nd(g);
+                    if (kind == 1 && i % size_t(D) < 2) v *= 50.0f;                       // outliers
+                    if (kind == 2) v *= (i % size_t(D) == 0) ? 1.0f : 1e-4f;              // tiny codes
+                    if (kind == 3) v = (i / size_t(D)) % 2 ? 0.0f : -0.0f;                // zero rows, signed
+                    if (kind == 4) v = float(int(g() % 255) - 127) * 0.5f;                // half steps of 127
+                    if (kind == 5) v = float(int(g() % 897) - 448) * (1.0f / 16.0f);      // E4M3 midpoints
+                    if ((kind == 4 || kind == 5) && i % size_t(D) == 0) v = fp8 ? 448.0f : 127.0f;  // scale 1: y = x
+                    x[i] = v;
+                }
+                std::vector<uint8_t> c0(x.size(), 0xAB), c1(x.size(), 0xCD);
+                std::vector<float> s0(static_cast<size_t>(R)), s1(static_cast<size_t>(R), -1.0f);
+                for (int64_t r = 0; r < R; ++r)
+                    s0[size_t(r)] = llmn::kv_quantize_row(fp8 ? LLMN_KV_FP8_E4M3 : LLMN_KV_INT8, &x[size_t(r * D)], D, &c0[size_t(r * D)]);
+                ASSERT_TRUE(llmn::kv_stage_q8_avx2(fp8, x.data(), R, D, c1.data(), s1.data()));
+                for (int64_t r = 0; r < R; ++r)
+                    ASSERT_EQ(std::memcmp(&s0[size_t(r)], &s1[size_t(r)], 4), 0) << "scale, fp8 " << fp8 << " D " << D << " kind " << kind;
+                ASSERT_EQ(c0, c1) << "codes, fp8 " << fp8 << " D " << D << " kind " << kind;
+                rows_checked += R;
+                x[size_t(D) + 3] = (kind % 2) ? std::nanf("") : -INFINITY;
+                EXPECT_FALSE(llmn::kv_stage_q8_avx2(fp8, x.data(), R, D, c1.data(), s1.data())) << "non-finite accepted";
+            }
+    EXPECT_EQ(rows_checked, 2 * 5 * 6 * 64);
+}
+#endif
 
 // ---------------------------------------------------------------------------------------------- planner
 

@@ -108,6 +108,13 @@ void stage_rows(const Buffer& b, const char* param, int32_t format, int64_t n, i
     const void* src = host_view(b, size_t(count) * dtype_size(b.dtype()), staging);
     const bool q8 = kv_format_is_q8(format);
     out.resize(size_t(count) * (q8 ? 1 : 2));
+#if defined(__x86_64__) || defined(_M_X64)
+    if (q8 && b.dtype() == LLMN_DTYPE_F32 && cpu::active_isa() >= LLMN_CPU_ISA_AVX2) {  // same bytes
+        scales.resize(size_t(n * heads));
+        if (kv_stage_q8_avx2(format == LLMN_KV_FP8_E4M3, static_cast<const float*>(src), n * heads, dim, out.data(), scales.data()))
+            return;
+    }
+#endif
     if (!q8 && format != LLMN_KV_BF16) {  // f16 rows (F16, KIVI residual): fast paths, same bytes
         uint16_t* dst = reinterpret_cast<uint16_t*>(out.data());
         if (b.dtype() == LLMN_DTYPE_F16) {  // finite halves are stored as they are

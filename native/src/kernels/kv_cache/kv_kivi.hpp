@@ -53,7 +53,7 @@ inline uint8_t kivi_code(float x, float scale, float mn, int32_t qmax) {
     if (!(v > 0.0f)) return 0;
     if (v >= float(qmax)) return uint8_t(qmax);
     int32_t i = int32_t(v);
-    if (v - float(i) >= 0.5f) ++i;
+    i += int32_t(v - float(i) >= 0.5f);  // branch-free: random data mispredicts
     return uint8_t(i);
 }
 

@@ -37,41 +37,60 @@ inline float e4m3_to_f32(uint8_t c) {
 }
 
 // Exact f32 to E4M3, round to nearest, ties to even, saturating to +-448 (finite inputs; NaN gives
-// 0x7F, never reached by the cache, which rejects NaN before encoding).
+// 0x7F, never reached by the cache, which rejects NaN before encoding). Integer arithmetic on the f32
+// bits (no libm calls: frexp / ldexp / nearbyint were most of an append into an FP8 cache):
+//   normal results (a >= 2^-6): the f32 mantissa's top 3 bits, rounded to nearest-even on the 20
+//   bits below them; a carry into the 4th bit bumps the exponent (mantissa 0);
+//   subnormal results (a < 2^-6): the grid m * 2^-9; a * 512 is exact and < 8, so its integer part
+//   and exact fraction give the nearest-even m (8 = the smallest normal, code 0x08).
 inline uint8_t f32_to_e4m3(float x) {
     if (std::isnan(x)) return 0x7F;
     const uint8_t sign = std::signbit(x) ? 0x80 : 0x00;
     const float a = std::fabs(x);
     if (!(a < kE4M3Max)) return uint8_t(sign | 0x7E);  // >= 448 (incl. Inf): saturate
     if (a < 0.015625f) {                               // below 2^-6: subnormal grid m * 2^-9
-        // a * 2^9 is exact (power-of-two scaling); rint rounds to nearest-even in the default mode.
-        const int q = int(std::nearbyint(a * 512.0f));  // 0..8; 8 is the smallest normal (code 0x08)
+        const float v = a * 512.0f;
+        int q = int(v);
+        const float frac = v - float(q);
+        q += int(frac > 0.5f) | (int(frac == 0.5f) & (q & 1));  // branch-free: random data mispredicts
         return uint8_t(sign | q);
     }
-    int ex = 0;
-    std::frexp(a, &ex);  // a = f * 2^ex, f in [0.5, 1): unbiased exponent ex - 1
-    int e = ex - 1;
-    int mq = int(std::nearbyint(std::ldexp(a, 3 - e)));  // in [8, 16], exact scaling
-    if (mq == 16) {
-        mq = 8;
+    uint32_t u;
+    std::memcpy(&u, &a, 4);
+    int e = int(u >> 23) - 127;  // a is a normal f32 here
+    const uint32_t m = u & 0x7FFFFFu;
+    uint32_t mq = m >> 20;        // 3 mantissa bits
+    const uint32_t rest = m & 0xFFFFFu, half = 0x80000u;
+    mq += uint32_t(rest > half) | (uint32_t(rest == half) & (mq & 1u));
+    if (mq == 8) {
+        mq = 0;
         ++e;
     }
-    int code = ((e + 7) << 3) | (mq - 8);
+    int code = ((e + 7) << 3) | int(mq);
     if (code > 0x7E) code = 0x7E;  // 464 would round up to 480 (past the saturation bound)
     return uint8_t(sign | code);
 }
 
-inline int8_t f32_to_int8_code(float y) {  // y = x / scale, |y| <= ~127
-    float r = std::round(y);               // half away from zero
-    if (r > kInt8QMax) r = kInt8QMax;
-    if (r < -kInt8QMax) r = -kInt8QMax;
-    return int8_t(r);
+// round half away from zero of y = x / scale (|y| <= ~127), clamped to +-127; the truncation and the
+// fraction y - trunc(y) are exact for |y| < 2^23 (no libm call).
+inline int8_t f32_to_int8_code(float y) {
+    if (!(y < kInt8QMax + 1.0f)) return int8_t(kInt8QMax);
+    if (!(y > -kInt8QMax - 1.0f)) return int8_t(-kInt8QMax);
+    int t = int(y);
+    const float frac = y - float(t);
+    t += int(frac >= 0.5f) - int(frac <= -0.5f);  // branch-free: random data mispredicts
+    t = t > 127 ? 127 : t;
+    t = t < -127 ? -127 : t;
+    return int8_t(t);
 }
 
 // Quantizes one row of n finite values into codes; returns the scale.
 inline float kv_quantize_row(int32_t format, const float* x, int32_t n, uint8_t* codes) {
     float amax = 0.0f;
-    for (int32_t i = 0; i < n; ++i) amax = std::fmax(amax, std::fabs(x[i]));
+    for (int32_t i = 0; i < n; ++i) {  // finite inputs: a comparison is fmax (no libm call)
+        const float a = std::fabs(x[i]);
+        amax = a > amax ? a : amax;
+    }
     const float scale = amax / (format == LLMN_KV_INT8 ? kInt8QMax : kE4M3Max);
     if (scale == 0.0f) {  // all-zero row (or a subnormal maximum whose scale underflows): exact zeros
         std::memset(codes, 0, size_t(n));
