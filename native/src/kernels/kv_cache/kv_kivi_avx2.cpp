@@ -29,17 +29,13 @@ inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 inline uint16_t f2h(float f) { return uint16_t(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)); }
 inline float kmin(float lo, float x) { return lo < x ? lo : x; }
 inline float kmax(float hi, float x) { return hi > x ? hi : x; }
-// kv_kivi.hpp: kivi_scale_f16 (f16 of (hi - lo) / qmax rounded up), kivi_put (low bits first)
+// kv_kivi.hpp: kivi_scale_f16 (f16 of (hi - lo) / qmax rounded up)
 inline uint16_t scale_f16(float lo, float hi, int32_t qmax) {
     const double s = (double(hi) - double(lo)) / double(qmax);
     if (s <= 0.0) return 0;
     uint16_t h = f2h(float(s));
     if (double(h2f(h)) < s) ++h;
     return h;
-}
-inline void put(uint8_t* row, int32_t d, int32_t bits, uint8_t code) {
-    const int32_t per = 8 / bits;
-    row[d / per] = uint8_t(row[d / per] | (code << (bits * (d % per))));
 }
 
 inline __m256 h8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
@@ -57,10 +53,25 @@ inline __m256i codes8(__m256 x, __m256 sc, __m256 mn, float qmax) {
     return _mm256_and_si256(c, _mm256_castps_si256(pos));
 }
 
+// Packs 8 codes (channels d0 .. d0 + 7, d0 a multiple of 8) into their 4 (INT4) or 2 (INT2) bytes of
+// the row, low bits first (kivi_put's layout); the bytes are written whole.
 inline void put_codes(uint8_t* row, int32_t d0, int32_t bits, __m256i c) {
-    alignas(32) int32_t v[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(v), c);
-    for (int i = 0; i < 8; ++i) put(row, d0 + i, bits, uint8_t(v[i]));
+    if (bits == 4) {
+        // per qword: low dword | high dword << 4 -> byte 0 of the qword = c_even | c_odd << 4
+        const __m256i p = _mm256_or_si256(c, _mm256_srli_epi64(c, 28));
+        const __m256i b = _mm256_shuffle_epi8(p, _mm256_setr_epi8(0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                                                  0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
+        const uint16_t lo = uint16_t(_mm256_extract_epi16(b, 0)), hi = uint16_t(_mm256_extract_epi16(b, 8));
+        std::memcpy(row + d0 / 2, &lo, 2);
+        std::memcpy(row + d0 / 2 + 2, &hi, 2);
+    } else {
+        // codes << (2 * (lane % 4)), then the 4 lanes of each 128-bit half summed (disjoint bits: = OR)
+        const __m256i sh = _mm256_sllv_epi32(c, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+        const __m256i h = _mm256_hadd_epi32(sh, sh);
+        const __m256i h2 = _mm256_hadd_epi32(h, h);
+        row[d0 / 4] = uint8_t(_mm256_extract_epi32(h2, 0));
+        row[d0 / 4 + 1] = uint8_t(_mm256_extract_epi32(h2, 4));
+    }
 }
 
 }  // namespace
@@ -68,7 +79,6 @@ inline void put_codes(uint8_t* row, int32_t d0, int32_t bits, __m256i c) {
 void kivi_quantize_k_block_avx2(int32_t format, const uint16_t* rows, int32_t bs, int32_t D, uint8_t* data, uint16_t* aux) {
     const int32_t bits = format == LLMN_KV_INT4 ? 4 : 2, qmax = format == LLMN_KV_INT4 ? 15 : 3;
     const int64_t rb = int64_t(D) * bits / 8;
-    std::memset(data, 0, size_t(rb * bs));
     for (int32_t d = 0; d < D; d += 8) {  // head_dim is a multiple of 16
         __m256 lo = h8(rows + d), hi = lo;
         for (int32_t t = 1; t < bs; ++t) {
@@ -95,7 +105,6 @@ void kivi_quantize_v_block_avx2(int32_t format, const uint16_t* rows, int32_t bs
                                 uint16_t* aux) {
     const int32_t bits = format == LLMN_KV_INT4 ? 4 : 2, qmax = format == LLMN_KV_INT4 ? 15 : 3, G = D / group;
     const int64_t rb = int64_t(D) * bits / 8;
-    std::memset(data, 0, size_t(rb * bs));
     for (int32_t t = 0; t < bs; ++t)
         for (int32_t g = 0; g < G; ++g) {
             const uint16_t* x = rows + size_t(t) * D + size_t(g) * group;
