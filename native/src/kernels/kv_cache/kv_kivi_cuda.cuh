@@ -88,9 +88,9 @@ LLMN_HD uint16_t kivi_scale_bits(float lo, float hi, int32_t qmax) {
 // kivi_code: clamp(round_half_away((x - mn) / scale), 0, qmax); scale 0 -> 0.
 LLMN_HD uint32_t kivi_code(float x, float scale, float mn, int32_t qmax) {
     if (scale == 0.0f) return 0;
-    float c = roundf(div_rn(x - mn, scale));
-    if (c < 0.0f) c = 0.0f;
-    if (c > float(qmax)) c = float(qmax);
+    const float c = roundf(div_rn(x - mn, scale));
+    if (!(c > 0.0f)) return 0;  // also NaN (never from validated input): no float->uint UB
+    if (c >= float(qmax)) return uint32_t(qmax);
     return uint32_t(c);
 }
 
