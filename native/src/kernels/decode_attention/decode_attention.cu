@@ -1132,6 +1132,10 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
             if (vmax > 0.0f) {
                 int e;
                 frexpf(vmax, &e);  // vmax < 2^e
+                // Floor the unit at 2^-100: for scales below 2^-128 (subnormal, from V rows of
+                // |v| < ~4e-37) 2^-e would overflow to Inf and 0 * Inf turn masked keys into NaN;
+                // such values are far below anything the f32/f16 output can hold anyway.
+                e = max(e, -100);
                 if (e > ve) {      // rescale o to the new unit: exact (a power of two; o is 0 while ve = kNoExp)
                     const float r = ve == kNoExp ? 0.0f : ldexpf(1.0f, ve - e);
                     scale_rows(o, r, r);
