@@ -7,10 +7,11 @@
 // per round (enough for >= 128 MiB of f16 KV, >= ~5 ms here).
 //
 // BM_KvQuantFormats: f16, INT8, FP8-E4M3, KIVI INT4, KIVI INT2 (K and V in the same format, value
-// groups of 32 for INT4/INT2), batch 1 and 8, context 4k and 32k. Every format rotates over enough
-// copies that >= LLMNATIVE_BENCH_ROTATE_MIB (default 64; the dev machine's L3 is 16 MiB) MiB of its own
-// cache bytes are touched between two visits of a copy, and at least 2 copies unless one copy alone is
-// already past that.
+// groups of 32 for INT4/INT2), batch 1 and 8, context 4k, 32k and 128k (8 x 128k holds all five caches
+// at once, ~10.4 GiB; where that does not fit, the case reports the allocation error). Every format
+// rotates over enough copies that >= LLMNATIVE_BENCH_ROTATE_MIB (default 64; the dev machine's L3 is
+// 16 MiB) MiB of its own cache bytes are touched between two visits of a copy, and at least 2 copies
+// unless one copy alone is already past that.
 // Counters: {fmt}_us = median over rounds of the time per call; {fmt}_GBps = bytes the call reads from
 // the cache (codes + scales/minimums, for KIVI the quantized blocks and the f16 residual rows counted
 // as stored bytes per token x context, llmn_kv_cache_bytes_per_token) / median time; {fmt}_x = median
@@ -196,8 +197,10 @@ BENCHMARK(BM_KvQuantFormats)
     ->ArgNames({"batch", "ctx"})
     ->Args({1, 4096})
     ->Args({1, 32768})
+    ->Args({1, 131072})
     ->Args({8, 4096})
     ->Args({8, 32768})
+    ->Args({8, 131072})
     ->Iterations(7)
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
