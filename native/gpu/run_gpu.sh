@@ -139,7 +139,7 @@ bench() {
   local py=(python3 "$root/native/gpu/bench_gpu.py" --lib "$lib")
   local left=$(( deadline - $(date +%s) - 20 ))
   [ -n "$build_pid" ] && left=$(( left - 60 ))   # keep a minute for the device build's tests
-  [ "$backend" = cuda ] && [ -z "$quick" ] && left=$(( left - 180 ))  # the comparisons and sweep below
+  [ "$backend" = cuda ] && [ -z "$quick" ] && left=$(( left - 200 ))  # the three comparisons below
   local g=$(( left * 45 / 100 )) a=$(( left * 55 / 100 ))
   step "bench gemm ($label)" "$g" "$out/bench_gemm_$label.log" \
     env PYTHONUNBUFFERED=1 "${py[@]}" --backend "$backend" \
@@ -153,14 +153,12 @@ bench() {
       env PYTHONUNBUFFERED=1 LLMNATIVE_ATTN_CUDA_PATH=simt "${py[@]}" --backend cuda \
         --only attention --formats f16 --batches 1,8 --contexts 4096,32768 --budget 40 \
         --out "$out/bench_attention_simt_$label.json"
-    # INT4 GEMM grid-size sweep at small m (LLMNATIVE_INT4_CUDA_BLOCKS caps the persistent grid), our kernel
-    # only: is the serial cross-block reduction what limits m = 1? (docs/perf/gpu-2026-12-04)
-    for nb in 96 64 32; do
-      step "bench gemm, grid <= $nb blocks ($label)" 30 "$out/bench_gemm_grid${nb}_$label.log" \
-        env PYTHONUNBUFFERED=1 LLMNATIVE_INT4_CUDA_BLOCKS=$nb "${py[@]}" --backend cuda \
-          --only gemm --gemm-shapes 4096x4096,8192x8192 --ms 1,16 --budget 20 \
-          --out "$out/gemm_grid${nb}_$label.json"
-    done
+    # INT4 GEMM with the last-arrival cross-block reduction (opt-in until its tests have passed on a GPU),
+    # torch fp16 in the same process: does removing the serial lock chain lift small m? (docs/perf/gpu-2026-12-04)
+    step "bench gemm, last-arrival reduction ($label)" 75 "$out/bench_gemm_last_$label.log" \
+      env PYTHONUNBUFFERED=1 LLMNATIVE_INT4_CUDA_REDUCE=last "${py[@]}" --backend cuda \
+        --only gemm --ms 1,16,64,256 "${peer_args[@]}" --budget 60 \
+        --out "$out/bench_gemm_last_$label.json"
     # 8-bit K/V in the tensor-core kernel (opt-in until its tests have passed on a GPU)
     step "bench attention, 8-bit caches in the tensor-core kernel ($label)" 60 "$out/bench_attention_mma8_$label.log" \
       env PYTHONUNBUFFERED=1 LLMNATIVE_ATTN_CUDA_PATH=mma "${py[@]}" --backend cuda \
@@ -201,11 +199,4 @@ rm -f "$out/.build_rc"
 note "done; files: $(cd "$out" && ls | tr '\n' ' ')"
 cp "$out"/summary.txt "$out"/environment.txt "$final"/ 2>/dev/null
 cp "$out"/bench_*.json "$final"/ 2>/dev/null
-# the grid sweep's small JSONs travel as one file (the device tool returns at most 8)
-if ls "$out"/gemm_grid*.json >/dev/null 2>&1; then
-  python3 - "$final/gemm_grid_sweep.json" "$out"/gemm_grid*.json <<'PY'
-import json, sys
-json.dump({p.rsplit("/", 1)[-1]: json.load(open(p)) for p in sys.argv[2:]}, open(sys.argv[1], "w"), indent=1)
-PY
-fi
 tar -C "$final" -czf "$final/logs.tar.gz" all && rm -rf "$out"

@@ -499,7 +499,8 @@ TEST(GemmInt4CudaLayout, StripedPartitionCoversEveryTileAndSlotsAreUnique) {
                         }
                     }
                     for (int64_t t = 0; t < total; ++t) ASSERT_GE(owner[size_t(t)], 0);
-                    std::map<int, int> slot_user;  // first block -> slice
+                    std::map<int, int> slot_user;     // first block -> slice
+                    std::map<int, int> partial_user;  // partial slot -> slice
                     const int slices = n_tiles * problems;
                     for (int s = 0; s < slices; ++s) {
                         // blocks contributing to slice s, from the ownership table
@@ -517,6 +518,15 @@ TEST(GemmInt4CudaLayout, StripedPartitionCoversEveryTileAndSlotsAreUnique) {
                         if (blocks.size() > 1) {
                             ASSERT_EQ(slot_user.count(*blocks.begin()), 0u) << "slot " << *blocks.begin() << " shared";
                             slot_user[*blocks.begin()] = s;
+                            // last arrival: each contributor's partial slot is in range and its own
+                            for (const int b : blocks) {
+                                const int ps = partial_slot(s, k_tiles, part.iters, b);
+                                ASSERT_GE(ps, 0);
+                                ASSERT_LT(ps, kSlotsPerBlock * part.blocks);
+                                ASSERT_EQ(ps / kSlotsPerBlock, b) << "a block writes only its own slots";
+                                ASSERT_EQ(partial_user.count(ps), 0u) << "partial slot " << ps << " shared";
+                                partial_user[ps] = s;
+                            }
                         }
                     }
                     ++checked;
@@ -558,7 +568,11 @@ TEST(GemmInt4CudaLayout, TileConfigurationsDivideAndFitSharedMemory) {
 // ------------------------------------------------------------------------------------------------
 class FastEmulator {
 public:
-    FastEmulator(const Int4CudaImage& im, bool bf16, int sms) : im_(im), bf16_(bf16), sms_(sms) {}
+    // reduce_last: the last-arrival cross-block reduction (partial_slot) instead of the serial lock chain.
+    // order_seed: with reduce_last, blocks run in a random order drawn from it (nothing waits in that
+    // protocol, so any order of whole blocks is a schedule the GPU may produce); 0 = highest block first.
+    FastEmulator(const Int4CudaImage& im, bool bf16, int sms, bool reduce_last = false, uint64_t order_seed = 0)
+        : im_(im), bf16_(bf16), sms_(sms), reduce_last_(reduce_last), order_seed_(order_seed) {}
 
     std::vector<float> run(const std::vector<float>& x, int64_t m, const std::vector<float>* bias, int64_t stage_rows) {
         std::vector<float> y(static_cast<size_t>(m * im_.n), std::numeric_limits<float>::quiet_NaN());
@@ -620,7 +634,8 @@ private:
         const int s_rows = grouped ? scale_rows_per_stage(kKB, 1 << group_shift) : 1;
         const int n = int(im_.n);
 
-        std::vector<float> red(size_t(part.blocks) * 64 * 256, 0.f);  // kSlotFloats per slot
+        std::vector<float> red(size_t(part.blocks) * kSlotsPerBlock * 64 * 256, 0.f);  // kSlotFloats per slot
+        std::vector<int> slot_slice(size_t(part.blocks) * kSlotsPerBlock, -1);  // last arrival: slice in each slot
         std::vector<int> locks(size_t(part.blocks), 0);
         std::vector<float> sA(size_t(kAVec) * 8);
         std::vector<uint32_t> sB(size_t(kBVec) * 4);
@@ -632,7 +647,13 @@ private:
             return acc[size_t((((warp * 32 + lane) * kMB + mb) * 8 + f) * 4 + i)];
         };
 
-        for (int b = part.blocks - 1; b >= 0; --b) {  // highest first: the order the locks allow on the GPU
+        std::vector<int> order(size_t(part.blocks));
+        for (int b = 0; b < part.blocks; ++b) order[size_t(b)] = part.blocks - 1 - b;  // highest first: the locks' order
+        if (reduce_last_ && order_seed_ != 0) {
+            std::mt19937_64 og(order_seed_ + uint64_t(launches_));
+            std::shuffle(order.begin(), order.end(), og);
+        }
+        for (const int b : order) {
             const int t_begin = b * part.iters, t_end = std::min(total, t_begin + part.iters);
             std::fill(acc.begin(), acc.end(), 0.f);
             for (int t = t_begin; t < t_end; ++t) {
@@ -765,7 +786,46 @@ private:
                 // ---- cross-block reduction (blocks run highest first here, the order the locks enforce on the GPU)
                 const SliceShare share = slice_share(t, k_tiles, part.iters, b);
                 bool write = true;
-                if (share.count > 1) {
+                if (share.count > 1 && reduce_last_) {
+                    // publish this stripe's partial (k group 0, rows below rows_valid), count the arrival
+                    const int mine = partial_slot(slice, k_tiles, part.iters, b);
+                    ASSERT_GE(mine, 0);
+                    ASSERT_LT(mine, part.blocks * kSlotsPerBlock);
+                    ASSERT_EQ(slot_slice[size_t(mine)], -1) << "partial slot " << mine << " written twice";
+                    slot_slice[size_t(mine)] = slice;
+                    auto cell_of = [&](int slot, int warp, int lane, int mb, int f) {
+                        const size_t c = size_t(((mb * 8 + f) * kStrips + warp) * 32 + lane) * 4;
+                        EXPECT_LT(c + 3, size_t(64 * 256));
+                        return red.data() + size_t(slot) * 64 * 256 + c;
+                    };
+                    for (int warp = 0; warp < kStrips; ++warp)
+                        for (int lane = 0; lane < 32; ++lane)
+                            for (int mb = 0; mb < kMB; ++mb) {
+                                if (c_row(mb, lane, 0) >= rows_valid) break;
+                                for (int f = 0; f < 8; ++f)
+                                    for (int i = 0; i < 4; ++i) cell_of(mine, warp, lane, mb, f)[i] = A(warp, lane, mb, f, i);
+                            }
+                    int& counter = locks[size_t(share.first_block)];
+                    const int before = counter++;
+                    ASSERT_LT(before, share.count) << "more arrivals than contributors";
+                    write = before == share.count - 1;
+                    if (write) {
+                        counter = 0;
+                        std::fill(acc.begin(), acc.end(), 0.f);
+                        for (int sb = share.first_block; sb < share.first_block + share.count; ++sb) {
+                            const int slot = partial_slot(slice, k_tiles, part.iters, sb);
+                            ASSERT_EQ(slot_slice[size_t(slot)], slice) << "slot " << slot << " read before written";
+                            slot_slice[size_t(slot)] = -1;  // consumed: free for a later launch
+                            for (int warp = 0; warp < kStrips; ++warp)
+                                for (int lane = 0; lane < 32; ++lane)
+                                    for (int mb = 0; mb < kMB; ++mb) {
+                                        if (c_row(mb, lane, 0) >= rows_valid) break;
+                                        for (int f = 0; f < 8; ++f)
+                                            for (int i = 0; i < 4; ++i) A(warp, lane, mb, f, i) += cell_of(slot, warp, lane, mb, f)[i];
+                                    }
+                        }
+                    }
+                } else if (share.count > 1) {
                     ASSERT_EQ(locks[size_t(share.first_block)], share.index) << "lock protocol";
                     const bool last = share.index == share.count - 1;
                     float* slot = red.data() + size_t(share.first_block) * 64 * 256;
@@ -823,11 +883,14 @@ private:
             }
         }
         for (int b = 0; b < part.blocks; ++b) ASSERT_EQ(locks[size_t(b)], 0) << "lock " << b << " not reset";
+        for (size_t i = 0; i < slot_slice.size(); ++i) ASSERT_EQ(slot_slice[i], -1) << "partial slot " << i << " never read";
     }
 
     const Int4CudaImage& im_;
     bool bf16_;
     int sms_;
+    bool reduce_last_;
+    uint64_t order_seed_;
     std::vector<int> writes_;
     int launches_ = 0;
 };
@@ -852,18 +915,31 @@ void run_emulation_case(const EmuCase& ec, std::mt19937_64& g) {
     const std::vector<float> x = random_x(g, ec.m * ec.k, ec.bf16);
     std::vector<float> bias;
     if (ec.bias) bias = random_x(g, ec.n, ec.bf16);
-    FastEmulator emu(im, ec.bf16, ec.sms);
-    const std::vector<float> y = emu.run(x, ec.m, ec.bias ? &bias : nullptr, ec.stage_rows);
-    if (testing::Test::HasFatalFailure()) return;
     const Reference ref = reference(c, x, ec.m, ec.bias ? &bias : nullptr);
-    int64_t bad = 0;
-    for (size_t i = 0; i < y.size(); ++i) {
-        const double bound = fast_bound(ref.y[i], ref.s[i], im.k_pad, ec.gs > 0, ec.bf16);
-        if (!(std::fabs(double(y[i]) - ref.y[i]) <= bound) && ++bad <= 5)
-            ADD_FAILURE() << "y[" << i / ec.n << "][" << i % ec.n << "] = " << y[i] << ", float64 " << ref.y[i]
-                          << ", bound " << bound;
+    // Both cross-block reductions: the serial lock chain, and last arrival with blocks in a random order
+    // and highest first, whose outputs must be bitwise equal (the sum order does not depend on arrival).
+    std::vector<float> last_y;
+    for (int mode = 0; mode < 3; ++mode) {
+        SCOPED_TRACE(mode == 0 ? "serial reduction" : mode == 1 ? "last arrival, random block order"
+                                                               : "last arrival, highest block first");
+        FastEmulator emu(im, ec.bf16, ec.sms, mode > 0, mode == 1 ? g() | 1 : 0);
+        const std::vector<float> y = emu.run(x, ec.m, ec.bias ? &bias : nullptr, ec.stage_rows);
+        if (testing::Test::HasFatalFailure()) return;
+        int64_t bad = 0;
+        for (size_t i = 0; i < y.size(); ++i) {
+            const double bound = fast_bound(ref.y[i], ref.s[i], im.k_pad, ec.gs > 0, ec.bf16);
+            if (!(std::fabs(double(y[i]) - ref.y[i]) <= bound) && ++bad <= 5)
+                ADD_FAILURE() << "y[" << i / ec.n << "][" << i % ec.n << "] = " << y[i] << ", float64 " << ref.y[i]
+                              << ", bound " << bound;
+        }
+        EXPECT_EQ(bad, 0);
+        if (mode == 1) last_y = y;
+        if (mode == 2) {
+            int64_t differ = 0;
+            for (size_t i = 0; i < y.size(); ++i) differ += llmn::f32_bits(y[i]) != llmn::f32_bits(last_y[i]);
+            EXPECT_EQ(differ, 0) << "last-arrival results depend on the block order";
+        }
     }
-    EXPECT_EQ(bad, 0);
 }
 
 TEST(GemmInt4CudaLayout, HostEmulationOfFastKernelMatchesFloat64) {
@@ -1180,6 +1256,10 @@ struct PathScope {
     explicit PathScope(KernelPath p) { set_kernel_path(p); }
     ~PathScope() { set_kernel_path(KernelPath::Auto); }
 };
+struct ReduceScope {
+    explicit ReduceScope(ReduceMode r) { set_reduce_mode(r); }
+    ~ReduceScope() { set_reduce_mode(ReduceMode::Auto); }
+};
 
 TEST(GemmInt4CudaGpu, FastKernelMatchesReferenceKernel) {
     LLMN_REQUIRE_CUDA();
@@ -1188,7 +1268,8 @@ TEST(GemmInt4CudaGpu, FastKernelMatchesReferenceKernel) {
     llmn_cuda_device_info di{};
     LLMN_ASSERT_OK(llmn_get_cuda_device_info(0, &di));
     if (di.compute_major < 8) GTEST_SKIP() << "the fast kernel needs sm_80+, device is sm_" << di.compute_major << di.compute_minor;
-    const Shape shapes[] = {{200, 72}, {77, 33}, {520, 264}, {4096, 512}};
+    // {4096, 512}: 32 stripes share each slice; {1000, 3000}: stripes straddle two slices
+    const Shape shapes[] = {{200, 72}, {77, 33}, {520, 264}, {4096, 512}, {1000, 3000}};
     for (const Shape& sh : shapes)
         for (int32_t gs : kGroupSizes)
             for (bool sym : {true, false}) {
@@ -1205,10 +1286,16 @@ TEST(GemmInt4CudaGpu, FastKernelMatchesReferenceKernel) {
                         const int32_t dt = bf16 ? LLMN_DTYPE_BF16 : LLMN_DTYPE_F16;
                         const std::vector<float> x = random_x(g, m * sh.k, bf16);
                         const std::vector<float> bias = random_x(g, sh.n, bf16);
-                        std::vector<float> yf, yr;
+                        std::vector<float> yf, yl, yr;
                         {
                             PathScope ps(KernelPath::Fast);
                             yf = run_gemm(gctx.h, wp.gpu.h, dt, x, &bias, m, sh.n);
+                            ReduceScope rs(ReduceMode::LastArrival);
+                            yl = run_gemm(gctx.h, wp.gpu.h, dt, x, &bias, m, sh.n);
+                            const std::vector<float> again = run_gemm(gctx.h, wp.gpu.h, dt, x, &bias, m, sh.n);
+                            int64_t differ = 0;
+                            for (size_t i = 0; i < yl.size(); ++i) differ += llmn::f32_bits(yl[i]) != llmn::f32_bits(again[i]);
+                            EXPECT_EQ(differ, 0) << "last-arrival reduction not bitwise repeatable";
                         }
                         {
                             PathScope ps(KernelPath::Reference);
@@ -1216,6 +1303,9 @@ TEST(GemmInt4CudaGpu, FastKernelMatchesReferenceKernel) {
                         }
                         const Reference ref = dense_reference(wp.w, x, m, sh.k, sh.n, &bias);
                         EXPECT_EQ(check_against(yf, ref, sh.n, "fast kernel", [&](size_t i) {
+                                      return fast_bound(ref.y[i], ref.s[i], kp, gs > 0, bf16);
+                                  }), 0);
+                        EXPECT_EQ(check_against(yl, ref, sh.n, "fast kernel, last-arrival reduction", [&](size_t i) {
                                       return fast_bound(ref.y[i], ref.s[i], kp, gs > 0, bf16);
                                   }), 0);
                         EXPECT_EQ(check_against(yr, ref, sh.n, "reference kernel", [&](size_t i) {
@@ -1233,38 +1323,41 @@ TEST(GemmInt4CudaGpu, CudaGraphCaptureReplaysTheGemm) {
     WeightPair wp;
     make_weight_pair(g, gctx.h, cctx.h, 520, 264, 128, false, GIdx::Gptq, wp);  // act-order: gather kernel too
     if (HasFatalFailure()) return;
-    const int64_t m = 70, k = 520, n = 264;
-    const std::vector<float> x = random_x(g, m * k, false);
-    const std::vector<float> bias = random_x(g, n, false);
-    const std::vector<float> direct = run_gemm(gctx.h, wp.gpu.h, LLMN_DTYPE_F16, x, &bias, m, n);
+    for (ReduceMode rm : {ReduceMode::Serial, ReduceMode::LastArrival}) {  // both reset their counters
+        SCOPED_TRACE(rm == ReduceMode::Serial ? "serial reduction" : "last-arrival reduction");
+        ReduceScope rs(rm);
+        const int64_t m = 70, k = 520, n = 264;
+        const std::vector<float> x = random_x(g, m * k, false);
+        const std::vector<float> bias = random_x(g, n, false);
+        const std::vector<float> direct = run_gemm(gctx.h, wp.gpu.h, LLMN_DTYPE_F16, x, &bias, m, n);
 
-    Buf bx(gctx.h, LLMN_DTYPE_F16, m * k), bb(gctx.h, LLMN_DTYPE_F16, n), by(gctx.h, LLMN_DTYPE_F16, m * n);
-    bx.put(x);
-    bb.put(bias);
-    by.poison(m * n);
-    LLMN_ASSERT_OK(llmn_context_synchronize(gctx.h));
-    auto stream = static_cast<cudaStream_t>(llmn::get_context(gctx.h)->stream());
-    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-    const llmn_status st = llmn_gemm_int4(gctx.h, bx.h, wp.gpu.h, bb.h, by.h, m);
-    cudaGraph_t graph = nullptr;
-    const cudaError_t end = cudaStreamEndCapture(stream, &graph);
-    ASSERT_EQ(st, LLMN_STATUS_OK) << last_error();
-    ASSERT_EQ(end, cudaSuccess) << cudaGetErrorString(end) << ": the gemm call is not capturable";
-    cudaGraphExec_t exec = nullptr;
-    ASSERT_EQ(cudaGraphInstantiateWithFlags(&exec, graph, 0), cudaSuccess);
-    for (int rep = 0; rep < 3; ++rep) {  // replays must also find the locks reset
+        Buf bx(gctx.h, LLMN_DTYPE_F16, m * k), bb(gctx.h, LLMN_DTYPE_F16, n), by(gctx.h, LLMN_DTYPE_F16, m * n);
+        bx.put(x);
+        bb.put(bias);
         by.poison(m * n);
         LLMN_ASSERT_OK(llmn_context_synchronize(gctx.h));
-        ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
-        ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-        const std::vector<float> y = by.get();
-        for (size_t i = 0; i < y.size(); ++i)
-            ASSERT_EQ(llmn::f32_bits(y[i]), llmn::f32_bits(direct[i])) << "replay " << rep << ", element " << i;
+        auto stream = static_cast<cudaStream_t>(llmn::get_context(gctx.h)->stream());
+        ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+        const llmn_status st = llmn_gemm_int4(gctx.h, bx.h, wp.gpu.h, bb.h, by.h, m);
+        cudaGraph_t graph = nullptr;
+        const cudaError_t end = cudaStreamEndCapture(stream, &graph);
+        ASSERT_EQ(st, LLMN_STATUS_OK) << last_error();
+        ASSERT_EQ(end, cudaSuccess) << cudaGetErrorString(end) << ": the gemm call is not capturable";
+        cudaGraphExec_t exec = nullptr;
+        ASSERT_EQ(cudaGraphInstantiateWithFlags(&exec, graph, 0), cudaSuccess);
+        for (int rep = 0; rep < 3; ++rep) {  // replays must also find the locks reset
+            by.poison(m * n);
+            LLMN_ASSERT_OK(llmn_context_synchronize(gctx.h));
+            ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+            ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+            const std::vector<float> y = by.get();
+            for (size_t i = 0; i < y.size(); ++i)
+                ASSERT_EQ(llmn::f32_bits(y[i]), llmn::f32_bits(direct[i])) << "replay " << rep << ", element " << i;
+        }
+        cudaGraphExecDestroy(exec);
+        cudaGraphDestroy(graph);
     }
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
 }
-#endif
 
 TEST(GemmInt4CudaGpu, LargeMSpansSeveralLaunches) {
     LLMN_REQUIRE_CUDA();
@@ -1276,13 +1369,18 @@ TEST(GemmInt4CudaGpu, LargeMSpansSeveralLaunches) {
         if (HasFatalFailure()) return;
         const int64_t m = 64 * kMaxProblems + 37;
         const std::vector<float> x = random_x(g, m * sh.k, false);
-        const std::vector<float> y = run_gemm(gctx.h, wp.gpu.h, LLMN_DTYPE_F16, x, nullptr, m, sh.n);
         const Reference ref = dense_reference(wp.w, x, m, sh.k, sh.n, nullptr);
-        EXPECT_EQ(check_against(y, ref, sh.n, "CUDA", [&](size_t i) {
-                      return fast_bound(ref.y[i], ref.s[i], 2 * sh.k + 256, true, false);
-                  }), 0);
+        for (ReduceMode rm : {ReduceMode::Auto, ReduceMode::LastArrival}) {
+            SCOPED_TRACE(rm == ReduceMode::Auto ? "default reduction" : "last-arrival reduction");
+            ReduceScope rs(rm);
+            const std::vector<float> y = run_gemm(gctx.h, wp.gpu.h, LLMN_DTYPE_F16, x, nullptr, m, sh.n);
+            EXPECT_EQ(check_against(y, ref, sh.n, "CUDA", [&](size_t i) {
+                          return fast_bound(ref.y[i], ref.s[i], 2 * sh.k + 256, true, false);
+                      }), 0);
+        }
     }
 }
+#endif
 
 TEST(GemmInt4CudaGpu, SeveralContextsAndWeightsInterleaved) {
     LLMN_REQUIRE_CUDA();

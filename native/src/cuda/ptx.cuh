@@ -121,6 +121,13 @@ __device__ __forceinline__ void lock_release(int* lock, int value) {
     asm volatile("st.global.release.gpu.b32 [%0], %1;\n" ::"l"(lock), "r"(value) : "memory");
 }
 
+// *p += v at gpu scope with acquire-release semantics; returns the old value (sm_70+).
+__device__ __forceinline__ int atomic_add_acq_rel(int* p, int v) {
+    int old;
+    asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], %2;\n" : "=r"(old) : "l"(p), "r"(v) : "memory");
+    return old;
+}
+
 template <bool kBf16>
 __device__ __forceinline__ float to_f32(uint16_t bits) {
     if constexpr (kBf16) return __bfloat162float(__ushort_as_bfloat16(bits));

@@ -60,6 +60,12 @@
 //    (Exception: the first call that runs a weight on a context other than the one it was packed on
 //    creates that context's workspace; do it once before capturing.) Waiting on a lock assumes that
 //    blocks with lower indices are resident or will be scheduled first, as in Marlin.
+//    That chain is what limits small m (Nsight Compute on the H200, docs/perf/gpu-2026-12-04: a chain of
+//    `count` L2 round trips at the end of every stripe, ~10 of 17 us at 4096^2, m = 1). The alternative,
+//    opt-in until it has run on a GPU (LLMNATIVE_INT4_CUDA_REDUCE=last): every stripe writes its partial
+//    to its own slot (2 per block, partial_slot), counts its arrival with one acq_rel atomic, and the
+//    last to arrive sums the slots in stripe order (deterministic) and writes Y. One round trip, no
+//    waiting, no residency assumption. The workspace holds 2 slots per SM for it.
 //
 // 7. Shapes. Any m: a launch handles up to kMaxProblems problems of 64 rows and one remainder problem
 //    of 16/32/48/64 rows (rows past m are zero-filled by predicated cp.async and never stored). Any K and
@@ -222,8 +228,9 @@ struct FastParams {
     int32_t problems;      // row problems of m_blocks*16 rows in this launch
     int32_t group_shift;   // log2(group_size / 16) when grouped
     int32_t iters;         // tiles per block (make_partition)
-    float* red;            // [gridDim.x][kSlotFloats]
-    int* locks;            // [gridDim.x], zero between launches
+    float* red;            // [kSlotsPerBlock * gridDim.x][kSlotFloats]
+    int* locks;            // [gridDim.x], zero between launches (locks or arrival counters)
+    int32_t reduce_last;   // 1: last-arrival reduction (partial_slot), 0: serial lock chain
 };
 
 template <bool kBf16, int kMB, int kKB, int kNB, bool kGrouped, bool kZp>
@@ -248,6 +255,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_fast_kernel(FastParams 
     static_assert(kStageVec * 16 >= kReduceBytes, "a stage must hold one block-reduction chunk");
 
     extern __shared__ uint4 smem[];
+    __shared__ int arrived;  // last-arrival reduction: the counter value thread 0 saw
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int strip = warp % kStrips, kgroup = warp / kStrips;
 
@@ -406,10 +414,63 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_fast_kernel(FastParams 
                 }
             }
         }
-        // (2) blocks sharing the slice: serial, in block order, through the first block's fp32 slot.
+        // (2) blocks sharing the slice.
         const SliceShare share = slice_share(t, k_tiles, p.iters, stripe);
         bool write = true;
-        if (share.count > 1) {
+        if (share.count > 1 && p.reduce_last) {
+            // Last arrival: publish this stripe's partial, count arrivals; the last one sums all partials in
+            // stripe order (cells of rows past m are neither written nor read: at m = 1, 1/16 of the tile).
+            if (kgroup == 0) {
+                float4* mine = reinterpret_cast<float4*>(p.red + int64_t(partial_slot(slice, k_tiles, p.iters, stripe)) * kSlotFloats);
+#pragma unroll
+                for (int mb = 0; mb < kMB; ++mb) {
+                    if (c_row(mb, lane, 0) >= rows_valid) break;
+#pragma unroll
+                    for (int f = 0; f < 8; ++f)
+                        __stcg(mine + ((mb * 8 + f) * kStrips + strip) * 32 + lane,
+                               make_float4(acc[mb][f][0], acc[mb][f][1], acc[mb][f][2], acc[mb][f][3]));
+                }
+                __threadfence();  // the partial is visible at gpu scope before the arrival is counted
+            }
+            __syncthreads();
+            int* counter = p.locks + share.first_block;
+            if (tid == 0) {
+                const int before = atomic_add_acq_rel(counter, 1);
+                if (before == share.count - 1) *counter = 0;  // everyone has arrived: reset for the next launch
+                arrived = before;
+            }
+            __syncthreads();
+            write = arrived == share.count - 1;
+            if (write && kgroup == 0) {
+                __threadfence();
+#pragma unroll
+                for (int mb = 0; mb < kMB; ++mb) {
+                    if (c_row(mb, lane, 0) >= rows_valid) break;
+#pragma unroll
+                    for (int f = 0; f < 8; ++f)
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) acc[mb][f][i] = 0.f;
+                }
+#pragma unroll 1
+                for (int b = share.first_block; b < share.first_block + share.count; ++b) {
+                    const float4* part = reinterpret_cast<const float4*>(
+                        p.red + int64_t(partial_slot(slice, k_tiles, p.iters, b)) * kSlotFloats);
+#pragma unroll
+                    for (int mb = 0; mb < kMB; ++mb) {
+                        if (c_row(mb, lane, 0) >= rows_valid) break;
+                        float4 v[8];
+#pragma unroll
+                        for (int f = 0; f < 8; ++f) v[f] = __ldcg(part + ((mb * 8 + f) * kStrips + strip) * 32 + lane);
+#pragma unroll
+                        for (int f = 0; f < 8; ++f) {
+                            acc[mb][f][0] += v[f].x; acc[mb][f][1] += v[f].y;
+                            acc[mb][f][2] += v[f].z; acc[mb][f][3] += v[f].w;
+                        }
+                    }
+                }
+            }
+        } else if (share.count > 1) {
+            // Serial, in reverse stripe order, through the first block's fp32 slot (slice_share).
             float4* slot = reinterpret_cast<float4*>(p.red + int64_t(share.first_block) * kSlotFloats);
             int* lock = p.locks + share.first_block;
             if (tid == 0) lock_wait(lock, share.index);
@@ -650,7 +711,7 @@ std::shared_ptr<Workspace> context_workspace(const Context& ctx, bool need_stage
                                                     smem_bytes(c, grouped, zp)),
                                "cudaFuncSetAttribute(gemm_int4_fast_kernel)");
                 }
-            const size_t red_bytes = size_t(ws->sm_count) * kSlotFloats * sizeof(float);
+            const size_t red_bytes = size_t(ws->sm_count) * kSlotsPerBlock * kSlotFloats * sizeof(float);
             ws->red = static_cast<float*>(cuda::alloc_device(ctx.device(), red_bytes));
             ws->locks = static_cast<int*>(cuda::alloc_device(ctx.device(), size_t(ws->sm_count) * sizeof(int)));
             auto stream = static_cast<cudaStream_t>(ctx.stream());
@@ -718,6 +779,19 @@ KernelPath env_path() {
     return path;
 }
 std::atomic<int> g_forced_path{static_cast<int>(KernelPath::Auto)};
+std::atomic<int> g_forced_reduce{static_cast<int>(ReduceMode::Auto)};
+
+bool reduce_last() {
+    static const ReduceMode env = [] {
+        const char* e = std::getenv("LLMNATIVE_INT4_CUDA_REDUCE");
+        if (e && std::strcmp(e, "last") == 0) return ReduceMode::LastArrival;
+        if (e && std::strcmp(e, "serial") == 0) return ReduceMode::Serial;
+        return ReduceMode::Auto;
+    }();
+    ReduceMode mode = static_cast<ReduceMode>(g_forced_reduce.load());
+    if (mode == ReduceMode::Auto) mode = env;
+    return mode == ReduceMode::LastArrival;  // Auto = Serial until LastArrival has passed on a GPU
+}
 
 template <class T>
 T* upload(const Context& ctx, const std::vector<T>& v) {
@@ -786,6 +860,7 @@ void launch_fast(const CudaInt4Packed& pk, const Workspace& ws, cudaStream_t str
     const Partition part = make_partition(tiles, grid_cap(ws.sm_count));
     fp.problems = problems;
     fp.iters = part.iters;
+    fp.reduce_last = reduce_last() ? 1 : 0;
     kernel<<<part.blocks, kThreads, smem_bytes(cfg, grouped, zp), stream>>>(fp);
     check_launch("gemm_int4_fast_kernel");
 }
@@ -794,6 +869,7 @@ void launch_fast(const CudaInt4Packed& pk, const Workspace& ws, cudaStream_t str
 
 namespace int4cuda {
 void set_kernel_path(KernelPath path) { g_forced_path.store(static_cast<int>(path)); }
+void set_reduce_mode(ReduceMode mode) { g_forced_reduce.store(static_cast<int>(mode)); }
 }  // namespace int4cuda
 
 std::unique_ptr<Int4Packed> int4_pack_cuda(const Context& ctx, const Int4Canonical& c) {

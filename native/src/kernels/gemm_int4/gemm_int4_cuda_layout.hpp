@@ -151,6 +151,18 @@ constexpr SliceShare slice_share(int t, int k_tiles, int iters, int block) {
     const int last = (s * k_tiles + k_tiles - 1) / iters;
     return {first, last - first + 1, last - block};
 }
+// The second cross-block reduction ("last arrival", ReduceMode::LastArrival): every stripe of a shared
+// slice writes its partial tile to a slot of its own, then bumps the slice's counter (the lock word of
+// slice_share's first_block); the stripe that brings the counter to `count` sums the partials of stripes
+// first_block..first_block+count-1 in that order (so the result does not depend on who arrives last),
+// writes Y and resets the counter. Nobody waits: one L2 round trip per shared slice instead of a chain of
+// `count` of them, and no assumption about which blocks are resident. A stripe shares at most two slices
+// (the one it starts in and the one it ends in), so its partials go to slot 2*stripe (the slice holding
+// its first tile) or 2*stripe + 1 (any other, i.e. the slice holding its last tile): 2 slots per block.
+constexpr int kSlotsPerBlock = 2;
+constexpr int partial_slot(int slice, int k_tiles, int iters, int stripe) {
+    return 2 * stripe + (slice == stripe * iters / k_tiles ? 0 : 1);
+}
 
 // Kernel tile configurations (units of 16 rows/columns). Every one uses 256 threads = 8 warps; a warp
 // owns one 64-column strip, so the warps form 8/strips "k groups" that split each k tile between them.
@@ -247,5 +259,10 @@ Int4Canonical unpack_image(const Int4CudaImage& im);
 enum class KernelPath { Auto = 0, Reference = 1, Fast = 2 };
 // Process-wide override for tests and debugging (also LLMNATIVE_INT4_CUDA_PATH=reference|fast).
 void set_kernel_path(KernelPath path);
+// Cross-block reduction of the fast kernel (see partial_slot). Auto = Serial, the protocol that has run
+// on a GPU; LastArrival is opt-in (LLMNATIVE_INT4_CUDA_REDUCE=last|serial, or this override) until its
+// GPU tests have passed.
+enum class ReduceMode { Auto = 0, Serial = 1, LastArrival = 2 };
+void set_reduce_mode(ReduceMode mode);
 
 }  // namespace llmn::int4cuda
