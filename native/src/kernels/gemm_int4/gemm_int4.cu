@@ -419,7 +419,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_fast_kernel(FastParams 
         bool write = true;
         if (share.count > 1 && p.reduce_last) {
             // Last arrival: publish this stripe's partial, count arrivals; the last one sums all partials in
-            // stripe order (cells of rows past m are neither written nor read: at m = 1, 1/16 of the tile).
+            // stripe order (cells of rows past m are neither written nor read: at m = 1, 1/8 of the tile is).
             if (kgroup == 0) {
                 float4* mine = reinterpret_cast<float4*>(p.red + int64_t(partial_slot(slice, k_tiles, p.iters, stripe)) * kSlotFloats);
 #pragma unroll
@@ -451,20 +451,46 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_fast_kernel(FastParams 
 #pragma unroll
                         for (int i = 0; i < 4; ++i) acc[mb][f][i] = 0.f;
                 }
+                const int b_end = share.first_block + share.count;
+                auto part_of = [&](int b) {
+                    return reinterpret_cast<const float4*>(p.red + int64_t(partial_slot(slice, k_tiles, p.iters, b)) * kSlotFloats);
+                };
+                if constexpr (kMB == 1) {
+                    // Small m: the next partial's loads are issued before the current one is added, so two L2
+                    // round trips overlap (32 more registers; the m <= 16 kernels have ~110 of 255).
+                    if (c_row(0, lane, 0) < rows_valid) {
+                        float4 cur[8], nxt[8] = {};
+#pragma unroll
+                        for (int f = 0; f < 8; ++f) cur[f] = __ldcg(part_of(share.first_block) + (f * kStrips + strip) * 32 + lane);
 #pragma unroll 1
-                for (int b = share.first_block; b < share.first_block + share.count; ++b) {
-                    const float4* part = reinterpret_cast<const float4*>(
-                        p.red + int64_t(partial_slot(slice, k_tiles, p.iters, b)) * kSlotFloats);
+                        for (int b = share.first_block; b < b_end; ++b) {
+                            if (b + 1 < b_end) {
 #pragma unroll
-                    for (int mb = 0; mb < kMB; ++mb) {
-                        if (c_row(mb, lane, 0) >= rows_valid) break;
-                        float4 v[8];
+                                for (int f = 0; f < 8; ++f) nxt[f] = __ldcg(part_of(b + 1) + (f * kStrips + strip) * 32 + lane);
+                            }
 #pragma unroll
-                        for (int f = 0; f < 8; ++f) v[f] = __ldcg(part + ((mb * 8 + f) * kStrips + strip) * 32 + lane);
+                            for (int f = 0; f < 8; ++f) {
+                                acc[0][f][0] += cur[f].x; acc[0][f][1] += cur[f].y;
+                                acc[0][f][2] += cur[f].z; acc[0][f][3] += cur[f].w;
+                                cur[f] = nxt[f];
+                            }
+                        }
+                    }
+                } else {
+#pragma unroll 1
+                    for (int b = share.first_block; b < b_end; ++b) {
+                        const float4* part = part_of(b);
 #pragma unroll
-                        for (int f = 0; f < 8; ++f) {
-                            acc[mb][f][0] += v[f].x; acc[mb][f][1] += v[f].y;
-                            acc[mb][f][2] += v[f].z; acc[mb][f][3] += v[f].w;
+                        for (int mb = 0; mb < kMB; ++mb) {
+                            if (c_row(mb, lane, 0) >= rows_valid) break;
+                            float4 v[8];
+#pragma unroll
+                            for (int f = 0; f < 8; ++f) v[f] = __ldcg(part + ((mb * 8 + f) * kStrips + strip) * 32 + lane);
+#pragma unroll
+                            for (int f = 0; f < 8; ++f) {
+                                acc[mb][f][0] += v[f].x; acc[mb][f][1] += v[f].y;
+                                acc[mb][f][2] += v[f].z; acc[mb][f][3] += v[f].w;
+                            }
                         }
                     }
                 }
