@@ -12,7 +12,8 @@
 #   ./build.ps1 clean          remove build/ and artifacts/
 #
 # Environment: LLMNATIVE_CUDA=AUTO|ON|OFF (default AUTO), LLMNATIVE_BUILD_DIR (default build/native),
-# CONFIG (default Release). The AddressSanitizer pass (`sanitize`) exists in build.sh only.
+# CONFIG (default Release). The AddressSanitizer pass (`sanitize`) and the linux-arm64 cross build
+# (`cross-arm64`) exist in build.sh only.
 # NOTE: written alongside build.sh but not yet run on Windows (no Windows machine in CI).
 param(
     [Parameter(Position = 0)][string]$Verb = "build",

@@ -13,6 +13,8 @@
 #                             staged there), LlmNative.Cli (dotnet tool); see docs/packaging.md
 #   ./build.sh bindings       regenerate bindings/generated/NativeMethods.g.cs from the C header
 #   ./build.sh sanitize       native build + ctest with AddressSanitizer and UBSan (CUDA off)
+#   ./build.sh cross-arm64    linux-arm64 library cross-compiled (g++-aarch64-linux-gnu), native tests under
+#                             qemu-aarch64-static, staged in artifacts/native/linux-arm64/ for the next pack
 #   ./build.sh clean          remove build/ and artifacts/
 #
 # Environment: LLMNATIVE_CUDA=AUTO|ON|OFF (default AUTO), LLMNATIVE_BUILD_DIR (default build/native),
@@ -204,6 +206,26 @@ case "$verb" in
     ;;
   pack)
     pack_all
+    ;;
+  cross-arm64)
+    # linux-arm64 from this x86-64 host: cross-compiled (CPU backend: scalar kernels), the native tests run
+    # under qemu-user, and the library is staged as artifacts/native/linux-arm64/ for the next `pack`.
+    check_native_prereqs
+    need aarch64-linux-gnu-g++ "Install the cross compiler (Debian/Ubuntu: apt-get install g++-aarch64-linux-gnu)."
+    need qemu-aarch64-static "Install qemu-user (Debian/Ubuntu: apt-get install qemu-user-static)."
+    [ -d /usr/src/googletest ] || die "GoogleTest sources not found in /usr/src/googletest (apt-get install googletest)"
+    arm_dir="$root/build/linux-arm64"
+    say "cross-arm64: configure ($arm_dir, $config)"
+    # shellcheck disable=SC2046
+    cmake -S "$root" -B "$arm_dir" $(generator_args) -DCMAKE_BUILD_TYPE="$config" \
+      -DCMAKE_TOOLCHAIN_FILE="$root/cmake/toolchains/aarch64-linux-gnu.cmake" -DLLMNATIVE_CUDA=OFF \
+      -DLLMNATIVE_BUILD_BENCHMARKS=OFF -DLLMNATIVE_GTEST_SOURCE_DIR=/usr/src/googletest >/dev/null
+    cmake --build "$arm_dir" --parallel "$jobs"
+    say "cross-arm64: native tests under qemu-aarch64"
+    (cd "$arm_dir" && ctest --output-on-failure --timeout 1800 -j "$jobs")
+    mkdir -p "$root/artifacts/native/linux-arm64"
+    cp -f "$arm_dir/lib/libllmnative.so" "$root/artifacts/native/linux-arm64/"
+    say "cross-arm64: staged artifacts/native/linux-arm64/libllmnative.so (packed by the next ./build.sh pack)"
     ;;
   bindings)
     check_dotnet
