@@ -7,12 +7,22 @@
 // over enough independent copies of its batch that >= 256 MiB of KV is touched between two visits
 // of the same copy, so no run is served from the (16-32 MiB) L3 cache.
 // BM_DecodeAttentionQuant: the same with INT8 / FP8-E4M3 K and V (batch 1 x 4k / 32k).
+// BM_AttentionCoreRoofline (x86 with AVX2): the compute ceiling of the AVX2 f16 kernel on this CPU, for
+// comparison with BM_DecodeAttention's KV_GBps: every pool thread runs the kernel's inner-loop mix (two
+// F16C conversions of 8 halves and 8 FMAs = 4 query rows x 2 keys x 8 channels of q.k, the same mix as
+// p.v's 4 rows x 16 channels) on data in L1, so memory plays no part; each mix iteration covers 32
+// bytes of f16 K or V at GQA group 4, hence KV_GBps = iterations/s x 32 B. The attention kernel also does
+// softmax, reductions and pointer work, so it stays below this ceiling.
 // Run: build/<dir>/native/bench/llmnative_bench --benchmark_filter='StreamRead|DecodeAttention'
 #include <benchmark/benchmark.h>
 #include <llmnative/llmnative.h>
 
 #include "bench_util.hpp"
 #include "cpu/cpu_runtime.hpp"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -172,6 +182,59 @@ void run_decode_attention(benchmark::State& state, int32_t batch, int64_t contex
     state.counters["rotated_copies"] = double(s.sets.size());
 }
 
+#if defined(__x86_64__)
+// One thread's share: `iters` mix iterations over a 4 KiB L1-resident f16 buffer; returns a checksum.
+__attribute__((target("avx2,fma,f16c"))) float core_mix(const uint16_t* buf, int64_t iters) {
+    __m256 a[8];
+    for (auto& x : a) x = _mm256_setzero_ps();
+    __m256 q[4];
+    for (int r = 0; r < 4; ++r) q[r] = _mm256_set1_ps(0.01f * float(r + 1));
+    for (int64_t i = 0; i < iters; ++i) {
+        const uint16_t* p = buf + ((i * 16) & 2047);
+        const __m256 k0 = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p)));
+        const __m256 k1 = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p + 8)));
+        for (int r = 0; r < 4; ++r) {
+            a[2 * r] = _mm256_fmadd_ps(q[r], k0, a[2 * r]);
+            a[2 * r + 1] = _mm256_fmadd_ps(q[r], k1, a[2 * r + 1]);
+        }
+    }
+    __m256 t = a[0];
+    for (int j = 1; j < 8; ++j) t = _mm256_add_ps(t, a[j]);
+    alignas(32) float o[8];
+    _mm256_store_ps(o, t);
+    return o[0] + o[7];
+}
+
+void BM_AttentionCoreRoofline(benchmark::State& state) {
+    if (llmn::cpu::detected_isa() < LLMN_CPU_ISA_AVX2) {
+        state.SkipWithError("needs AVX2 + FMA + F16C");
+        return;
+    }
+    const int threads = llmn::cpu::thread_count();
+    std::vector<std::vector<uint16_t>> bufs(size_t(threads), std::vector<uint16_t>(2048 + 64));
+    std::mt19937 g(7);
+    for (auto& b : bufs)
+        for (auto& h : b) h = uint16_t(0x3800 + (g() & 0x3ff));  // halves in [0.5, 1)
+    const int64_t iters = 20000000;
+    std::vector<float> sink(static_cast<size_t>(threads), 0.0f);
+    std::vector<double> gbps;
+    for (auto _ : state) {
+        const auto t0 = std::chrono::steady_clock::now();
+        llmn::cpu::parallel_for(threads, [&](int64_t t) {
+            const uint16_t* b = bufs[size_t(t)].data();
+            const uint16_t* aligned = b + ((32 - (reinterpret_cast<uintptr_t>(b) & 31)) & 31) / 2;
+            sink[size_t(t)] += core_mix(aligned, iters);
+        });
+        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        state.SetIterationTime(secs);
+        gbps.push_back(double(iters) * threads * 32.0 / secs / 1e9);
+    }
+    benchmark::DoNotOptimize(sink.data());
+    state.counters["KV_GBps"] = median(gbps);
+    state.counters["threads"] = threads;
+}
+#endif
+
 void BM_DecodeAttention(benchmark::State& state) {
     run_decode_attention(state, int32_t(state.range(0)), state.range(1), int32_t(state.range(2)), LLMN_KV_F16);
 }
@@ -186,6 +249,9 @@ void BM_DecodeAttentionQuant(benchmark::State& state) {
 }  // namespace
 
 BENCHMARK(BM_StreamRead)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(8);
+#if defined(__x86_64__)
+BENCHMARK(BM_AttentionCoreRoofline)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5);
+#endif
 
 // batch x context; 32 x 32k (4 GiB of KV per layer, 8 GiB with the rotation) is left out on purpose.
 BENCHMARK(BM_DecodeAttention)
