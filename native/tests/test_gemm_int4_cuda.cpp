@@ -793,18 +793,21 @@ private:
                     ASSERT_LT(mine, part.blocks * kSlotsPerBlock);
                     ASSERT_EQ(slot_slice[size_t(mine)], -1) << "partial slot " << mine << " written twice";
                     slot_slice[size_t(mine)] = slice;
-                    auto cell_of = [&](int slot, int warp, int lane, int mb, int f) {
-                        const size_t c = size_t(((mb * 8 + f) * kStrips + warp) * 32 + lane) * 4;
-                        EXPECT_LT(c + 3, size_t(64 * 256));
-                        return red.data() + size_t(slot) * 64 * 256 + c;
+                    // fn(accumulator, slot cell) for each value k group 0 publishes: rows below rows_valid
+                    auto for_each_cell = [&](int slot, auto&& fn) {
+                        for (int warp = 0; warp < kStrips; ++warp)
+                            for (int lane = 0; lane < 32; ++lane)
+                                for (int mb = 0; mb < kMB; ++mb) {
+                                    if (c_row(mb, lane, 0) >= rows_valid) break;
+                                    for (int f = 0; f < 8; ++f) {
+                                        const size_t c = size_t(((mb * 8 + f) * kStrips + warp) * 32 + lane) * 4;
+                                        EXPECT_LT(c + 3, size_t(64 * 256));
+                                        float* cell = red.data() + size_t(slot) * 64 * 256 + c;
+                                        for (int i = 0; i < 4; ++i) fn(A(warp, lane, mb, f, i), cell[i]);
+                                    }
+                                }
                     };
-                    for (int warp = 0; warp < kStrips; ++warp)
-                        for (int lane = 0; lane < 32; ++lane)
-                            for (int mb = 0; mb < kMB; ++mb) {
-                                if (c_row(mb, lane, 0) >= rows_valid) break;
-                                for (int f = 0; f < 8; ++f)
-                                    for (int i = 0; i < 4; ++i) cell_of(mine, warp, lane, mb, f)[i] = A(warp, lane, mb, f, i);
-                            }
+                    for_each_cell(mine, [](float a, float& cell) { cell = a; });
                     int& counter = locks[size_t(share.first_block)];
                     const int before = counter++;
                     ASSERT_LT(before, share.count) << "more arrivals than contributors";
@@ -816,13 +819,7 @@ private:
                             const int slot = partial_slot(slice, k_tiles, part.iters, sb);
                             ASSERT_EQ(slot_slice[size_t(slot)], slice) << "slot " << slot << " read before written";
                             slot_slice[size_t(slot)] = -1;  // consumed: free for a later launch
-                            for (int warp = 0; warp < kStrips; ++warp)
-                                for (int lane = 0; lane < 32; ++lane)
-                                    for (int mb = 0; mb < kMB; ++mb) {
-                                        if (c_row(mb, lane, 0) >= rows_valid) break;
-                                        for (int f = 0; f < 8; ++f)
-                                            for (int i = 0; i < 4; ++i) A(warp, lane, mb, f, i) += cell_of(slot, warp, lane, mb, f)[i];
-                                    }
+                            for_each_cell(slot, [](float& a, float cell) { a += cell; });
                         }
                     }
                 } else if (share.count > 1) {
