@@ -131,7 +131,10 @@ struct ActInt8 {
     std::vector<int8_t> q;    // [rows][kp]
     std::vector<float> s;     // [rows][nb]
     std::vector<int32_t> sum; // [rows][nb]: sum of the block's codes (times 8 for symmetric weights)
-    std::vector<Bcast> qv;    // [rows][nb][8], only when rows >= 3: codes 4j..4j+3 of each block broadcast
+    // Only when rows >= 3: codes 4j..4j+3 of each block broadcast, rows in groups of kMaxMR (the last
+    // group may hold fewer, mr): group starting at row r0 = [nb][8][mr], at qv[r0 * nb * 8], so the
+    // kernel reads one contiguous 1 KiB per block and group through a single pointer.
+    std::vector<Bcast> qv;
 };
 
 inline int32_t load_i32(const int8_t* p) {
@@ -161,7 +164,7 @@ template <int MR, bool SYM>
 __attribute__((noinline)) void kernel_int8(const Packed& P, int64_t p, int64_t b0, int64_t b1, const Bcast* xv,
                                            const float* xs, const int32_t* xsum, float* acc) {
     const int tp = P.tiles_in_panel(p);
-    const int64_t nb = P.nblocks, rs = nb * 8;  // rs: row stride of xv in vectors
+    const int64_t nb = P.nblocks;
     const uint8_t* wpanel = P.panel_data(p);
     const uint16_t* spanel = P.panel_scales(p);
     const uint8_t* zpanel = P.panel_zeros(p);
@@ -170,7 +173,7 @@ __attribute__((noinline)) void kernel_int8(const Packed& P, int64_t p, int64_t b
     for (int64_t b = b0; b < b1; ++b) {
         const int64_t g = bgroup[b];
         const uint8_t* wb = wpanel + b * tp * kTileBlockBytes;
-        const __m256i* xb = reinterpret_cast<const __m256i*>(xv + b * 8);
+        const __m256i* xb = reinterpret_cast<const __m256i*>(xv + b * 8 * MR);
         for (int i = 0; i < tp * kTileBlockBytes; i += 64)
             _mm_prefetch(reinterpret_cast<const char*>(wb + kPrefetchBytes + i), _MM_HINT_T0);
         for (int t = 0; t < tp; ++t) {
@@ -181,8 +184,8 @@ __attribute__((noinline)) void kernel_int8(const Packed& P, int64_t p, int64_t b
                 const __m256i lo = _mm256_and_si256(v, m4);
                 const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
                 for (int r = 0; r < MR; ++r) {
-                    a[r] = _mm256_add_epi16(a[r], _mm256_maddubs_epi16(lo, _mm256_load_si256(xb + r * rs + 2 * L)));
-                    a[r] = _mm256_add_epi16(a[r], _mm256_maddubs_epi16(hi, _mm256_load_si256(xb + r * rs + 2 * L + 1)));
+                    a[r] = _mm256_add_epi16(a[r], _mm256_maddubs_epi16(lo, _mm256_load_si256(xb + (2 * L) * MR + r)));
+                    a[r] = _mm256_add_epi16(a[r], _mm256_maddubs_epi16(hi, _mm256_load_si256(xb + (2 * L + 1) * MR + r)));
                 }
                 pin(a);
             }
@@ -411,9 +414,10 @@ void gemm_avx2(const Call& c, Compute mode) {
                     for (int64_t b = 0; b < nb; ++b) sum[b] *= 8;  // the zero point folded in once
                 if (!A.qv.empty()) {
                     const int8_t* q = A.q.data() + r * kp;
-                    Bcast* v = A.qv.data() + r * nb * 8;
+                    const int64_t r0 = r / kMaxMR * kMaxMR, mr = std::min<int64_t>(kMaxMR, rows - r0);
+                    Bcast* v = A.qv.data() + r0 * nb * 8 + (r - r0);
                     for (int64_t j = 0; j < nb * 8; ++j)
-                        _mm256_store_si256(reinterpret_cast<__m256i*>(v + j), _mm256_set1_epi32(load_i32(q + 4 * j)));
+                        _mm256_store_si256(reinterpret_cast<__m256i*>(v + j * mr), _mm256_set1_epi32(load_i32(q + 4 * j)));
                 }
             }
         };
