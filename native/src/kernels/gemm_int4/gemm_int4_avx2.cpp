@@ -131,11 +131,18 @@ struct ActInt8 {
     std::vector<int8_t> q;    // [rows][kp]
     std::vector<float> s;     // [rows][nb]
     std::vector<int32_t> sum; // [rows][nb]: sum of the block's codes (times 8 for symmetric weights)
-    // Only when rows >= 3: codes 4j..4j+3 of each block broadcast, rows in groups of kMaxMR (the last
-    // group may hold fewer, mr): group starting at row r0 = [nb][8][mr], at qv[r0 * nb * 8], so the
-    // kernel reads one contiguous 1 KiB per block and group through a single pointer.
+    // For the MR >= 3 kernel (rows >= 3), the codes again as 32-bit groups (codes 4j..4j+3 of a block),
+    // rows in groups of kMaxMR (the last group may hold fewer, mr): the group starting at row r0 is
+    // [nb][8][mr] at index r0 * nb * 8, so the kernel walks one contiguous run per block through a single
+    // pointer. qi holds the groups as int32 (broadcast in the loop); qv, used up to kMaxPreRows rows,
+    // holds them already broadcast over a ymm register (a folded load in the loop, 8x the bytes).
+    std::vector<int32_t> qi;
     std::vector<Bcast> qv;
 };
+
+// Up to this many rows the pre-broadcast activations pay (+5 % at M = 4-64 on the AVX2 VM); at M = 256
+// their 8x footprint (8 MiB at K = 4096) no longer stays in L2 and they cost 8 % against qi.
+constexpr int64_t kMaxPreRows = 64;
 
 inline int32_t load_i32(const int8_t* p) {
     int32_t v;
@@ -154,16 +161,17 @@ inline void pin(__m256i (&a)[N]) {
 
 // MR >= 3 rows, one tile at a time. On the AVX2 dev VM (a Zen-1-like core: 256-bit ops split in two,
 // vpmaddubsw/vpmaddwd on one pipe) this loop is bound by that multiplier pipe and by the total vector
-// uops, so everything else is taken out of the loop: activations come pre-broadcast from memory
-// (ActInt8::qv, a folded load instead of a vpbroadcastd per 4 codes), scales are read per tile
+// uops, so everything else is taken out of the loop: activations come pre-broadcast from memory up to
+// kMaxPreRows rows (PRE: ActInt8::qv, a folded load instead of a vpbroadcastd), scales are read per tile
 // instead of being held in registers, and the zero point of asymmetric weights is subtracted in f32
 // (exact, see below) instead of with vpmulld, which takes that pipe twice. The broadcast activations
 // of a row group are interleaved by row, so one pointer walks one contiguous 1 KiB per block.
-// Measured 2026-12-06 against the previous version (broadcasts in the loop, scales in registers):
-// +18-20 % at M = 4 and 16 (native bench, best of 5 interleaved runs), ~12.7 int8 MACs per cycle
-// and thread, ~89 % of what that pipe allows with one vpmaddwd per 8 vpmaddubsw.
-template <int MR, bool SYM>
-__attribute__((noinline)) void kernel_int8(const Packed& P, int64_t p, int64_t b0, int64_t b1, const Bcast* xv,
+// Measured 2026-12-06 against the previous version (activations broadcast from the row-major int8
+// codes, scales in registers): +17-20 % at M = 4, 16, 64 and +10 % at M = 256 (native bench, best of
+// 4-6 interleaved runs); ~12.7 int8 MACs per cycle and thread at M = 16, ~89 % of what that pipe
+// allows with one vpmaddwd per 8 vpmaddubsw.
+template <int MR, bool SYM, bool PRE>
+__attribute__((noinline)) void kernel_int8(const Packed& P, int64_t p, int64_t b0, int64_t b1, const void* xg,
                                            const float* xs, const int32_t* xsum, float* acc) {
     const int tp = P.tiles_in_panel(p);
     const int64_t nb = P.nblocks;
@@ -175,7 +183,8 @@ __attribute__((noinline)) void kernel_int8(const Packed& P, int64_t p, int64_t b
     for (int64_t b = b0; b < b1; ++b) {
         const int64_t g = bgroup[b];
         const uint8_t* wb = wpanel + b * tp * kTileBlockBytes;
-        const __m256i* xb = reinterpret_cast<const __m256i*>(xv + b * 8 * MR);
+        const __m256i* xb = reinterpret_cast<const __m256i*>(static_cast<const Bcast*>(xg) + b * 8 * MR);
+        const int32_t* xi = static_cast<const int32_t*>(xg) + b * 8 * MR;
         for (int i = 0; i < tp * kTileBlockBytes; i += 64)
             _mm_prefetch(reinterpret_cast<const char*>(wb + kPrefetchBytes + i), _MM_HINT_T0);
         for (int t = 0; t < tp; ++t) {
@@ -186,8 +195,11 @@ __attribute__((noinline)) void kernel_int8(const Packed& P, int64_t p, int64_t b
                 const __m256i lo = _mm256_and_si256(v, m4);
                 const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
                 for (int r = 0; r < MR; ++r) {
-                    a[r] = _mm256_add_epi16(a[r], _mm256_maddubs_epi16(lo, _mm256_load_si256(xb + (2 * L) * MR + r)));
-                    a[r] = _mm256_add_epi16(a[r], _mm256_maddubs_epi16(hi, _mm256_load_si256(xb + (2 * L + 1) * MR + r)));
+                    const int j0 = 2 * L * MR + r, j1 = j0 + MR;
+                    const __m256i x0 = PRE ? _mm256_load_si256(xb + j0) : _mm256_set1_epi32(xi[j0]);
+                    const __m256i x1 = PRE ? _mm256_load_si256(xb + j1) : _mm256_set1_epi32(xi[j1]);
+                    a[r] = _mm256_add_epi16(a[r], _mm256_maddubs_epi16(lo, x0));
+                    a[r] = _mm256_add_epi16(a[r], _mm256_maddubs_epi16(hi, x1));
                 }
                 pin(a);
             }
@@ -292,6 +304,7 @@ void wide_dispatch(int tp, const Packed& P, int64_t p, int64_t b0, int64_t b1, c
 template <bool SYM>
 void run_int8(const Packed& P, int64_t p, int64_t b0, int64_t b1, int64_t rows, const ActInt8& A, float* acc) {
     const int64_t kp = P.kp(), nb = P.nblocks;
+    const bool pre = !A.qv.empty();
     for (int64_t r0 = 0; r0 < rows; r0 += kMaxMR) {
         const int64_t mr = std::min<int64_t>(kMaxMR, rows - r0);
         const int8_t* xq = A.q.data() + r0 * kp;
@@ -301,8 +314,14 @@ void run_int8(const Packed& P, int64_t p, int64_t b0, int64_t b1, int64_t rows, 
         switch (mr) {
             case 1: wide_dispatch<1, SYM>(P.tiles_in_panel(p), P, p, b0, b1, xq, xs, xsum, a); break;
             case 2: wide_dispatch<2, SYM>(P.tiles_in_panel(p), P, p, b0, b1, xq, xs, xsum, a); break;
-            case 3: kernel_int8<3, SYM>(P, p, b0, b1, A.qv.data() + r0 * nb * 8, xs, xsum, a); break;
-            default: kernel_int8<4, SYM>(P, p, b0, b1, A.qv.data() + r0 * nb * 8, xs, xsum, a); break;
+            case 3:
+                if (pre) kernel_int8<3, SYM, true>(P, p, b0, b1, A.qv.data() + r0 * nb * 8, xs, xsum, a);
+                else kernel_int8<3, SYM, false>(P, p, b0, b1, A.qi.data() + r0 * nb * 8, xs, xsum, a);
+                break;
+            default:
+                if (pre) kernel_int8<4, SYM, true>(P, p, b0, b1, A.qv.data() + r0 * nb * 8, xs, xsum, a);
+                else kernel_int8<4, SYM, false>(P, p, b0, b1, A.qi.data() + r0 * nb * 8, xs, xsum, a);
+                break;
         }
     }
 }
@@ -405,7 +424,8 @@ void gemm_avx2(const Call& c, Compute mode) {
             A.q.resize(static_cast<size_t>(rows * kp));
             A.s.resize(static_cast<size_t>(rows * nb));
             A.sum.resize(static_cast<size_t>(rows * nb));
-            if (rows >= 3) A.qv.resize(static_cast<size_t>(rows * nb * 8));
+            if (rows >= 3 && rows <= kMaxPreRows) A.qv.resize(static_cast<size_t>(rows * nb * 8));
+            else if (rows >= 3) A.qi.resize(static_cast<size_t>(rows * nb * 8));
         }
         auto prep = [&](int64_t r) {
             gather_row(sub, r, xf.data() + r * kp);
@@ -414,12 +434,15 @@ void gemm_avx2(const Call& c, Compute mode) {
                 quantize_row(xf.data() + r * kp, nb, A.q.data() + r * kp, A.s.data() + r * nb, sum);
                 if (P.symmetric)
                     for (int64_t b = 0; b < nb; ++b) sum[b] *= 8;  // the zero point folded in once
+                const int8_t* q = A.q.data() + r * kp;
+                const int64_t r0 = r / kMaxMR * kMaxMR, mr = std::min<int64_t>(kMaxMR, rows - r0);
+                const int64_t at = r0 * nb * 8 + (r - r0);
                 if (!A.qv.empty()) {
-                    const int8_t* q = A.q.data() + r * kp;
-                    const int64_t r0 = r / kMaxMR * kMaxMR, mr = std::min<int64_t>(kMaxMR, rows - r0);
-                    Bcast* v = A.qv.data() + r0 * nb * 8 + (r - r0);
                     for (int64_t j = 0; j < nb * 8; ++j)
-                        _mm256_store_si256(reinterpret_cast<__m256i*>(v + j * mr), _mm256_set1_epi32(load_i32(q + 4 * j)));
+                        _mm256_store_si256(reinterpret_cast<__m256i*>(&A.qv[size_t(at + j * mr)]),
+                                           _mm256_set1_epi32(load_i32(q + 4 * j)));
+                } else if (!A.qi.empty()) {
+                    for (int64_t j = 0; j < nb * 8; ++j) A.qi[size_t(at + j * mr)] = load_i32(q + 4 * j);
                 }
             }
         };
