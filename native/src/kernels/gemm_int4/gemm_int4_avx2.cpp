@@ -227,29 +227,35 @@ __attribute__((noinline)) void kernel_int8(const Packed& P, int64_t p, int64_t b
 }
 
 // MR <= 2 rows: the activation broadcasts of a 4-row step are shared by all tiles of the panel and
-// (MR = 1) the f32 accumulators stay in registers for the whole chunk.
+// (MR = 1) the f32 accumulators stay in registers for the whole chunk. Same register discipline as
+// kernel_int8: a function of its own, the group's scales (and zero points) converted to f32 once per
+// group into a stack array that the epilogue reads as a folded memory operand, the int16 accumulators
+// pinned: 16 ymm registers hold the loop without spills.
 template <int MR, int TP, bool SYM>
-void kernel_int8_wide(const Packed& P, int64_t p, int64_t b0, int64_t b1, const int8_t* xq, const float* xs,
-                      const int32_t* xsum, float* acc) {
+__attribute__((noinline)) void kernel_int8_wide(const Packed& P, int64_t p, int64_t b0, int64_t b1, const int8_t* xq,
+                                                const float* xs, const int32_t* xsum, float* acc) {
     const int64_t kp = P.kp(), nb = P.nblocks;
     const uint8_t* wpanel = P.panel_data(p);
     const uint16_t* spanel = P.panel_scales(p);
     const uint8_t* zpanel = P.panel_zeros(p);
     const int32_t* bgroup = P.block_group.data();
     const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    __m256 sv[TP] = {};
-    __m256i zv[TP] = {};
-    __m256 f[MR][TP];
-    for (int r = 0; r < MR; ++r)
-        for (int t = 0; t < TP; ++t) f[r][t] = _mm256_load_ps(acc + r * kPanelN + t * kTileN);
+    alignas(32) float sf[TP * kTileN] = {};
+    alignas(32) float zf[TP * kTileN] = {};
+    __m256 f[MR == 1 ? TP : 1];
+    if (MR == 1)
+        for (int t = 0; t < TP; ++t) f[t] = _mm256_load_ps(acc + t * kTileN);
     int32_t cur = -1;
     for (int64_t b = b0; b < b1; ++b) {
         const int32_t g = bgroup[b];
         if (g != cur) {
             for (int t = 0; t < TP; ++t) {
                 const int64_t o = (int64_t(g) * TP + t) * kTileN;
-                sv[t] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(spanel + o)));
-                if (!SYM) zv[t] = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(zpanel + o)));
+                _mm256_store_ps(sf + t * kTileN,
+                                _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(spanel + o))));
+                if (!SYM)
+                    _mm256_store_ps(zf + t * kTileN, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+                                                          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(zpanel + o)))));
             }
             cur = g;
         }
@@ -257,9 +263,8 @@ void kernel_int8_wide(const Packed& P, int64_t p, int64_t b0, int64_t b1, const 
         const int8_t* xb = xq + b * kBlockK;
         for (int i = 0; i < TP * kTileBlockBytes; i += 64)
             _mm_prefetch(reinterpret_cast<const char*>(wb + kPrefetchBytes + i), _MM_HINT_T0);
-        __m256i a[MR][TP];
-        for (int r = 0; r < MR; ++r)
-            for (int t = 0; t < TP; ++t) a[r][t] = _mm256_setzero_si256();
+        __m256i a[MR * TP];
+        for (int i = 0; i < MR * TP; ++i) a[i] = _mm256_setzero_si256();
         for (int L = 0; L < 4; ++L) {
             __m256i x0[MR], x1[MR];
             for (int r = 0; r < MR; ++r) {
@@ -271,23 +276,34 @@ void kernel_int8_wide(const Packed& P, int64_t p, int64_t b0, int64_t b1, const 
                 const __m256i lo = _mm256_and_si256(v, m4);
                 const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
                 for (int r = 0; r < MR; ++r) {
-                    a[r][t] = _mm256_add_epi16(a[r][t], _mm256_maddubs_epi16(lo, x0[r]));
-                    a[r][t] = _mm256_add_epi16(a[r][t], _mm256_maddubs_epi16(hi, x1[r]));
+                    a[r * TP + t] = _mm256_add_epi16(a[r * TP + t], _mm256_maddubs_epi16(lo, x0[r]));
+                    a[r * TP + t] = _mm256_add_epi16(a[r * TP + t], _mm256_maddubs_epi16(hi, x1[r]));
+                }
+            }
+            pin(a);
+        }
+        for (int r = 0; r < MR; ++r) {
+            const __m256 xsc = _mm256_set1_ps(xs[r * nb + b]);
+            for (int t = 0; t < TP; ++t) {
+                const __m256i dot = _mm256_madd_epi16(a[r * TP + t], ones);
+                __m256 d;
+                if (SYM)  // xsum already holds 8 * sum(xq)
+                    d = _mm256_cvtepi32_ps(_mm256_sub_epi32(dot, _mm256_set1_epi32(xsum[r * nb + b])));
+                else      // exact in f32, see kernel_int8
+                    d = _mm256_fnmadd_ps(_mm256_load_ps(zf + t * kTileN), _mm256_set1_ps(float(xsum[r * nb + b])),
+                                         _mm256_cvtepi32_ps(dot));
+                const __m256 sc = _mm256_mul_ps(xsc, _mm256_load_ps(sf + t * kTileN));
+                if (MR == 1) {
+                    f[t] = _mm256_fmadd_ps(d, sc, f[t]);
+                } else {
+                    float* ap = acc + r * kPanelN + t * kTileN;
+                    _mm256_store_ps(ap, _mm256_fmadd_ps(d, sc, _mm256_load_ps(ap)));
                 }
             }
         }
-        for (int r = 0; r < MR; ++r) {
-            const __m256i sx = _mm256_set1_epi32(xsum[r * nb + b]);
-            const __m256 xsc = _mm256_set1_ps(xs[r * nb + b]);
-            for (int t = 0; t < TP; ++t) {
-                __m256i d = _mm256_madd_epi16(a[r][t], ones);
-                d = _mm256_sub_epi32(d, SYM ? sx : _mm256_mullo_epi32(zv[t], sx));
-                f[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(sv[t], xsc), f[r][t]);
-            }
-        }
     }
-    for (int r = 0; r < MR; ++r)
-        for (int t = 0; t < TP; ++t) _mm256_store_ps(acc + r * kPanelN + t * kTileN, f[r][t]);
+    if (MR == 1)
+        for (int t = 0; t < TP; ++t) _mm256_store_ps(acc + t * kTileN, f[t]);
 }
 
 template <int MR, bool SYM>
