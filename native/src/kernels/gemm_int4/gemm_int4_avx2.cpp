@@ -3,7 +3,7 @@
 // Why it is shaped like this: at decode sizes (M <= 16) the GEMM is a stream over the weights, so the
 // only goal is to consume nibbles faster than DRAM delivers them, on every core at once. A 32-column
 // panel over all of K is a contiguous byte range; a work item is a run of neighbouring panels (one
-// long sequential stream, software-prefetched 1 KiB ahead; 16 items per thread so a late or
+// long sequential stream, software-prefetched 2 KiB ahead; 16 items per thread so a late or
 // descheduled thread does not hold up the call). Inside a panel K is walked in chunks of 32 blocks (16 KiB of
 // weights, L1-resident) and every chunk serves all M rows before the next one is touched, so each
 // weight byte comes from memory exactly once per call (M <= 256; larger M is processed in slices of
@@ -49,7 +49,9 @@ constexpr int kMaxMR = 4;  // rows per register block
 // M = 1 kernel at about half the streaming-read bandwidth (they restart at every 4 KiB page and the
 // kernel issues few loads per byte). Measured single-threaded on 4096x4096 (best of 60 calls, CPU
 // time): none 10.1-10.6 GB/s, 512 B 11.4, 1 KiB 13.3-13.8, 1.5 KiB 12.0-13.5, 4 KiB 12.0-13.0.
-constexpr int kPrefetchBytes = 1024;
+// Re-measured 2026-12-06 after the kernels stopped spilling (2 threads, all four shapes at M = 1, best of
+// 6 interleaved runs on the AVX2 VM): 2 KiB +0-9 % over 1 KiB, 3 KiB +2-5 %.
+constexpr int kPrefetchBytes = 2048;
 
 // ---- activations -------------------------------------------------------------------------------
 
