@@ -834,6 +834,8 @@ TEST(Int4Gemm, SelectedShapesAllPaths) {
         {64, q ? 200 : 1000, 72, 128, false, true, true, true},
         {200, 200, 72, 32, true, false, false, true},
         {300, 96, 8, 64, false, false, true, true},  // more rows than one AVX2 pass (256)
+        {67, 200, 72, 64, false, false, false, true},  // > 64 rows, a 3-row tail group (AVX2 int32 activation groups)
+        {99, 96, 40, 32, true, true, true, false},     // the same, symmetric, act-order
         {5, 31, 3, 32, true, false, false, true},    // K, N below one block / tile
         {2, 33, 9, 0, false, false, true, false},
     };

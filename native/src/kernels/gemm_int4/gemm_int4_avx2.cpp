@@ -142,7 +142,7 @@ struct ActInt8 {
     std::vector<Bcast> qv;
 };
 
-// Up to this many rows the pre-broadcast activations pay (+5 % at M = 4-64 on the AVX2 VM); at M = 256
+// Up to this many rows the pre-broadcast activations pay (+5-7 % at M = 4-64 on the AVX2 VM); at M = 256
 // their 8x footprint (8 MiB at K = 4096) no longer stays in L2 and they cost 8 % against qi.
 constexpr int64_t kMaxPreRows = 64;
 
