@@ -16,8 +16,8 @@
 //    Each 32-byte chunk of a tile block gives, after & 0x0F and >> 4, 8 columns x 4 rows of unsigned
 //    codes; vpmaddubsw against 4 broadcast int8 activations yields per-column int16 partial sums,
 //    accumulated in int16 over the block (at most 8 x 2 x 15 x 127 = 30480 < 32767: no saturation).
-//    Per block: vpmaddwd to int32, zero-point correction in exact integer arithmetic
-//    (dot - zero * sum(xq)), then one f32 FMA with scale_w * scale_x. The only error beyond f32
+//    Per block: vpmaddwd to int32, zero-point correction dot - zero * sum(xq) (integer for symmetric
+//    weights, one exact f32 fnmadd for asymmetric ones), then one f32 FMA with scale_w * scale_x. The only error beyond f32
 //    rounding is the activation rounding, |dx| <= amax_block / 254.
 //  * F32: each code is dequantized exactly ((q - zero) * scale with one FMA) and multiplied with the
 //    f32 activation; same numbers as the scalar reference up to FMA contraction.
@@ -185,8 +185,10 @@ __attribute__((noinline)) void kernel_int8(const Packed& P, int64_t p, int64_t b
     for (int64_t b = b0; b < b1; ++b) {
         const int64_t g = bgroup[b];
         const uint8_t* wb = wpanel + b * tp * kTileBlockBytes;
-        const __m256i* xb = reinterpret_cast<const __m256i*>(static_cast<const Bcast*>(xg) + b * 8 * MR);
-        const int32_t* xi = static_cast<const int32_t*>(xg) + b * 8 * MR;
+        const __m256i* xb = nullptr;  // PRE: qv
+        const int32_t* xi = nullptr;  // else: qi
+        if constexpr (PRE) xb = reinterpret_cast<const __m256i*>(static_cast<const Bcast*>(xg) + b * 8 * MR);
+        else xi = static_cast<const int32_t*>(xg) + b * 8 * MR;
         for (int i = 0; i < tp * kTileBlockBytes; i += 64)
             _mm_prefetch(reinterpret_cast<const char*>(wb + kPrefetchBytes + i), _MM_HINT_T0);
         for (int t = 0; t < tp; ++t) {
