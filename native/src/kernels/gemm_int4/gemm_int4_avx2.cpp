@@ -17,8 +17,9 @@
 //    codes; vpmaddubsw against 4 broadcast int8 activations yields per-column int16 partial sums,
 //    accumulated in int16 over the block (at most 8 x 2 x 15 x 127 = 30480 < 32767: no saturation).
 //    Per block: vpmaddwd to int32, zero-point correction dot - zero * sum(xq) (integer for symmetric
-//    weights, one exact f32 fnmadd for asymmetric ones), then one f32 FMA with scale_w * scale_x. The only error beyond f32
-//    rounding is the activation rounding, |dx| <= amax_block / 254.
+//    weights, one exact f32 fnmadd for asymmetric ones: block_dot), then one f32 FMA with
+//    scale_w * scale_x. The only error beyond f32 rounding is the activation rounding,
+//    |dx| <= amax_block / 254.
 //  * F32: each code is dequantized exactly ((q - zero) * scale with one FMA) and multiplied with the
 //    f32 activation; same numbers as the scalar reference up to FMA contraction.
 // Measured on the 2-core Zen 2 dev box (bench_gemm_int4.cpp, f16 activations, 2 threads, quiet box):
@@ -161,15 +162,26 @@ inline void pin(__m256i (&a)[N]) {
     for (int i = 0; i < N; ++i) __asm__("" : "+x"(a[i]));
 }
 
+// One block's int16 partial sums (8 columns) -> f32 dot(q - zero, xq), the epilogue of both kernels.
+// SYM: xsum already holds 8 * sum(xq), subtracted in int32. Otherwise zf holds the 8 zero points as
+// f32 and dot - zero * sum(xq) is one fnmadd, exact: |dot| <= 32 * 15 * 127 and |zero * sum| <=
+// 15 * 32 * 127 are integers far below 2^24.
+template <bool SYM>
+__attribute__((always_inline)) inline __m256 block_dot(__m256i a, __m256 zf, int32_t xsum) {
+    const __m256i dot = _mm256_madd_epi16(a, _mm256_set1_epi16(1));
+    if constexpr (SYM) return _mm256_cvtepi32_ps(_mm256_sub_epi32(dot, _mm256_set1_epi32(xsum)));
+    return _mm256_fnmadd_ps(zf, _mm256_set1_ps(float(xsum)), _mm256_cvtepi32_ps(dot));
+}
+
 // MR >= 3 rows, one tile at a time. On the AVX2 dev VM (a Zen-1-like core: 256-bit ops split in two,
 // vpmaddubsw/vpmaddwd on one pipe) this loop is bound by that multiplier pipe and by the total vector
 // uops, so everything else is taken out of the loop: activations come pre-broadcast from memory up to
 // kMaxPreRows rows (PRE: ActInt8::qv, a folded load instead of a vpbroadcastd), scales are read per tile
 // instead of being held in registers, and the zero point of asymmetric weights is subtracted in f32
-// (exact, see below) instead of with vpmulld, which takes that pipe twice. The broadcast activations
+// (exact, see block_dot) instead of with vpmulld, which takes that pipe twice. The broadcast activations
 // of a row group are interleaved by row, so one pointer walks one contiguous 1 KiB per block.
 // Measured 2026-12-06 against the previous version (activations broadcast from the row-major int8
-// codes, scales in registers): +17-20 % at M = 4, 16, 64 and +10 % at M = 256 (native bench, best of
+// codes, scales in registers): +16-19 % at M = 4, 16, 64 and +12 % at M = 256 (native bench, best of
 // 4-6 interleaved runs); ~12.7 int8 MACs per cycle and thread at M = 16, ~89 % of what that pipe
 // allows with one vpmaddwd per 8 vpmaddubsw.
 template <int MR, bool SYM, bool PRE>
@@ -181,7 +193,7 @@ __attribute__((noinline)) void kernel_int8(const Packed& P, int64_t p, int64_t b
     const uint16_t* spanel = P.panel_scales(p);
     const uint8_t* zpanel = P.panel_zeros(p);
     const int32_t* bgroup = P.block_group.data();
-    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int64_t b = b0; b < b1; ++b) {
         const int64_t g = bgroup[b];
         const uint8_t* wb = wpanel + b * tp * kTileBlockBytes;
@@ -213,15 +225,7 @@ __attribute__((noinline)) void kernel_int8(const Packed& P, int64_t p, int64_t b
             if (!SYM)
                 zf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(zpanel + o))));
             for (int r = 0; r < MR; ++r) {
-                const __m256i dot = _mm256_madd_epi16(a[r], ones);
-                __m256 d;
-                if (SYM) {
-                    d = _mm256_cvtepi32_ps(_mm256_sub_epi32(dot, _mm256_set1_epi32(xsum[r * nb + b])));
-                } else {
-                    // dot - zero * sum(xq) in f32 is exact: |dot| <= 32 * 15 * 127 and
-                    // |zero * sum| <= 15 * 32 * 127 are integers far below 2^24.
-                    d = _mm256_fnmadd_ps(zf, _mm256_set1_ps(float(xsum[r * nb + b])), _mm256_cvtepi32_ps(dot));
-                }
+                const __m256 d = block_dot<SYM>(a[r], zf, xsum[r * nb + b]);
                 const __m256 sc = _mm256_mul_ps(sv, _mm256_set1_ps(xs[r * nb + b]));
                 float* ap = acc + r * kPanelN + t * kTileN;
                 _mm256_store_ps(ap, _mm256_fmadd_ps(d, sc, _mm256_load_ps(ap)));
@@ -243,7 +247,7 @@ __attribute__((noinline)) void kernel_int8_wide(const Packed& P, int64_t p, int6
     const uint16_t* spanel = P.panel_scales(p);
     const uint8_t* zpanel = P.panel_zeros(p);
     const int32_t* bgroup = P.block_group.data();
-    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
     alignas(32) float sf[TP * kTileN] = {};
     alignas(32) float zf[TP * kTileN] = {};
     __m256 f[MR == 1 ? TP : 1];
@@ -289,13 +293,8 @@ __attribute__((noinline)) void kernel_int8_wide(const Packed& P, int64_t p, int6
         for (int r = 0; r < MR; ++r) {
             const __m256 xsc = _mm256_set1_ps(xs[r * nb + b]);
             for (int t = 0; t < TP; ++t) {
-                const __m256i dot = _mm256_madd_epi16(a[r * TP + t], ones);
-                __m256 d;
-                if (SYM)  // xsum already holds 8 * sum(xq)
-                    d = _mm256_cvtepi32_ps(_mm256_sub_epi32(dot, _mm256_set1_epi32(xsum[r * nb + b])));
-                else      // exact in f32, see kernel_int8
-                    d = _mm256_fnmadd_ps(_mm256_load_ps(zf + t * kTileN), _mm256_set1_ps(float(xsum[r * nb + b])),
-                                         _mm256_cvtepi32_ps(dot));
+                const __m256 zt = SYM ? _mm256_setzero_ps() : _mm256_load_ps(zf + t * kTileN);
+                const __m256 d = block_dot<SYM>(a[r * TP + t], zt, xsum[r * nb + b]);
                 const __m256 sc = _mm256_mul_ps(xsc, _mm256_load_ps(sf + t * kTileN));
                 if (MR == 1) {
                     f[t] = _mm256_fmadd_ps(d, sc, f[t]);
@@ -331,16 +330,19 @@ void run_int8(const Packed& P, int64_t p, int64_t b0, int64_t b1, int64_t rows, 
         const float* xs = A.s.data() + r0 * nb;
         const int32_t* xsum = A.sum.data() + r0 * nb;
         float* a = acc + r0 * kPanelN;
+        // The row group in the MR >= 3 kernel's layout (qv or qi; unused when mr <= 2).
+        const void* xg = pre ? static_cast<const void*>(A.qv.data() + r0 * nb * 8)
+                             : static_cast<const void*>(A.qi.data() + r0 * nb * 8);
         switch (mr) {
             case 1: wide_dispatch<1, SYM>(P.tiles_in_panel(p), P, p, b0, b1, xq, xs, xsum, a); break;
             case 2: wide_dispatch<2, SYM>(P.tiles_in_panel(p), P, p, b0, b1, xq, xs, xsum, a); break;
             case 3:
-                if (pre) kernel_int8<3, SYM, true>(P, p, b0, b1, A.qv.data() + r0 * nb * 8, xs, xsum, a);
-                else kernel_int8<3, SYM, false>(P, p, b0, b1, A.qi.data() + r0 * nb * 8, xs, xsum, a);
+                if (pre) kernel_int8<3, SYM, true>(P, p, b0, b1, xg, xs, xsum, a);
+                else kernel_int8<3, SYM, false>(P, p, b0, b1, xg, xs, xsum, a);
                 break;
             default:
-                if (pre) kernel_int8<4, SYM, true>(P, p, b0, b1, A.qv.data() + r0 * nb * 8, xs, xsum, a);
-                else kernel_int8<4, SYM, false>(P, p, b0, b1, A.qi.data() + r0 * nb * 8, xs, xsum, a);
+                if (pre) kernel_int8<4, SYM, true>(P, p, b0, b1, xg, xs, xsum, a);
+                else kernel_int8<4, SYM, false>(P, p, b0, b1, xg, xs, xsum, a);
                 break;
         }
     }
