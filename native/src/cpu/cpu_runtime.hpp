@@ -5,6 +5,7 @@
 #pragma once
 #include <llmnative/llmnative.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -17,6 +18,13 @@ void set_active_isa(llmn_cpu_isa isa);  // validated by the caller
 int64_t l3_cache_bytes();
 std::string model_name();
 int logical_cores();
+
+// Large buffers streamed by the kernels (packed INT4 weights, the KV pool) are read in 4-8 KiB
+// pieces from all over the buffer; with 4 KiB pages nearly every piece costs a TLB miss and a page
+// walk. Asks for transparent huge pages on the 2 MiB-aligned interior of [p, p + bytes) when the
+// buffer is at least 8 MiB. A hint only (pages not yet touched are not copied; failure is harmless).
+void advise_huge_pages(void* p, size_t bytes);
+constexpr size_t kHugePageBytes = size_t(2) << 20;
 
 int thread_count();
 void set_thread_count(int threads);  // 0 = from the machine / LLMNATIVE_NUM_THREADS

@@ -21,10 +21,6 @@
 #include <limits>
 #include <random>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 namespace llmn {
 
 int64_t KvSequence::max_length() const {
@@ -250,17 +246,8 @@ KvCache::KvCache(std::shared_ptr<Context> ctx, const llmn_kv_cache_desc& desc, c
     for (int64_t i = 0; i < layout_.num_blocks; ++i) free_[size_t(i)] = int32_t(layout_.num_blocks - 1 - i);
     for (int64_t i = layout_.num_res_slots - 1; i >= 0; --i) free_res_.push_back(int32_t(i));
     pool_ = alloc_bytes(*ctx_, LLMN_MEMORY_DEVICE, size_t(layout_.pool_bytes));
-#if defined(__linux__)
-    // Decode streams 4-8 KiB head tiles from scattered blocks; with 4 KiB pages nearly every tile
-    // costs a TLB miss. Ask for transparent huge pages on the 2 MiB-aligned interior (a hint only:
-    // the pages are not touched yet, so nothing is copied; failure is harmless).
-    if (!ctx_->is_cuda() && layout_.pool_bytes >= (int64_t(8) << 20)) {
-        const uintptr_t huge = uintptr_t(2) << 20;
-        const uintptr_t b = (reinterpret_cast<uintptr_t>(pool_) + huge - 1) & ~(huge - 1);
-        const uintptr_t e = (reinterpret_cast<uintptr_t>(pool_) + uintptr_t(layout_.pool_bytes)) & ~(huge - 1);
-        if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);
-    }
-#endif
+    // Decode streams 4-8 KiB head tiles from scattered blocks (see advise_huge_pages).
+    if (!ctx_->is_cuda()) cpu::advise_huge_pages(pool_, size_t(layout_.pool_bytes));
 }
 
 KvCache::~KvCache() {
