@@ -490,9 +490,25 @@ void gemm_avx2(const Call& c, Compute mode) {
                     }
                 }
                 const int64_t n0 = p * kPanelN;
-                store_panel(sub, 0, rows, n0, static_cast<int>(std::min<int64_t>(kPanelN, N - n0)), acc);
+                store_panel_f16c(sub, 0, rows, n0, static_cast<int>(std::min<int64_t>(kPanelN, N - n0)), acc);
             }
         });
+    }
+}
+
+void store_panel_f16c(const Call& c, int64_t r0, int64_t r1, int64_t n0, int cols, const float* acc) {
+    if (!c.f16) return store_panel(c, r0, r1, n0, cols, acc);
+    alignas(32) float bias[kPanelN] = {};
+    if (c.bias)
+        for (int i = 0; i < cols; ++i) bias[i] = _cvtsh_ss(static_cast<const uint16_t*>(c.bias)[n0 + i]);
+    for (int64_t r = r0; r < r1; ++r) {
+        const float* a = acc + (r - r0) * kPanelN;
+        alignas(16) uint16_t h[kPanelN];
+        for (int i = 0; i < kPanelN; i += 8)
+            _mm_store_si128(reinterpret_cast<__m128i*>(h + i),
+                            _mm256_cvtps_ph(_mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_load_ps(bias + i)),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        std::memcpy(static_cast<uint16_t*>(c.y) + r * c.w->n + n0, h, static_cast<size_t>(cols) * sizeof(uint16_t));
     }
 }
 
