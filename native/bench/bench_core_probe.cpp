@@ -188,6 +188,28 @@ const Probe kProbes[] = {
                         "vpdpbusd %%zmm0, %%zmm1, %%zmm8\n\tvpsrlw $4, %%zmm0, %%zmm22\n\t"
                         "vpdpbusd %%zmm0, %%zmm1, %%zmm9\n\tvpsrlw $4, %%zmm0, %%zmm23\n\t"),
      0, true, 16},
+    {"vcvtph2ps_zmm",
+     LLMN_PROBE_LOOP512(
+                        "vcvtph2ps %%ymm0, %%zmm2\n\tvcvtph2ps %%ymm0, %%zmm3\n\t"
+                        "vcvtph2ps %%ymm0, %%zmm4\n\tvcvtph2ps %%ymm0, %%zmm5\n\t"
+                        "vcvtph2ps %%ymm0, %%zmm6\n\tvcvtph2ps %%ymm0, %%zmm7\n\t"
+                        "vcvtph2ps %%ymm0, %%zmm8\n\tvcvtph2ps %%ymm0, %%zmm9\n\t"
+                        "vcvtph2ps %%ymm0, %%zmm16\n\tvcvtph2ps %%ymm0, %%zmm17\n\t"
+                        "vcvtph2ps %%ymm0, %%zmm18\n\tvcvtph2ps %%ymm0, %%zmm19\n\t"
+                        "vcvtph2ps %%ymm0, %%zmm20\n\tvcvtph2ps %%ymm0, %%zmm21\n\t"
+                        "vcvtph2ps %%ymm0, %%zmm22\n\tvcvtph2ps %%ymm0, %%zmm23\n\t"),
+     0, true, 16},
+    {"vfmadd231ps+vcvtph2ps_zmm",
+     LLMN_PROBE_LOOP512(
+                        "vfmadd231ps %%zmm0, %%zmm1, %%zmm2\n\tvcvtph2ps %%ymm0, %%zmm16\n\t"
+                        "vfmadd231ps %%zmm0, %%zmm1, %%zmm3\n\tvcvtph2ps %%ymm0, %%zmm17\n\t"
+                        "vfmadd231ps %%zmm0, %%zmm1, %%zmm4\n\tvcvtph2ps %%ymm0, %%zmm18\n\t"
+                        "vfmadd231ps %%zmm0, %%zmm1, %%zmm5\n\tvcvtph2ps %%ymm0, %%zmm19\n\t"
+                        "vfmadd231ps %%zmm0, %%zmm1, %%zmm6\n\tvcvtph2ps %%ymm0, %%zmm20\n\t"
+                        "vfmadd231ps %%zmm0, %%zmm1, %%zmm7\n\tvcvtph2ps %%ymm0, %%zmm21\n\t"
+                        "vfmadd231ps %%zmm0, %%zmm1, %%zmm8\n\tvcvtph2ps %%ymm0, %%zmm22\n\t"
+                        "vfmadd231ps %%zmm0, %%zmm1, %%zmm9\n\tvcvtph2ps %%ymm0, %%zmm23\n\t"),
+     0, true, 16},
 };
 
 void BM_CoreProbe(benchmark::State& st) {
