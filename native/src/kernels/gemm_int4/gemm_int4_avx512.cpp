@@ -50,7 +50,10 @@
 //   Hot weights (cache resident, 1 thread, M = 1): AVX2 35-38 GB/s, AVX-512 VNNI 67-78 GB/s.
 //   Exact F32 path, 1 thread, 4096^2: M = 1 AVX2 5.0-5.2 -> AVX-512 12.6-13.2 GB/s; M = 16 37-49 ->
 //     123 GFLOP/s.
-// ONNX Runtime is not installed on this box, so the MatMulNBits ratios were not measured here.
+// Since then (docs/perf/cpu-2026-12-06-zen5.md): f16 outputs stored with F16C and row-major activation
+// scales, M = 16 at 4096^2 700-728 -> 595-617 us per call (0.97-1.00 TFLOP/s best calls); the inner loop
+// runs at ~60 % of the core's vpdpbusd rate (BM_CoreProbe: 2 per cycle, on the pipes the f32 epilogue's
+// vmulps / vfmadd231ps also need). ONNX Runtime ratios (BenchmarkDotNet): the same page.
 //
 // Only this file's functions get AVX-512 code; all have internal linkage and the file uses no
 // std:: containers (no inline function shared with other files could get a zmm copy picked by the
