@@ -19,6 +19,9 @@
 // (no inline function shared with the AVX2 files, which would let the linker pick a zmm copy).
 #include "decode_attention_cpu.hpp"
 
+// GCC 12 reports its own _mm512_undefined_* placeholders inside avx512fintrin.h as "may be used
+// uninitialized" (a known false positive of the header, not of this file).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include <algorithm>
@@ -108,13 +111,15 @@ inline void qk_block(const float* q, int D, const uint16_t* const* k, float* s, 
             for (int j = 0; j < KT; ++j) acc[r * KT + j] = _mm512_fmadd_ps(qv, kv[j], acc[r * KT + j]);
         }
     }
-    alignas(64) float out[16];
-    _mm512_store_ps(out, reduce16(acc));
+    // reduce16 leaves score i = r * KT + j in lane 4 (i % 4) + i / 4; one permute puts it in lane i, so
+    // row r's scores are lanes [r KT, r KT + valid): one masked store per row (the pointer is offset by
+    // -r KT so that lane r KT lands on key t; it stays inside S since kStride > KT). Replaced a round trip
+    // through a stack array and 16 scalar copies: q.k 8.7 -> 8.1-8.2 ns per key, single thread, hot KV.
+    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m512 sc = _mm512_permutexvar_ps(perm, reduce16(acc));
+    const __mmask16 vm = __mmask16((1u << valid) - 1);
     for (int r = 0; r < RT; ++r)
-        for (int j = 0; j < valid; ++j) {
-            const int i = r * KT + j;
-            s[size_t(r) * kStride + t + j] = out[4 * (i % 4) + i / 4];
-        }
+        _mm512_mask_storeu_ps(s + size_t(r) * kStride + t - r * KT, __mmask16(vm << (r * KT)), sc);
 }
 
 template <int RT, int KT>
