@@ -18,6 +18,10 @@
 // another summation order: results agree within f32 rounding, and are bitwise repeatable run to run.
 // Only this file's functions are compiled with AVX-512 flags, and all of them have internal linkage
 // (no inline function shared with the AVX2 files, which would let the linker pick a zmm copy).
+// GCC 12 reports its own _mm512_undefined_* placeholders inside avx512fintrin.h as "may be used
+// uninitialized" / "used uninitialized" (a known false positive of the header, not of this file).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include "decode_attention_cpu.hpp"
 
 #include <immintrin.h>

@@ -65,8 +65,9 @@
 #include "../../cpu/cpu_runtime.hpp"
 
 // GCC 12 reports its own _mm512_undefined_* placeholders inside avx512fintrin.h as "may be used
-// uninitialized" (a known false positive of the header, not of this file).
+// uninitialized" / "used uninitialized" (a known false positive of the header, not of this file).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include <cmath>
