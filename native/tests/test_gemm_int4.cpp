@@ -837,6 +837,7 @@ TEST(Int4Gemm, SelectedShapesAllPaths) {
         {67, 200, 72, 64, false, false, false, true},  // > 64 rows, a 3-row tail group (AVX2 int32 activation groups)
         {99, 96, 40, 32, true, true, true, false},     // the same, symmetric, act-order
         {7, 200, 40, 64, false, false, true, true},    // <= 64 rows, a 3-row group after a 4-row one
+        {4, 1000, 72, 128, false, true, true, true},  // AVX-512: the largest M with accumulators in registers
         {5, 31, 3, 32, true, false, false, true},    // K, N below one block / tile
         {2, 33, 9, 0, false, false, true, false},
     };

@@ -19,7 +19,8 @@
 //  * Weights stay in registers (16 zmm for a 4-tile panel block) while the block serves every row of
 //    the slice (up to 32 rows; activations are stored block-major so a block's rows are one
 //    contiguous 1 KiB run); the f32 accumulators live in a small L1 buffer, or in registers when
-//    M <= 2, where the loop-carried store/load would otherwise be the critical path.
+//    M <= 4, where the loop-carried store/load would otherwise be the critical path (M = 3-4 joined
+//    on 2026-12-06: 3-15 % faster at M = 4, docs/perf/cpu-2026-12-06-zen5.md).
 //  * Without VNNI (e.g. Skylake-X): vpmaddubsw into int16 (at most 8 x 2 x 15 x 127 = 30480 per
 //    lane: no saturation) + vpmaddwd, as in AVX2.
 //  * Per block and row: the integer dot product minus zero * sum(x codes), exactly as AVX2 computes
@@ -346,7 +347,8 @@ void int8_rows(const Panel& pn, int64_t b0, int64_t b1, int64_t r0, int64_t r1, 
     }
 }
 
-// M <= 2: the same arithmetic with the f32 accumulators in registers for the whole panel.
+// M <= 4: the same arithmetic with the f32 accumulators in registers for the whole panel (MR x NP <= 8
+// zmm beside the 16 of weights: no spills in the loop, checked with objdump).
 template <int MR, int TP, bool SYM, bool VNNI>
 void int8_few(const Panel& pn, int64_t nb, const ActQ& A, float* acc) {
     constexpr int NP = (TP + 1) / 2;
@@ -392,6 +394,8 @@ void int8_panel(const Panel& pn, int64_t nb, const ActQ& A, float* acc) {
     const int64_t rows = A.rows;
     if (rows == 1) return int8_few<1, TP, SYM, VNNI>(pn, nb, A, acc);
     if (rows == 2) return int8_few<2, TP, SYM, VNNI>(pn, nb, A, acc);
+    if (rows == 3) return int8_few<3, TP, SYM, VNNI>(pn, nb, A, acc);
+    if (rows == 4) return int8_few<4, TP, SYM, VNNI>(pn, nb, A, acc);
     // Slices of rows: the weights of a chunk are loaded once per slice; within a slice each block is
     // loaded once and serves all of its rows from registers.
     for (int64_t b0 = 0; b0 < nb; b0 += kChunkBlocks) {
