@@ -267,7 +267,7 @@ void set_active_isa(llmn_cpu_isa isa) { g_active_isa.store(static_cast<int>(isa)
 
 void advise_huge_pages(void* p, size_t bytes) {
 #if defined(__linux__)
-    if (!p || bytes < (size_t(8) << 20)) return;
+    if (!p || bytes < kHugePageMinBytes) return;
     const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + kHugePageBytes - 1) & ~uintptr_t(kHugePageBytes - 1);
     const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + bytes) & ~uintptr_t(kHugePageBytes - 1);
     if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);

@@ -22,9 +22,11 @@ int logical_cores();
 // Large buffers streamed by the kernels (packed INT4 weights, the KV pool) are read in 4-8 KiB
 // pieces from all over the buffer; with 4 KiB pages nearly every piece costs a TLB miss and a page
 // walk. Asks for transparent huge pages on the 2 MiB-aligned interior of [p, p + bytes) when the
-// buffer is at least 8 MiB. A hint only (pages not yet touched are not copied; failure is harmless).
-void advise_huge_pages(void* p, size_t bytes);
+// buffer is at least kHugePageMinBytes. A hint only (pages not yet touched are not copied; failure is
+// harmless).
 constexpr size_t kHugePageBytes = size_t(2) << 20;
+constexpr size_t kHugePageMinBytes = size_t(8) << 20;
+void advise_huge_pages(void* p, size_t bytes);
 
 int thread_count();
 void set_thread_count(int threads);  // 0 = from the machine / LLMNATIVE_NUM_THREADS

@@ -176,7 +176,7 @@ std::unique_ptr<Int4Packed> int4_pack_cpu(const Int4Canonical& c) {
         // Whole 2 MiB pages for big weights so advise_huge_pages covers all of it: at M = 1 the call
         // is one stream over this buffer, and 4 KiB pages cost it ~10 % in page walks (native
         // BM_Int4Gemm at M = 1 on a Zen 5 VM, mean weight bytes/s: 54-58 -> 62-69 GB/s).
-        const size_t align = P->data_bytes >= int64_t(8) << 20 ? cpu::kHugePageBytes : 64;
+        const size_t align = size_t(P->data_bytes) >= cpu::kHugePageMinBytes ? cpu::kHugePageBytes : 64;
         const size_t bytes = (static_cast<size_t>(P->data_bytes) + align - 1) / align * align;
         P->data.reset(static_cast<uint8_t*>(std::aligned_alloc(align, bytes)));
         cpu::advise_huge_pages(P->data.get(), bytes);
