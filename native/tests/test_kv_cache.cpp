@@ -183,14 +183,46 @@ TEST(KvCache, LayoutSectionsAreAlignedForEveryFormat) {
                 d.k_format = d.v_format = kf;
                 d.value_group_size = dim % 64 == 0 ? 64 : 32;
                 llmn::KvLayout L = llmn::kv_tile_layout(d);
-                for (int64_t off : {L.k_data_off, L.k_aux_off, L.v_data_off, L.v_aux_off, L.head_stride})
+                for (int64_t off : {L.k_data_off, L.k_aux_off, L.v_data_off, L.v_aux_off, L.tile_bytes})
                     EXPECT_EQ(off % 64, 0) << "format " << kf << " dim " << dim << " bs " << bs;
                 EXPECT_GE(L.k_aux_off, L.k_data_off + L.k_row_bytes * bs);
                 EXPECT_GE(L.v_data_off, L.k_aux_off + llmn::kv_aux_bytes(kf, false, bs, dim, d.value_group_size));
-                EXPECT_GE(L.head_stride, L.v_aux_off + llmn::kv_aux_bytes(kf, true, bs, dim, d.value_group_size));
-                if (kf == LLMN_KV_F16) EXPECT_EQ(L.head_stride, int64_t(2) * bs * dim * 2);
+                EXPECT_GE(L.tile_bytes, L.v_aux_off + llmn::kv_aux_bytes(kf, true, bs, dim, d.value_group_size));
+                EXPECT_EQ(L.block_stride, L.tile_bytes);
+                if (kf == LLMN_KV_F16) EXPECT_EQ(L.tile_bytes, int64_t(2) * bs * dim * 2);
             }
         }
+    }
+}
+
+// The pool of a created cache is [layer][kv_head][block][tile] (kv_layout.hpp): the tiles of one
+// kv head are back to back over the physical block numbers, and all tiles together cover the layer
+// slabs exactly once (INT8 included: its tiles have aux sections).
+TEST(KvCache, PoolIsHeadMajorAndTilesCoverItOnce) {
+    Ctx ctx;
+    for (int32_t fmt : {int32_t(LLMN_KV_F16), int32_t(LLMN_KV_INT8)}) {
+        llmn_kv_cache_desc d = make_desc(2, 3, 64, 8, 40);
+        d.k_format = d.v_format = fmt;
+        llmn_kv_cache cache = nullptr;
+        LLMN_ASSERT_OK(llmn_kv_cache_create(ctx.h, &d, &cache));
+        const llmn::KvLayout& L = llmn::lookup<llmn::KvCache>(cache, "cache")->layout();
+        ASSERT_EQ(L.num_blocks, 5);
+        std::vector<int64_t> offs;
+        for (int32_t l = 0; l < 2; ++l)
+            for (int32_t h = 0; h < 3; ++h)
+                for (int64_t b = 0; b < L.num_blocks; ++b) {
+                    offs.push_back(L.tile_offset(l, b, h));
+                    if (b > 0) EXPECT_EQ(offs.back() - L.tile_offset(l, b - 1, h), L.tile_bytes) << "layer " << l << " head " << h;
+                }
+        std::sort(offs.begin(), offs.end());
+        EXPECT_EQ(offs.front(), 0);
+        for (size_t i = 1; i < offs.size(); ++i) EXPECT_EQ(offs[i] - offs[i - 1], L.tile_bytes) << "tile " << i;
+        EXPECT_EQ(offs.back() + L.tile_bytes, 2 * L.layer_stride);
+        EXPECT_EQ(L.res_region_off, 2 * L.layer_stride);
+        llmn_kv_cache_stats st{};
+        LLMN_ASSERT_OK(llmn_kv_cache_get_stats(cache, &st));
+        EXPECT_EQ(st.pool_bytes, 2 * L.layer_stride);
+        LLMN_ASSERT_OK(llmn_kv_cache_destroy(cache));
     }
 }
 

@@ -318,10 +318,11 @@ TEST(KvQuant, AppendReadRoundTripOneByOneEqualsBulk) {
                 const auto& sa = kc->sequence(a, "a").blocks;
                 const auto& sb = kc->sequence(b, "b").blocks;
                 for (size_t j = 0; j + 1 < sa.size(); ++j)  // full blocks: every row valid
-                    EXPECT_EQ(std::memcmp(kc->pool() + lay.tile_offset(1, sa[j], 0), kc->pool() + lay.tile_offset(1, sb[j], 0),
-                                          size_t(lay.block_stride)),
-                              0)
-                        << "block " << j;
+                    for (int32_t h = 0; h < lay.num_kv_heads; ++h)
+                        EXPECT_EQ(std::memcmp(kc->pool() + lay.tile_offset(1, sa[j], h), kc->pool() + lay.tile_offset(1, sb[j], h),
+                                              size_t(lay.tile_bytes)),
+                                  0)
+                            << "block " << j << " kv head " << h;
                 llmn_kv_cache_destroy(cache);
             }
 }

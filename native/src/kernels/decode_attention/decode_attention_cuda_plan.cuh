@@ -190,7 +190,7 @@ LLMN_HD int64_t qo_offset(int64_t b, int i, int hq, int q_len, int num_q_heads, 
 }
 
 // Byte offset, from the (layer, kv head) base, of 16-byte chunk c of K or V row `t` (token index in
-// the sequence) of a sequence whose physical block for t is `block` (kv_layout.hpp: HND tiles,
+// the sequence) of a sequence whose physical block for t is `block` (kv_layout.hpp: head tiles,
 // token-major rows of head_dim 2-byte elements; section_off = k_data_off or v_data_off).
 LLMN_HD int64_t kv_chunk_offset(int64_t block, int64_t block_stride, int64_t section_off, int64_t t, int block_mask,
                                 int head_dim, int c) {

@@ -24,7 +24,7 @@ LLMN_API llmn_status llmn_kv_cache_bytes_per_token(const llmn_kv_cache_desc* des
         // quantized blocks only (the partial block keeps its pool block, so this is the steady-state
         // cost); the f16 residual tiles are a fixed max_batch-sized region, counted by
         // llmn_kv_cache_tokens_for_budget and the pool, not per token.
-        *bytes = (L.block_stride + L.block_size - 1) / L.block_size;
+        *bytes = (L.block_bytes_one_layer() + L.block_size - 1) / L.block_size;
     });
 }
 

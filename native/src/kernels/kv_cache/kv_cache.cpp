@@ -205,7 +205,8 @@ llmn_kv_cache_desc validate_kv_desc(const llmn_kv_cache_desc* desc, const Contex
         LLMN_CHECK_ARG((d.capacity_tokens > 0) != (d.capacity_bytes > 0),
                        "exactly one of desc->capacity_tokens (%lld) and desc->capacity_bytes (%lld) must be > 0",
                        (long long)d.capacity_tokens, (long long)d.capacity_bytes);
-        const int64_t per_block = checked_mul(L.block_stride, d.num_layers, "bytes of one block over all layers");
+        const int64_t per_block = checked_mul(checked_mul(L.tile_bytes, d.num_kv_heads, "bytes of one block of one layer"),
+                                              d.num_layers, "bytes of one block over all layers");
         const int64_t residual = checked_mul(checked_mul(L.res_head_stride, int64_t(d.num_layers) * d.num_kv_heads,
                                                          "KIVI residual slot size"),
                                              d.max_batch, "KIVI residual region size");
@@ -223,8 +224,8 @@ llmn_kv_cache_desc validate_kv_desc(const llmn_kv_cache_desc* desc, const Contex
         }
         LLMN_CHECK_ARG(blocks <= std::numeric_limits<int32_t>::max(),
                        "the cache would have %lld blocks; at most 2^31-1 are addressable (raise block_size)", (long long)blocks);
-        L.num_blocks = blocks;
-        L.layer_stride = checked_mul(blocks, L.block_stride, "KV pool layer size");
+        checked_mul(checked_mul(blocks, L.tile_bytes, "KV pool size of one kv head"), d.num_kv_heads, "KV pool layer size");
+        L.set_num_blocks(blocks);
         L.pool_bytes = checked_mul(L.layer_stride, d.num_layers, "KV pool size");
         L.res_region_off = L.pool_bytes;
         L.num_res_slots = L.has_residual() ? d.max_batch : 0;
@@ -294,13 +295,15 @@ void KvCache::pool_read(int64_t offset, void* dst, size_t bytes) const {
 }
 
 void KvCache::copy_block(int32_t dst, int32_t src) {
-    for (int32_t l = 0; l < desc_.num_layers; ++l) {
-        int64_t d = layout_.tile_offset(l, dst, 0), s = layout_.tile_offset(l, src, 0);
-        if (ctx_->is_cuda())
-            cuda::copy_d2d(ctx_->device(), ctx_->stream(), pool() + d, pool() + s, size_t(layout_.block_stride));
-        else
-            std::memcpy(pool() + d, pool() + s, size_t(layout_.block_stride));
-    }
+    // A block is one tile per (layer, kv head), each in its head's run (kv_layout.hpp).
+    for (int32_t l = 0; l < desc_.num_layers; ++l)
+        for (int32_t h = 0; h < desc_.num_kv_heads; ++h) {
+            const int64_t d = layout_.tile_offset(l, dst, h), s = layout_.tile_offset(l, src, h);
+            if (ctx_->is_cuda())
+                cuda::copy_d2d(ctx_->device(), ctx_->stream(), pool() + d, pool() + s, size_t(layout_.tile_bytes));
+            else
+                std::memcpy(pool() + d, pool() + s, size_t(layout_.tile_bytes));
+        }
 }
 
 int32_t KvCache::take_res_slot(const char* what) {
@@ -411,7 +414,7 @@ void KvCache::truncate_sequence(int64_t id, int64_t length) {
         // and the f16 rows go back with pool_write: truncate is not a hot path.
         const int32_t H = desc_.num_kv_heads, D = desc_.head_dim;
         std::vector<float> row(static_cast<size_t>(D));
-        std::vector<uint8_t> tile(static_cast<size_t>(layout_.head_stride));
+        std::vector<uint8_t> tile(static_cast<size_t>(layout_.tile_bytes));
         std::vector<uint16_t> rows;
         for (int32_t layer = 0; layer < desc_.num_layers; ++layer) {
             const int64_t old_len = s.length[size_t(layer)];
@@ -577,7 +580,7 @@ void KvCache::read(int64_t id, int32_t layer, int64_t start, int64_t count, cons
     std::vector<uint16_t> run(size_t(bs) * D);
     std::vector<float> srun(static_cast<size_t>(bs));
     std::vector<float> frow(static_cast<size_t>(D));
-    std::vector<uint8_t> kivi_tile(layout_.has_residual() ? size_t(layout_.head_stride) : 0);
+    std::vector<uint8_t> kivi_tile(layout_.has_residual() ? size_t(layout_.tile_bytes) : 0);
     for (int pass = 0; pass < 2; ++pass) {
         const Buffer& dst = pass == 0 ? k : v;
         const int32_t fmt = pass == 0 ? desc_.k_format : desc_.v_format;

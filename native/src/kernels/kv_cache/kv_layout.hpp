@@ -7,12 +7,20 @@
 // a block holds `block_size` consecutive token positions of ONE sequence for EVERY layer (one block
 // table per sequence serves all layers; per-layer lengths say which rows are valid).
 //
-//   address(layer, block, kv_head) = pool + layer * layer_stride + block * block_stride + kv_head * head_stride
-//   block_stride = num_kv_heads * head_stride            layer_stride = num_blocks * block_stride
+//   address(layer, block, kv_head) = pool + layer * layer_stride + kv_head * head_stride + block * block_stride
+//   block_stride = tile_bytes     head_stride = num_blocks * tile_bytes     layer_stride = num_kv_heads * head_stride
 //
-// so each layer is one contiguous slab shaped [num_blocks][num_kv_heads][head tile], the "HND"
-// paged layout (FlashInfer naming): one (block, kv_head) pair is one contiguous HEAD TILE, which is
-// exactly what one decode work item (sequence, kv_head, split) streams through.
+// so each layer is one contiguous slab shaped [num_kv_heads][num_blocks][head tile]: one (block,
+// kv_head) pair is one contiguous HEAD TILE, and the tiles of one kv head are contiguous over the
+// physical block numbers. Why head-major rather than [num_blocks][num_kv_heads][tile] (FlashInfer's
+// "HND"): one decode work item (sequence, kv_head, split) streams one head's tiles of consecutive
+// logical blocks, and a sequence's blocks are often physically consecutive (the allocator hands out
+// free blocks in order); then the item reads one long contiguous run instead of a tile-sized piece
+// every num_kv_heads tiles, which the CPU's hardware prefetchers follow. On the 2-core Zen 5 dev box
+// a probe of the two access patterns (8 KiB f16 tiles, Llama-3-8B shape, 2 threads, software prefetch)
+// read 29-32 GB/s block-major vs 35-39 GB/s head-major (docs/perf/cpu-2026-12-06-zen5.md). Kernels
+// only ever form block * block_stride + kv_head * head_stride, so they do not depend on the order;
+// code that moves a whole block (fork's copy-on-write) copies num_layers x num_kv_heads tiles.
 //
 // HEAD TILE (byte offsets from the tile start; every section starts on a 64-byte boundary and the
 // tile size is a multiple of 64):
@@ -29,7 +37,7 @@
 // Per-format encodings (row_bytes = bytes of one token row, aux = metadata section size):
 //   LLMN_KV_F16 / LLMN_KV_BF16   row = head_dim x 2 bytes, IEEE half / bfloat16, aux = 0.
 //       For f16 every size is a multiple of 256 bytes (block_size >= 8, head_dim % 16 == 0), so there
-//       is no padding at all: head_stride = 2 * block_size * head_dim * 2.
+//       is no padding at all: tile_bytes = 2 * block_size * head_dim * 2.
 //   LLMN_KV_INT8 / LLMN_KV_FP8_E4M3 (every backend; codecs and scale rules in kv_quant.hpp)
 //       row = head_dim bytes (int8 two's complement / OCP E4M3), aux = block_size f32 scales, one
 //       per (token, head): x = float(code) * scale[t]. Quantized on append, token by token.
@@ -126,8 +134,9 @@ struct KvLayout {
     // within a head tile
     int64_t k_data_off = 0, k_aux_off = 0, v_data_off = 0, v_aux_off = 0;
     int64_t k_row_bytes = 0, v_row_bytes = 0;
-    int64_t head_stride = 0;   // bytes of one (block, kv_head) tile
-    int64_t block_stride = 0;  // bytes of one block of one layer
+    int64_t tile_bytes = 0;    // bytes of one (block, kv_head) head tile
+    int64_t block_stride = 0;  // distance between the tiles of blocks b and b + 1 of one head (= tile_bytes)
+    int64_t head_stride = 0;   // distance between kv heads h and h + 1 (= num_blocks * tile_bytes; 0 until num_blocks is known)
     int64_t layer_stride = 0;  // bytes of one layer slab
     int64_t pool_bytes = 0;
     // KIVI residual region (res_head_stride = 0 when neither side is INT4/INT2)
@@ -146,7 +155,7 @@ struct KvLayout {
     int64_t residual_bytes(int64_t slots) const { return slots * num_layers * int64_t(num_kv_heads) * res_head_stride; }
 
     int64_t tile_offset(int32_t layer, int64_t block, int32_t kv_head) const {
-        return int64_t(layer) * layer_stride + block * block_stride + int64_t(kv_head) * head_stride;
+        return int64_t(layer) * layer_stride + int64_t(kv_head) * head_stride + block * block_stride;
     }
     int64_t k_row_offset(int32_t layer, int64_t block, int32_t kv_head, int32_t row) const {
         return tile_offset(layer, block, kv_head) + k_data_off + int64_t(row) * k_row_bytes;
@@ -154,11 +163,18 @@ struct KvLayout {
     int64_t v_row_offset(int32_t layer, int64_t block, int32_t kv_head, int32_t row) const {
         return tile_offset(layer, block, kv_head) + v_data_off + int64_t(row) * v_row_bytes;
     }
-    // Bytes one block takes across all layers (the unit of capacity).
-    int64_t block_bytes_all_layers() const { return block_stride * num_layers; }
+    // Bytes one block takes in one layer (all kv heads), and across all layers (the unit of capacity).
+    int64_t block_bytes_one_layer() const { return tile_bytes * num_kv_heads; }
+    int64_t block_bytes_all_layers() const { return block_bytes_one_layer() * num_layers; }
+    // Sets num_blocks and the strides that depend on it.
+    void set_num_blocks(int64_t blocks) {
+        num_blocks = blocks;
+        head_stride = blocks * tile_bytes;
+        layer_stride = head_stride * num_kv_heads;
+    }
 };
 
-// Fills the per-tile geometry (everything but num_blocks / layer_stride / pool_bytes) from a
+// Fills the per-tile geometry (everything but num_blocks / head_stride / layer_stride / pool_bytes) from a
 // validated description.
 inline KvLayout kv_tile_layout(const llmn_kv_cache_desc& d) {
     KvLayout L;
@@ -180,8 +196,8 @@ inline KvLayout kv_tile_layout(const llmn_kv_cache_desc& d) {
     off = kv_align_up(off + L.v_row_bytes * d.block_size, kKvSectionAlign);
     L.v_aux_off = off;
     off = kv_align_up(off + kv_aux_bytes(d.v_format, true, d.block_size, d.head_dim, d.value_group_size), kKvSectionAlign);
-    L.head_stride = off;
-    L.block_stride = L.head_stride * d.num_kv_heads;
+    L.tile_bytes = off;
+    L.block_stride = off;
     const int64_t f16_tile = int64_t(d.block_size) * d.head_dim * 2;  // a multiple of 256 (bs >= 8, D % 16 == 0)
     int64_t r = 0;
     L.res_k_off = r;
