@@ -518,14 +518,17 @@ __device__ __forceinline__ void load_kivi_rows(uint4* dst, const Stream& st, int
     }
 }
 
-// K metadata ([D f16 scales][D f16 mins], 4 D bytes) of the SLOTS blocks starting at t0's block.
-template <int D, int SLOTS>
+// K metadata ([D f16 scales][D f16 mins], 4 D bytes) of the blocks that keys [t0, t0 + TK) touch, in
+// SLOTS slots starting at t0's block (slots past the tile's last block or the sequence are zero-filled
+// without a read: with 32-key tiles and 16-key blocks that is 2-3 of the 5 slots, not all 5).
+template <int D, int SLOTS, int TK>
 __device__ __forceinline__ void load_kivi_kmeta(uint4* dst, const Stream& st, int64_t t0) {
     constexpr int PER = D / 4, COUNT = SLOTS * PER;  // 16-byte chunks
     const int64_t j0 = t0 >> st.block_shift;
+    const int64_t j_last = (t0 + TK - 1) >> st.block_shift;
     for (int idx = int(threadIdx.x); idx < COUNT; idx += kThreads) {
         const int b = idx / PER, c = idx - b * PER;
-        const bool valid = ((j0 + b) << st.block_shift) < st.key_end;
+        const bool valid = j0 + b <= j_last && ((j0 + b) << st.block_shift) < st.key_end;
         const int64_t blk = __ldg(st.table + (valid ? j0 + b : j0));
         cp_async16(dst + idx, st.head_base + blk * st.block_stride + st.k_aux_off + c * 16, valid);
     }
@@ -588,7 +591,7 @@ __device__ __forceinline__ void load_tile(uint4* dst, const Stream& st, int64_t 
     float* scales = reinterpret_cast<float*>(dst + SL::kKeyVec + SL::kValVec);
     if constexpr (KT::kQ8) load_scales<g.tile_keys>(scales, st, t0, st.k_aux_off);
     if constexpr (VT::kQ8) load_scales<g.tile_keys>(scales + (KT::kQ8 ? g.tile_keys : 0), st, t0, st.v_aux_off);
-    if constexpr (KT::kKivi && !RES) load_kivi_kmeta<D, SL::kKiviKSlots>(dst + SL::kKMetaOff / 16, st, t0);
+    if constexpr (KT::kKivi && !RES) load_kivi_kmeta<D, SL::kKiviKSlots, g.tile_keys>(dst + SL::kKMetaOff / 16, st, t0);
     if constexpr (VT::kKivi && !RES) load_kivi_vmeta<D, g.tile_keys>(dst + SL::kVMetaOff / 16, st, t0);
 }
 
@@ -1031,10 +1034,16 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
     const Stream ss = make_stream(p, w, h, ke);
 
     float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
-    // 8-bit V: o is kept in units of 2^ve, ve = exponent of the largest V scale this warp has met, so
-    // that p x scale x 2^-ve stays in f16's normal range however small the values (kNoExp: none yet).
+    // 8-bit V: each row's o is kept in units of 2^ve[ri], so that the weights p x scale x 2^-ve fed to
+    // the f16 hi + lo split stay in f16's normal range however small the values (kNoExp: none yet).
+    // ve[ri] = exponent of cb[ri], a running bound of the row's largest weighted contribution
+    // p_t x scale_t (decayed by alpha like o), recomputed every tile in both directions. Why not the
+    // largest V scale seen (the first version): a masked or negligible key with a huge V scale then
+    // fixed the unit for good and every later weight lost precision (host emulation, one key with a
+    // 2^20 times larger scale and p ~ e^-30: relative error 0.27; with this rule 6e-7, as without it).
     constexpr int kNoExp = -1000;
-    int ve = kNoExp;
+    int ve[2] = {kNoExp, kNoExp};
+    float cb[2] = {0.0f, 0.0f};
     float o[kNT][4];
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
@@ -1126,27 +1135,35 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
         }
         scale_rows(o, alpha[0], alpha[1]);
         if constexpr (kQ8) {  // V's per-token scale folded into the weights (l above used p itself)
-            float vmax = 0.0f;  // warp-uniform: every lane reads the warp's 16 scales
+            float r[2] = {1.0f, 1.0f}, unit[2];
 #pragma unroll
-            for (int k = 0; k < 16; ++k) vmax = fmaxf(vmax, v_scales[key0 + k]);
-            if (vmax > 0.0f) {
-                int e;
-                frexpf(vmax, &e);  // vmax < 2^e
-                // Floor the unit at 2^-100: for scales below 2^-128 (subnormal, from V rows of
-                // |v| < ~4e-37) 2^-e would overflow to Inf and 0 * Inf turn masked keys into NaN;
-                // such values are far below anything the f32/f16 output can hold anyway.
-                e = max(e, -100);
-                if (e > ve) {      // rescale o to the new unit: exact (a power of two; o is 0 while ve = kNoExp)
-                    const float r = ve == kNoExp ? 0.0f : ldexpf(1.0f, ve - e);
-                    scale_rows(o, r, r);
-                    ve = e;
+            for (int ri = 0; ri < 2; ++ri) {
+                float cm = 0.0f;  // this tile's largest p x scale of row ri (the 4 lanes of the row)
+#pragma unroll
+                for (int jt = 0; jt < 2; ++jt)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) cm = fmaxf(cm, pr[jt][2 * ri + e] * v_scales[key0 + 8 * jt + 2 * c4 + e]);
+                cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, 1));
+                cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, 2));
+                cb[ri] = fmaxf(cb[ri] * alpha[ri], cm);
+                if (cb[ri] > 0.0f) {
+                    int e;
+                    frexpf(cb[ri], &e);  // cb < 2^e: every weight below is < 1 in the new unit
+                    // Floor the unit at 2^-100: for bounds below 2^-128 (subnormal) 2^-e would overflow
+                    // to Inf and 0 * Inf turn masked keys into NaN; such values are far below anything
+                    // the f32/f16 output can hold anyway. Scales are < 2^16 and p <= 1, so e <= 17 and
+                    // the rescale factor 2^(ve - e) below stays a normal f32.
+                    e = max(e, -100);
+                    r[ri] = ve[ri] == kNoExp ? 0.0f : ldexpf(1.0f, ve[ri] - e);  // exact (o is 0 while kNoExp)
+                    ve[ri] = e;
                 }
+                unit[ri] = ve[ri] == kNoExp ? 0.0f : ldexpf(1.0f, -ve[ri]);
             }
-            const float unit = ve == kNoExp ? 0.0f : ldexpf(1.0f, -ve);
+            scale_rows(o, r[0], r[1]);
 #pragma unroll
             for (int jt = 0; jt < 2; ++jt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) pr[jt][e] *= v_scales[key0 + 8 * jt + 2 * c4 + (e & 1)] * unit;
+                for (int e = 0; e < 4; ++e) pr[jt][e] *= v_scales[key0 + 8 * jt + 2 * c4 + (e & 1)] * unit[e >> 1];
         }
         // P as A fragments, split p = hi + lo in f16.
         uint32_t ph[4], pl[4];
@@ -1182,12 +1199,8 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
     cp_async_wait<0>();
     __syncthreads();
 
-    if constexpr (kQ8) {  // back from units of 2^ve (exact)
-        if (ve != kNoExp) {
-            const float u = ldexpf(1.0f, ve);
-            scale_rows(o, u, u);
-        }
-    }
+    if constexpr (kQ8)  // back from units of 2^ve (exact)
+        scale_rows(o, ve[0] == kNoExp ? 1.0f : ldexpf(1.0f, ve[0]), ve[1] == kNoExp ? 1.0f : ldexpf(1.0f, ve[1]));
     // Warp states -> shared scratch (m, l per row; O), then merged in warp order per (row, chunk).
     float* ms = reinterpret_cast<float*>(smem);
     float* ls = ms + 4 * kMmaRows;

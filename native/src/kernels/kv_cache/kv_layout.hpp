@@ -17,8 +17,8 @@
 // logical blocks, and a sequence's blocks are often physically consecutive (the allocator hands out
 // free blocks in order); then the item reads one long contiguous run instead of a tile-sized piece
 // every num_kv_heads tiles, which the CPU's hardware prefetchers follow. On the 2-core Zen 5 dev box
-// a probe of the two access patterns (8 KiB f16 tiles, Llama-3-8B shape, 2 threads, software prefetch)
-// read 29-32 GB/s block-major vs 35-39 GB/s head-major (docs/perf/cpu-2026-12-06-zen5.md). Kernels
+// (BM_DecodeAttention, f16, Llama-3-8B shape, 16-token blocks, 2 threads, alternating old/new binaries)
+// the AVX-512 kernel went from 49-53 % to 60-70 % of the streaming read (docs/perf/cpu-2026-12-06-zen5.md). Kernels
 // only ever form block * block_stride + kv_head * head_stride, so they do not depend on the order;
 // code that moves a whole block (fork's copy-on-write) copies num_layers x num_kv_heads tiles.
 //
