@@ -19,6 +19,7 @@
 
 #include "bench_util.hpp"
 #include "cpu/cpu_runtime.hpp"
+#include "kernels/kv_cache/kv_cache.hpp"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -112,6 +113,10 @@ bool build(AttentionSetup& s, int32_t batch, int64_t context, benchmark::State& 
         state.SkipWithError("KV cache allocation failed");
         return false;
     }
+    // LLMNATIVE_BENCH_SHUFFLE=1: a shuffled free list, so no two consecutive blocks of a sequence are
+    // neighbours in the pool (a long-running server's pool); default: the fresh free list's order.
+    if (const char* sh = std::getenv("LLMNATIVE_BENCH_SHUFFLE"); sh && std::strcmp(sh, "1") == 0)
+        llmn::lookup<llmn::KvCache>(s.cache, "cache")->debug_shuffle_free_list(7);
     std::mt19937 g(7);
     std::normal_distribution<float> nd(0.0f, 1.0f);
     llmn_buffer kb = random_buffer(s.ctx, g, nd, int64_t(kChunk) * kKvHeads * kHeadDim);
