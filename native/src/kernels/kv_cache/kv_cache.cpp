@@ -224,7 +224,8 @@ llmn_kv_cache_desc validate_kv_desc(const llmn_kv_cache_desc* desc, const Contex
         }
         LLMN_CHECK_ARG(blocks <= std::numeric_limits<int32_t>::max(),
                        "the cache would have %lld blocks; at most 2^31-1 are addressable (raise block_size)", (long long)blocks);
-        checked_mul(checked_mul(blocks, L.tile_bytes, "KV pool size of one kv head"), d.num_kv_heads, "KV pool layer size");
+        // overflow check of what set_num_blocks computes: layer_stride = blocks x tile_bytes x num_kv_heads
+        (void)checked_mul(checked_mul(blocks, L.tile_bytes, "KV pool size of one kv head"), d.num_kv_heads, "KV pool layer size");
         L.set_num_blocks(blocks);
         L.pool_bytes = checked_mul(L.layer_stride, d.num_layers, "KV pool size");
         L.res_region_off = L.pool_bytes;
