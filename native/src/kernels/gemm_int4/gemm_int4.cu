@@ -65,7 +65,8 @@
 //    opt-in until it has run on a GPU (LLMNATIVE_INT4_CUDA_REDUCE=last): every stripe writes its partial
 //    to its own slot (2 per block, partial_slot), counts its arrival with one acq_rel atomic, and the
 //    last to arrive sums the slots in stripe order (deterministic) and writes Y. One round trip, no
-//    waiting, no residency assumption. The workspace holds 2 slots per SM for it.
+//    waiting, no residency assumption. The workspace holds 2 slots per SM for it. Only the m <= 16
+//    kernels (kMB == 1) contain it: compiled into the others it made their serial path spill more.
 //
 // 7. Shapes. Any m: a launch handles up to kMaxProblems problems of 64 rows and one remainder problem
 //    of 16/32/48/64 rows (rows past m are zero-filled by predicated cp.async and never stored). Any K and
@@ -417,9 +418,12 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_fast_kernel(FastParams 
         // (2) blocks sharing the slice.
         const SliceShare share = slice_share(t, k_tiles, p.iters, stripe);
         bool write = true;
-        if (share.count > 1 && p.reduce_last) {
+        if (kMB == 1 && share.count > 1 && p.reduce_last) {
             // Last arrival: publish this stripe's partial, count arrivals; the last one sums all partials in
             // stripe order (cells of rows past m are neither written nor read: at m = 1, 1/8 of the tile is).
+            // Compiled into the m <= 16 kernels only (kMB == 1: the small-m latency it is for); in the others
+            // its registers made the serial path spill more (nvcc 11.8 sm_90, kMB = 4: 384 -> 574 bytes stored
+            // per column-scaled kernel), so they always take the serial chain below.
             if (kgroup == 0) {
                 float4* mine = reinterpret_cast<float4*>(p.red + int64_t(partial_slot(slice, k_tiles, p.iters, stripe)) * kSlotFloats);
 #pragma unroll
@@ -455,42 +459,23 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_fast_kernel(FastParams 
                 auto part_of = [&](int b) {
                     return reinterpret_cast<const float4*>(p.red + int64_t(partial_slot(slice, k_tiles, p.iters, b)) * kSlotFloats);
                 };
-                if constexpr (kMB == 1) {
-                    // Small m: the next partial's loads are issued before the current one is added, so two L2
-                    // round trips overlap (32 more registers; the m <= 16 kernels have ~110 of 255).
-                    if (c_row(0, lane, 0) < rows_valid) {
-                        float4 cur[8], nxt[8] = {};
+                // Small m: the next partial's loads are issued before the current one is added, so two L2
+                // round trips overlap (32 more registers; the m <= 16 kernels have ~110 of 255).
+                if (c_row(0, lane, 0) < rows_valid) {
+                    float4 cur[8], nxt[8] = {};
 #pragma unroll
-                        for (int f = 0; f < 8; ++f) cur[f] = __ldcg(part_of(share.first_block) + (f * kStrips + strip) * 32 + lane);
-#pragma unroll 1
-                        for (int b = share.first_block; b < b_end; ++b) {
-                            if (b + 1 < b_end) {
-#pragma unroll
-                                for (int f = 0; f < 8; ++f) nxt[f] = __ldcg(part_of(b + 1) + (f * kStrips + strip) * 32 + lane);
-                            }
-#pragma unroll
-                            for (int f = 0; f < 8; ++f) {
-                                acc[0][f][0] += cur[f].x; acc[0][f][1] += cur[f].y;
-                                acc[0][f][2] += cur[f].z; acc[0][f][3] += cur[f].w;
-                                cur[f] = nxt[f];
-                            }
-                        }
-                    }
-                } else {
+                    for (int f = 0; f < 8; ++f) cur[f] = __ldcg(part_of(share.first_block) + (f * kStrips + strip) * 32 + lane);
 #pragma unroll 1
                     for (int b = share.first_block; b < b_end; ++b) {
-                        const float4* part = part_of(b);
+                        if (b + 1 < b_end) {
 #pragma unroll
-                        for (int mb = 0; mb < kMB; ++mb) {
-                            if (c_row(mb, lane, 0) >= rows_valid) break;
-                            float4 v[8];
+                            for (int f = 0; f < 8; ++f) nxt[f] = __ldcg(part_of(b + 1) + (f * kStrips + strip) * 32 + lane);
+                        }
 #pragma unroll
-                            for (int f = 0; f < 8; ++f) v[f] = __ldcg(part + ((mb * 8 + f) * kStrips + strip) * 32 + lane);
-#pragma unroll
-                            for (int f = 0; f < 8; ++f) {
-                                acc[mb][f][0] += v[f].x; acc[mb][f][1] += v[f].y;
-                                acc[mb][f][2] += v[f].z; acc[mb][f][3] += v[f].w;
-                            }
+                        for (int f = 0; f < 8; ++f) {
+                            acc[0][f][0] += cur[f].x; acc[0][f][1] += cur[f].y;
+                            acc[0][f][2] += cur[f].z; acc[0][f][3] += cur[f].w;
+                            cur[f] = nxt[f];
                         }
                     }
                 }

@@ -261,7 +261,8 @@ enum class KernelPath { Auto = 0, Reference = 1, Fast = 2 };
 void set_kernel_path(KernelPath path);
 // Cross-block reduction of the fast kernel (see partial_slot). Auto = Serial, the protocol that has run
 // on a GPU; LastArrival is opt-in (LLMNATIVE_INT4_CUDA_REDUCE=last|serial, or this override) until its
-// GPU tests have passed.
+// GPU tests have passed, and it applies to the m <= 16 kernels (1 m-block) only: the others always reduce
+// serially (this host model covers any m-block count).
 enum class ReduceMode { Auto = 0, Serial = 1, LastArrival = 2 };
 void set_reduce_mode(ReduceMode mode);
 
