@@ -13,6 +13,10 @@
 //    every block boundary, and a burst of hundreds of prefetches would stall on the miss queues.
 //    (Measured on Zen 2, single thread, 8x4k: no prefetch 19.7 ms, T0 burst 20+ ms, T0 spread
 //    16.3 ms, T1 spread 15.5 ms, NTA 29 ms.)
+//  - head_dim 64 / 128 instantiated with compile-time loop bounds, and no mask pass for rows whose tile
+//    is fully visible without soft-cap / ALiBi, as in the AVX-512 kernel (same values). On the Zen 5 dev
+//    box running this kernel (one thread, cache-resident KV, four alternating rounds) the change was
+//    within noise (1 x 4k 985-1138 -> 941-1140 us); never measured on an AVX2-only CPU.
 #include "decode_attention_avx2_math.hpp"
 #include "decode_attention_cpu.hpp"
 
@@ -35,9 +39,10 @@ inline __m256 load_h8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si12
 constexpr int kStride = kTileKeys + 8;  // score row pitch (floats)
 
 // Scores of RT rows x KT keys (RT * KT = 8) into s[r * kStride + t + j] for j < valid.
-template <int RT, int KT>
-inline void qk_block(const float* q, int D, const uint16_t* const* k, float* s, int t, int valid) {
+template <int RT, int KT, int DC>
+inline void qk_block(const float* q, int d_rt, const uint16_t* const* k, float* s, int t, int valid) {
     static_assert(RT * KT == 8, "8 accumulators");
+    const int D = DC > 0 ? DC : d_rt;
     __m256 acc[8];
     for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
     for (int c = 0; c < D; c += 8) {
@@ -88,22 +93,24 @@ inline void prefetch_row(const uint16_t* row, int bytes) {
 
 // pf/npf: rows of the next tile to prefetch, spread over this loop (a burst of hundreds of
 // prefetches would stall on the miss queue and serialise memory and compute).
-template <int RT, int KT>
-inline void qk_rows(const float* q, int D, const uint16_t* const* krows, int n, float* s,
+template <int RT, int KT, int DC>
+inline void qk_rows(const float* q, int d_rt, const uint16_t* const* krows, int n, float* s,
                     const uint16_t* const* pf = nullptr, int npf = 0) {
+    const int D = DC > 0 ? DC : d_rt;
     for (int t = 0; t < n; t += KT) {
         for (int j = t; j < std::min(t + KT, npf); ++j) prefetch_row(pf[j], D * 2);
         const uint16_t* k[KT];
         for (int j = 0; j < KT; ++j) k[j] = krows[std::min(t + j, n - 1)];  // tail: recompute the last key
-        qk_block<RT, KT>(q, D, k, s, t, std::min(KT, n - t));
+        qk_block<RT, KT, DC>(q, D, k, s, t, std::min(KT, n - t));
     }
 }
 
 // acc[r][c..c+16) += sum_t p[r][t] * v[t][c..c+16) for RT rows; U-way unroll over keys keeps
 // 8 independent accumulators for every RT (partial sums added in a fixed order at the end).
-template <int RT>
-inline void pv_rows(const float* p, const uint16_t* const* vrows, int n, int D, float* acc,
+template <int RT, int DC>
+inline void pv_rows(const float* p, const uint16_t* const* vrows, int n, int d_rt, float* acc,
                     const uint16_t* const* pf = nullptr, int npf = 0) {
+    const int D = DC > 0 ? DC : d_rt;
     constexpr int U = RT == 4 ? 1 : (RT == 2 ? 2 : 4);
     for (int c = 0; c < D; c += 16) {
         __m256 a[U][RT][2];
@@ -144,10 +151,9 @@ inline void pv_rows(const float* p, const uint16_t* const* vrows, int n, int D, 
     }
 }
 
-}  // namespace
-
-void run_item_avx2(const Item& it) {
-    const int D = it.head_dim, R = it.rows, bs = it.block_size;
+template <int DC>
+void run_item_impl(const Item& it) {
+    const int D = DC > 0 ? DC : it.head_dim, R = it.rows, bs = it.block_size;
     const float NEG_INF = -std::numeric_limits<float>::infinity();
     thread_local std::vector<float> acc, m, l, sbuf;
     acc.assign(size_t(R) * D, 0.0f);
@@ -189,10 +195,10 @@ void run_item_avx2(const Item& it) {
         // 1. scores (the first row tile also prefetches the next tile's K rows)
         int r = 0;
         for (; r + 4 <= R; r += 4)
-            qk_rows<4, 2>(it.q + size_t(r) * D, D, K, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
+            qk_rows<4, 2, DC>(it.q + size_t(r) * D, D, K, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
         for (; r + 2 <= R; r += 2)
-            qk_rows<2, 4>(it.q + size_t(r) * D, D, K, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
-        for (; r < R; ++r) qk_rows<1, 8>(it.q + size_t(r) * D, D, K, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
+            qk_rows<2, 4, DC>(it.q + size_t(r) * D, D, K, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
+        for (; r < R; ++r) qk_rows<1, 8, DC>(it.q + size_t(r) * D, D, K, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
 
         // 2. online softmax per row; S becomes the weights P (0 for masked keys)
         const int nv = (n + 7) & ~7;
@@ -203,7 +209,15 @@ void run_item_avx2(const Item& it) {
                 for (int j = 0; j < nv; j += 8) _mm256_storeu_ps(s + j, _mm256_setzero_ps());
                 continue;
             }
-            const float tile_max = mask_row(s, nv, t0, lo, hi, it.softcap, it.row_slope ? &it.row_slope[r] : nullptr, it.row_hi[r]);
+            float tile_max;
+            if (it.softcap <= 0.0f && !it.row_slope && lo == 0 && hi == nv) {
+                // every key visible, no transform (most tiles): mask_row would store S unchanged
+                __m256 vmax = _mm256_set1_ps(NEG_INF);
+                for (int j = 0; j < nv; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + j));
+                tile_max = hmax(vmax);
+            } else {
+                tile_max = mask_row(s, nv, t0, lo, hi, it.softcap, it.row_slope ? &it.row_slope[r] : nullptr, it.row_hi[r]);
+            }
             float* ar = acc.data() + size_t(r) * D;
             raise_row_max(tile_max, m[size_t(r)], l[size_t(r)], ar, D);
             const __m256 vm = _mm256_set1_ps(m[size_t(r)]);
@@ -220,10 +234,10 @@ void run_item_avx2(const Item& it) {
 
         // 3. acc += P V
         for (r = 0; r + 4 <= R; r += 4)
-            pv_rows<4>(S + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D, VN, r == 0 ? n_cur : 0);
+            pv_rows<4, DC>(S + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D, VN, r == 0 ? n_cur : 0);
         for (; r + 2 <= R; r += 2)
-            pv_rows<2>(S + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D, VN, r == 0 ? n_cur : 0);
-        for (; r < R; ++r) pv_rows<1>(S + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D, VN, r == 0 ? n_cur : 0);
+            pv_rows<2, DC>(S + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D, VN, r == 0 ? n_cur : 0);
+        for (; r < R; ++r) pv_rows<1, DC>(S + size_t(r) * kStride, V, n, D, acc.data() + size_t(r) * D, VN, r == 0 ? n_cur : 0);
         cur ^= 1;
     }
 
@@ -239,6 +253,16 @@ void run_item_avx2(const Item& it) {
             it.lse[r] = NEG_INF;
         }
     }
+}
+
+}  // namespace
+
+// head_dim 64 and 128 (most models) get loops with compile-time trip counts; the others run the same
+// code with a runtime head_dim.
+void run_item_avx2(const Item& it) {
+    if (it.head_dim == 128) run_item_impl<128>(it);
+    else if (it.head_dim == 64) run_item_impl<64>(it);
+    else run_item_impl<0>(it);
 }
 
 }  // namespace llmn::attn_cpu
