@@ -967,8 +967,13 @@ __device__ __forceinline__ void mma_decode_tile_q8(const uint4* stage, uint4* wo
         const uint4 hi = make_uint4(q8x2_to_f16x2(raw.z, fp8), q8x2_to_f16x2(raw.z >> 16, fp8), q8x2_to_f16x2(raw.w, fp8),
                                     q8x2_to_f16x2(raw.w >> 16, fp8));
         uint4* rows = work + side * kMmaTileKeys * kC;
-        rows[swz(j, 2 * c16, kC)] = lo;
-        rows[swz(j, 2 * c16 + 1, kC)] = hi;
+        // A 16-byte store is served per quarter-warp (8 threads). At D = 128 those 8 threads are c16 = 0..7
+        // of one row, and lo then hi would hit chunks 2 c16 (^ row swizzle): only 4 distinct 16-byte bank
+        // groups, a 2-way conflict per store (found by review). Threads c16 >= 4 store hi first: each
+        // store then covers 8 distinct groups. D = 64 (two rows per quarter-warp) is unaffected.
+        const bool hi_first = (c16 & 4) != 0;
+        rows[swz(j, 2 * c16 + (hi_first ? 1 : 0), kC)] = hi_first ? hi : lo;
+        rows[swz(j, 2 * c16 + (hi_first ? 0 : 1), kC)] = hi_first ? lo : hi;
     }
 }
 
