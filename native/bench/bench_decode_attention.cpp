@@ -210,6 +210,62 @@ __attribute__((target("avx2,fma,f16c"))) float core_mix(const uint16_t* buf, int
     return o[0] + o[7];
 }
 
+// BM_KvTileRead (x86 with AVX-512 F): the memory side of a decode work item without the attention
+// math, for the pool layouts of kv_layout.hpp. A 1 GiB pool of 8 KiB head tiles (f16, block 16,
+// head_dim 128) of 8 kv heads; the pool threads take one kv head at a time and read its tiles of every
+// block in block order, with T1 software prefetch 128 lines (8 KiB) ahead and ~8 cycles of dependent
+// FMA work per 64-byte line (about the f16 kernel's compute per line at GQA 4). Arg 0: block-major
+// slabs [block][kv_head][tile] (a head's tiles 64 KiB apart), the layout before 2026-12-06; 1: head-major
+// [kv_head][block][tile] (a head's tiles back to back: the layout since). GB/s = bytes read / time.
+__attribute__((target("avx512f"))) double tile_read_head(const char* pool, size_t head, size_t blocks, bool head_major) {
+    constexpr size_t kTile = 8192, kHeads = 8, kLines = kTile / 64;
+    auto line = [&](size_t i) {  // address of line i of this head's stream
+        const size_t b = i / kLines, l = i % kLines;
+        return pool + (head_major ? (head * blocks + b) * kTile : (b * kHeads + head) * kTile) + l * 64;
+    };
+    const size_t n = blocks * kLines;
+    __m512i s = _mm512_setzero_si512();
+    __m512 a = _mm512_setzero_ps(), c = _mm512_setzero_ps();
+    const __m512 m = _mm512_set1_ps(1.0001f);
+    for (size_t i = 0; i < n; ++i) {
+        if (i + 128 < n) _mm_prefetch(line(i + 128), _MM_HINT_T1);
+        s = _mm512_add_epi64(s, _mm512_load_si512(reinterpret_cast<const void*>(line(i))));
+        a = _mm512_fmadd_ps(a, m, m);
+        c = _mm512_fmadd_ps(c, m, m);
+        a = _mm512_fmadd_ps(a, m, m);
+        c = _mm512_fmadd_ps(c, m, m);
+    }
+    alignas(64) int64_t o[8];
+    _mm512_store_si512(o, s);
+    alignas(64) float f[16];
+    _mm512_store_ps(f, _mm512_add_ps(a, c));
+    return double(o[0]) + double(f[0]);
+}
+
+void BM_KvTileRead(benchmark::State& state) {
+    if (!__builtin_cpu_supports("avx512f")) {
+        state.SkipWithError("needs AVX-512 F");
+        return;
+    }
+    const bool head_major = state.range(0) != 0;
+    const size_t bytes = size_t(1) << 30, blocks = bytes / (8 * 8192);
+    char* pool = static_cast<char*>(std::aligned_alloc(size_t(2) << 20, bytes));
+    llmn::cpu::advise_huge_pages(pool, bytes);
+    std::memset(pool, 1, bytes);
+    std::vector<double> sink(8, 0.0), gbps;
+    for (auto _ : state) {
+        const auto t0 = std::chrono::steady_clock::now();
+        llmn::cpu::parallel_for(8, [&](int64_t h) { sink[size_t(h)] += tile_read_head(pool, size_t(h), blocks, head_major); });
+        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        state.SetIterationTime(secs);
+        gbps.push_back(double(bytes) / secs / 1e9);
+    }
+    benchmark::DoNotOptimize(sink.data());
+    std::free(pool);
+    state.counters["GBps"] = median(gbps);
+    state.counters["threads"] = llmn::cpu::thread_count();
+}
+
 void BM_AttentionCoreRoofline(benchmark::State& state) {
     if (llmn::cpu::detected_isa() < LLMN_CPU_ISA_AVX2) {
         state.SkipWithError("needs AVX2 + FMA + F16C");
@@ -256,6 +312,7 @@ void BM_DecodeAttentionQuant(benchmark::State& state) {
 BENCHMARK(BM_StreamRead)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(8);
 #if defined(__x86_64__)
 BENCHMARK(BM_AttentionCoreRoofline)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5);
+BENCHMARK(BM_KvTileRead)->ArgName("head_major")->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5);
 #endif
 
 // batch x context; 32 x 32k (4 GiB of KV per layer, 8 GiB with the rotation) is left out on purpose.

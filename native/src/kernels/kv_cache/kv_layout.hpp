@@ -18,7 +18,8 @@
 // free blocks in order); then the item reads one long contiguous run instead of a tile-sized piece
 // every num_kv_heads tiles, which the CPU's hardware prefetchers follow. On the 2-core Zen 5 dev box
 // (BM_DecodeAttention, f16, Llama-3-8B shape, 16-token blocks, 2 threads, alternating old/new binaries)
-// the AVX-512 kernel went from 49-53 % to 60-70 % of the streaming read (docs/perf/cpu-2026-12-06-zen5.md). Kernels
+// the AVX-512 kernel went from 49-53 % to 60-70 % of the streaming read, and the access pattern alone
+// (BM_KvTileRead) from 28 to 48 GB/s (docs/perf/cpu-2026-12-06-zen5.md). Kernels
 // only ever form block * block_stride + kv_head * head_stride, so they do not depend on the order;
 // code that moves a whole block (fork's copy-on-write) copies num_layers x num_kv_heads tiles.
 //
