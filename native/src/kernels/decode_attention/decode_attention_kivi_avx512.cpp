@@ -156,13 +156,17 @@ inline void qk_block(const float* q, int D, const uint8_t* const* k, const float
             for (int j = 0; j < KT; ++j) acc[r * KT + j] = _mm512_fmadd_ps(qv, kv[j], acc[r * KT + j]);
         }
     }
-    alignas(64) float out[16];
-    _mm512_store_ps(out, reduce16(acc));
+    // As the f16 kernel: one permute puts score r * KT + j in lane r * KT + j, the row constants kc[r] are
+    // permuted into the same lanes, one masked store per row (pointer offset by -r KT, inside S since
+    // kStride > KT). Same values as the stack-array copy it replaced.
+    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m512i row_of_lane = _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                  KT == 4 ? 2 : KT == 8 ? 3 : 4);
+    const __m512 kcv = _mm512_permutexvar_ps(row_of_lane, _mm512_maskz_loadu_ps(__mmask16((1u << RT) - 1), kc));
+    const __m512 sc = _mm512_add_ps(_mm512_permutexvar_ps(perm, reduce16(acc)), kcv);
+    const __mmask16 vm = __mmask16((1u << valid) - 1);
     for (int r = 0; r < RT; ++r)
-        for (int j = 0; j < valid; ++j) {
-            const int i = r * KT + j;
-            s[size_t(r) * kStride + t + j] = out[4 * (i % 4) + i / 4] + kc[r];
-        }
+        _mm512_mask_storeu_ps(s + size_t(r) * kStride + t - r * KT, __mmask16(vm << (r * KT)), sc);
 }
 
 template <int F, int RT, int KT>
