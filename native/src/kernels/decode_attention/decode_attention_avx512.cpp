@@ -22,11 +22,7 @@
 // (no inline function shared with the AVX2 files, which would let the linker pick a zmm copy).
 #include "decode_attention_cpu.hpp"
 
-// GCC 12 reports its own _mm512_undefined_* placeholders inside avx512fintrin.h as "may be used
-// uninitialized" / "used uninitialized" (a known false positive of the header, not of this file).
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
+#include "decode_attention_avx512_math.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -38,55 +34,10 @@ namespace llmn::attn_cpu {
 
 namespace {
 
+using namespace avx512_math;
+
 inline __m512 load_h16(const uint16_t* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-
-// Same reduction and polynomial as avx2_math::exp_ps (relative error ~1.5e-7), 16 lanes.
-inline __m512 exp16(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3365447505531f)), _mm512_set1_ps(88.3762626647949f));
-    const __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
-    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
-    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
-    y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), x);
-    y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
-    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
-}
-
-// c * tanh(s / c), as avx2_math::softcap_ps.
-inline __m512 softcap16(__m512 s, __m512 c) {
-    const __m512i sign = _mm512_set1_epi32(int32_t(0x80000000u));
-    const __m512 y = _mm512_div_ps(s, c);
-    const __m512 a = _mm512_castsi512_ps(_mm512_andnot_si512(sign, _mm512_castps_si512(y)));
-    const __m512 e = exp16(_mm512_mul_ps(a, _mm512_set1_ps(-2.0f)));
-    const __m512 one = _mm512_set1_ps(1.0f);
-    const __m512 t = _mm512_div_ps(_mm512_sub_ps(one, e), _mm512_add_ps(one, e));
-    const __m512i ys = _mm512_and_si512(sign, _mm512_castps_si512(y));
-    return _mm512_mul_ps(c, _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t), ys)));
-}
-
-// Sums of 16 vectors by a transpose-and-add tree (45 single-uop shuffles and adds): lane 4k + m of
-// the result is sum(a[4m + k]).
-inline __m512 reduce16(const __m512* a) {
-    __m512 b[8], c[4], d[2];
-    for (int p = 0; p < 8; ++p)  // [x.q0 + x.q2, x.q1 + x.q3, y.q0 + y.q2, y.q1 + y.q3]
-        b[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    for (int p = 0; p < 4; ++p)  // quarter k: the 4 partial sums of a[4p + k]
-        c[p] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                             _mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-    for (int p = 0; p < 2; ++p)  // quarter k: [u02, v02, u13, v13], u = a[8p + k], v = a[8p + 4 + k]
-        d[p] = _mm512_add_ps(_mm512_unpacklo_ps(c[2 * p], c[2 * p + 1]), _mm512_unpackhi_ps(c[2 * p], c[2 * p + 1]));
-    const __m512d e = _mm512_castps_pd(d[0]), f = _mm512_castps_pd(d[1]);
-    return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(e, f)), _mm512_castpd_ps(_mm512_unpackhi_pd(e, f)));
 }
 
 constexpr int kStride = kTileKeys + 16;  // score row pitch (floats)
@@ -116,15 +67,9 @@ inline void qk_block(const float* q, int d_rt, const uint16_t* const* k, float* 
             for (int j = 0; j < KT; ++j) acc[r * KT + j] = _mm512_fmadd_ps(qv, kv[j], acc[r * KT + j]);
         }
     }
-    // reduce16 leaves score i = r * KT + j in lane 4 (i % 4) + i / 4; one permute puts it in lane i, so
-    // row r's scores are lanes [r KT, r KT + valid): one masked store per row (the pointer is offset by
-    // -r KT so that lane r KT lands on key t; it stays inside S since kStride > KT). Replaced a round trip
+    // Scores leave from the register, one masked store per row (avx512_math). Replaced a round trip
     // through a stack array and 16 scalar copies: q.k 8.7 -> 8.1-8.2 ns per key, single thread, hot KV.
-    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    const __m512 sc = _mm512_permutexvar_ps(perm, reduce16(acc));
-    const __mmask16 vm = __mmask16((1u << valid) - 1);
-    for (int r = 0; r < RT; ++r)
-        _mm512_mask_storeu_ps(s + size_t(r) * kStride + t - r * KT, __mmask16(vm << (r * KT)), sc);
+    store_score_rows<RT, KT>(s, kStride, t, valid, score_lanes(acc));
 }
 
 template <int RT, int KT, int DC>

@@ -18,13 +18,8 @@
 // another summation order: results agree within f32 rounding, and are bitwise repeatable run to run.
 // Only this file's functions are compiled with AVX-512 flags, and all of them have internal linkage
 // (no inline function shared with the AVX2 files, which would let the linker pick a zmm copy).
-// GCC 12 reports its own _mm512_undefined_* placeholders inside avx512fintrin.h as "may be used
-// uninitialized" / "used uninitialized" (a known false positive of the header, not of this file).
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+#include "decode_attention_avx512_math.hpp"
 #include "decode_attention_cpu.hpp"
-
-#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
@@ -35,6 +30,8 @@
 namespace llmn::attn_cpu {
 
 namespace {
+
+using namespace avx512_math;
 
 enum RowFmt { kF16 = 0, kI4 = 4, kI2 = 2 };
 
@@ -83,52 +80,6 @@ inline void from_pair_order(__m512 even, __m512 odd, __m512& a, __m512& b) {
 
 inline __m512 cvt_h16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
 
-// e^x, the polynomial of avx2_math::exp_ps (relative error ~1.5e-7), 16 lanes.
-inline __m512 exp16(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3365447505531f)), _mm512_set1_ps(88.3762626647949f));
-    const __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
-    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
-    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
-    y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), x);
-    y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
-    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
-}
-
-// c * tanh(s / c), as avx2_math::softcap_ps.
-inline __m512 softcap16(__m512 s, __m512 c) {
-    const __m512i sign = _mm512_set1_epi32(int32_t(0x80000000u));
-    const __m512 y = _mm512_div_ps(s, c);
-    const __m512 a = _mm512_castsi512_ps(_mm512_andnot_si512(sign, _mm512_castps_si512(y)));
-    const __m512 e = exp16(_mm512_mul_ps(a, _mm512_set1_ps(-2.0f)));
-    const __m512 one = _mm512_set1_ps(1.0f);
-    const __m512 t = _mm512_div_ps(_mm512_sub_ps(one, e), _mm512_add_ps(one, e));
-    const __m512i ys = _mm512_and_si512(sign, _mm512_castps_si512(y));
-    return _mm512_mul_ps(c, _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t), ys)));
-}
-
-// Sums of 16 vectors by a transpose-and-add tree: lane 4k + m of the result is sum(a[4m + k]).
-inline __m512 reduce16(const __m512* a) {
-    __m512 b[8], c[4], d[2];
-    for (int p = 0; p < 8; ++p)
-        b[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    for (int p = 0; p < 4; ++p)
-        c[p] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                             _mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-    for (int p = 0; p < 2; ++p)
-        d[p] = _mm512_add_ps(_mm512_unpacklo_ps(c[2 * p], c[2 * p + 1]), _mm512_unpackhi_ps(c[2 * p], c[2 * p + 1]));
-    const __m512d e = _mm512_castps_pd(d[0]), f = _mm512_castps_pd(d[1]);
-    return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(e, f)), _mm512_castpd_ps(_mm512_unpackhi_pd(e, f)));
-}
-
 // s[r][t + j] = q[r] . k_j + kc[r] for RT rows x KT keys (16 accumulators), j < valid.
 template <int F, int RT, int KT>
 inline void qk_block(const float* q, int D, const uint8_t* const* k, const float* kc, float* s, int t, int valid) {
@@ -156,17 +107,9 @@ inline void qk_block(const float* q, int D, const uint8_t* const* k, const float
             for (int j = 0; j < KT; ++j) acc[r * KT + j] = _mm512_fmadd_ps(qv, kv[j], acc[r * KT + j]);
         }
     }
-    // As the f16 kernel: one permute puts score r * KT + j in lane r * KT + j, the row constants kc[r] are
-    // permuted into the same lanes, one masked store per row (pointer offset by -r KT, inside S since
-    // kStride > KT). Same values as the stack-array copy it replaced.
-    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    const __m512i row_of_lane = _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                                  KT == 4 ? 2 : KT == 8 ? 3 : 4);
-    const __m512 kcv = _mm512_permutexvar_ps(row_of_lane, _mm512_maskz_loadu_ps(__mmask16((1u << RT) - 1), kc));
-    const __m512 sc = _mm512_add_ps(_mm512_permutexvar_ps(perm, reduce16(acc)), kcv);
-    const __mmask16 vm = __mmask16((1u << valid) - 1);
-    for (int r = 0; r < RT; ++r)
-        _mm512_mask_storeu_ps(s + size_t(r) * kStride + t - r * KT, __mmask16(vm << (r * KT)), sc);
+    // As the f16 kernel, plus the row constants kc[r] in the same lanes (same values as the stack-array
+    // copy it replaced).
+    store_score_rows<RT, KT>(s, kStride, t, valid, _mm512_add_ps(score_lanes(acc), row_lanes<RT, KT>(kc)));
 }
 
 template <int F, int RT, int KT>

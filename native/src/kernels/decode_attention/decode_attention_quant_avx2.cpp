@@ -155,11 +155,13 @@ inline void pv_rows(const float* p, const uint8_t* const* vrows, int n, int D, f
 // path does 128 ymm FMAs per key per GQA group of 4 and is compute bound below the streaming
 // bandwidth, zmm halves that. Only the q.k and p.v loops are zmm (target attribute, internal linkage,
 // so no zmm copy of a shared inline function can reach the AVX2 paths); softmax stays ymm.
-// GCC 12's AVX-512 intrinsics initialise their undefined operand from itself (false -W[maybe-]uninitialized).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+}  // namespace
+}  // namespace llmn::attn_cpu
+#include "decode_attention_avx512_math.hpp"  // here: its GCC 12 warning pragmas need not cover the AVX2 code above
+namespace llmn::attn_cpu {
+namespace {
+using namespace avx512_math;
+
 #define LLMN_QZ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 
 template <int F>
@@ -172,22 +174,6 @@ LLMN_QZ inline __m512 load16(const uint8_t* row, int c) {
         const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c)));
         return _mm512_cvtph_ps(_mm256_and_si256(_mm256_slli_epi16(w, 7), _mm256_set1_epi16(int16_t(0xBF80))));
     }
-}
-
-// Sums of 16 vectors by a transpose-and-add tree (the f16 kernel's reduce16): lane 4k + m of the result is
-// sum(a[4m + k]).
-LLMN_QZ inline __m512 reduce16(const __m512* a) {
-    __m512 b[8], c[4], d[2];
-    for (int p = 0; p < 8; ++p)
-        b[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    for (int p = 0; p < 4; ++p)
-        c[p] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                             _mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-    for (int p = 0; p < 2; ++p)
-        d[p] = _mm512_add_ps(_mm512_unpacklo_ps(c[2 * p], c[2 * p + 1]), _mm512_unpackhi_ps(c[2 * p], c[2 * p + 1]));
-    const __m512d e = _mm512_castps_pd(d[0]), f = _mm512_castps_pd(d[1]);
-    return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(e, f)), _mm512_castpd_ps(_mm512_unpackhi_pd(e, f)));
 }
 
 // RT rows x KT keys, RT * KT = 16 accumulators (FMA latency x throughput is 8 on Zen 4/5).
@@ -206,19 +192,10 @@ LLMN_QZ inline void qk_block16(const float* q, int D, const uint8_t* const* k, c
             for (int j = 0; j < KT; ++j) acc[r * KT + j] = _mm512_fmadd_ps(qv, kv[j], acc[r * KT + j]);
         }
     }
-    // The f16 kernel's reduction (decode_attention_avx512.cpp): one transpose-and-add tree for the 16
-    // sums, one permute to lane r * KT + j, the per-key scales permuted to the same lanes, one masked
-    // store per row (the pointer is offset by -r KT, inside S since kStride > KT). Replaced folding each
-    // sum to ymm + two AVX2 hadd trees + a stack array and scalar copies; same products, sums in another
-    // order.
-    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    const __m512i key_of_lane = _mm512_and_si512(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                                 _mm512_set1_epi32(KT - 1));
-    const __mmask16 vm = __mmask16((1u << valid) - 1);
-    const __m512 kscale = _mm512_permutexvar_ps(key_of_lane, _mm512_maskz_loadu_ps(vm, ks + t));
-    const __m512 sc = _mm512_mul_ps(_mm512_permutexvar_ps(perm, reduce16(acc)), kscale);
-    for (int r = 0; r < RT; ++r)
-        _mm512_mask_storeu_ps(s + size_t(r) * kStride + t - r * KT, __mmask16(vm << (r * KT)), sc);
+    // The f16 kernel's reduction and row stores (avx512_math), times the per-key scales in the same
+    // lanes. Replaced folding each sum to ymm + two AVX2 hadd trees + a stack array and scalar copies;
+    // same products, sums in another order.
+    store_score_rows<RT, KT>(s, kStride, t, valid, _mm512_mul_ps(score_lanes(acc), key_lanes<KT>(ks + t, valid)));
 }
 
 template <int F, int RT, int KT>
