@@ -209,15 +209,7 @@ void run_item_impl(const Item& it) {
                 for (int j = 0; j < nv; j += 8) _mm256_storeu_ps(s + j, _mm256_setzero_ps());
                 continue;
             }
-            float tile_max;
-            if (it.softcap <= 0.0f && !it.row_slope && lo == 0 && hi == nv) {
-                // every key visible, no transform (most tiles): mask_row would store S unchanged
-                __m256 vmax = _mm256_set1_ps(NEG_INF);
-                for (int j = 0; j < nv; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + j));
-                tile_max = hmax(vmax);
-            } else {
-                tile_max = mask_row(s, nv, t0, lo, hi, it.softcap, it.row_slope ? &it.row_slope[r] : nullptr, it.row_hi[r]);
-            }
+            const float tile_max = mask_row(s, nv, t0, lo, hi, it.softcap, it.row_slope ? &it.row_slope[r] : nullptr, it.row_hi[r]);
             float* ar = acc.data() + size_t(r) * D;
             raise_row_max(tile_max, m[size_t(r)], l[size_t(r)], ar, D);
             const __m256 vm = _mm256_set1_ps(m[size_t(r)]);

@@ -71,10 +71,15 @@ inline __m256 reduce8(const __m256* a) {
 __attribute__((always_inline)) inline float mask_row(float* s, int nv, int64_t t0, int64_t lo, int64_t hi, float softcap,
                                                      const float* slope, int64_t qpos) {
     const float NEG_INF = -std::numeric_limits<float>::infinity();
+    __m256 vmax = _mm256_set1_ps(NEG_INF);
+    if (softcap <= 0.0f && !slope && lo == 0 && hi == nv) {
+        // every key visible, no transform (most tiles): the loop below would store s unchanged
+        for (int j = 0; j < nv; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + j));
+        return hmax(vmax);
+    }
     const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256 cap = _mm256_set1_ps(softcap);
     const __m256 vlo = _mm256_set1_ps(float(lo)), vhi = _mm256_set1_ps(float(hi));
-    __m256 vmax = _mm256_set1_ps(NEG_INF);
     for (int j = 0; j < nv; j += 8) {
         __m256 x = _mm256_loadu_ps(s + j);
         if (softcap > 0.0f) x = softcap_ps(x, cap);

@@ -165,8 +165,6 @@ void run_item_impl(const Item& it) {
             j += cnt;
         }
     };
-    const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512 cap = _mm512_set1_ps(it.softcap);
     const __m512 ninf = _mm512_set1_ps(NEG_INF);
     auto tile_n = [&](int64_t t0) { return int(std::min<int64_t>(kTileKeys, std::max<int64_t>(0, it.key_end - t0))); };
     for (int i = 0; i < PD; ++i) {
@@ -207,38 +205,8 @@ void run_item_impl(const Item& it) {
                 for (int j = 0; j < nv; j += 16) _mm512_storeu_ps(s + j, _mm512_setzero_ps());
                 continue;
             }
-            const __m512 vlo = _mm512_set1_ps(float(lo)), vhi = _mm512_set1_ps(float(hi));
-            __m512 vmax = ninf;
-            if (it.softcap <= 0.0f && !it.row_slope && lo == 0 && hi == nv) {
-                // every key visible, no transform (most tiles): the loop below would store S unchanged
-                for (int j = 0; j < nv; j += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(s + j));
-            } else {
-                for (int j = 0; j < nv; j += 16) {
-                    __m512 x = _mm512_loadu_ps(s + j);
-                    if (it.softcap > 0.0f) x = softcap16(x, cap);
-                    if (it.row_slope) {
-                        const __m512 rel = _mm512_add_ps(_mm512_set1_ps(float(t0 + j - it.row_hi[r])), lane);
-                        x = _mm512_fmadd_ps(_mm512_set1_ps(it.row_slope[r]), rel, x);
-                    }
-                    const __m512 idx = _mm512_add_ps(_mm512_set1_ps(float(j)), lane);
-                    const __mmask16 valid =
-                        _mm512_cmp_ps_mask(idx, vlo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(idx, vhi, _CMP_LT_OQ);
-                    x = _mm512_mask_blend_ps(valid, ninf, x);
-                    _mm512_storeu_ps(s + j, x);
-                    vmax = _mm512_max_ps(vmax, x);
-                }
-            }
-            const float tile_max = _mm512_reduce_max_ps(vmax);
-            float* ar = acc.data() + size_t(r) * D;
-            if (tile_max > m[size_t(r)]) {
-                if (m[size_t(r)] != NEG_INF) {  // first visible tile: acc and l are still 0
-                    const float alpha = std::exp(m[size_t(r)] - tile_max);
-                    const __m512 va = _mm512_set1_ps(alpha);
-                    for (int d = 0; d < D; d += 16) _mm512_storeu_ps(ar + d, _mm512_mul_ps(_mm512_loadu_ps(ar + d), va));
-                    l[size_t(r)] *= alpha;
-                }
-                m[size_t(r)] = tile_max;
-            }
+            const float tile_max = mask_row16(s, nv, t0, lo, hi, it.softcap, it.row_slope ? &it.row_slope[r] : nullptr, it.row_hi[r]);
+            raise_row_max16(tile_max, m[size_t(r)], l[size_t(r)], acc.data() + size_t(r) * D, D);
             const __m512 vm = _mm512_set1_ps(m[size_t(r)]);
             __m512 vsum = _mm512_setzero_ps();
             for (int j = 0; j < nv; j += 16) {

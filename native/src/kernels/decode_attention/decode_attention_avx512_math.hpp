@@ -13,7 +13,9 @@
 #endif
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstdint>
+#include <limits>
 
 #define LLMN_AVX512_MATH __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 
@@ -98,6 +100,51 @@ template <int RT, int KT>
 LLMN_AVX512_MATH inline void store_score_rows(float* s, int64_t stride, int t, int valid, __m512 sc) {
     const __mmask16 vm = __mmask16((1u << valid) - 1);
     for (int r = 0; r < RT; ++r) _mm512_mask_storeu_ps(s + r * stride + t - r * KT, __mmask16(vm << (r * KT)), sc);
+}
+
+// Soft-cap, ALiBi (slope * (key - qpos)) and the visible range [lo, hi) applied to a row's scores
+// s[0, nv) of the tile starting at key t0 (masked keys become -inf); returns their maximum. A row
+// with every key visible and no transform (most tiles) only takes the maximum: the general loop
+// would store s unchanged.
+LLMN_AVX512_MATH inline float mask_row16(float* s, int nv, int64_t t0, int64_t lo, int64_t hi, float softcap,
+                                         const float* slope, int64_t qpos) {
+    const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    __m512 vmax = ninf;
+    if (softcap <= 0.0f && !slope && lo == 0 && hi == nv) {
+        for (int j = 0; j < nv; j += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(s + j));
+        return _mm512_reduce_max_ps(vmax);
+    }
+    const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 cap = _mm512_set1_ps(softcap);
+    const __m512 vlo = _mm512_set1_ps(float(lo)), vhi = _mm512_set1_ps(float(hi));
+    for (int j = 0; j < nv; j += 16) {
+        __m512 x = _mm512_loadu_ps(s + j);
+        if (softcap > 0.0f) x = softcap16(x, cap);
+        if (slope) {  // key - query is exact in f32 (|.| < 2^24 here)
+            const __m512 rel = _mm512_add_ps(_mm512_set1_ps(float(t0 + j - qpos)), lane);
+            x = _mm512_fmadd_ps(_mm512_set1_ps(*slope), rel, x);
+        }
+        const __m512 idx = _mm512_add_ps(_mm512_set1_ps(float(j)), lane);
+        const __mmask16 valid = _mm512_cmp_ps_mask(idx, vlo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(idx, vhi, _CMP_LT_OQ);
+        x = _mm512_mask_blend_ps(valid, ninf, x);
+        _mm512_storeu_ps(s + j, x);
+        vmax = _mm512_max_ps(vmax, x);
+    }
+    return _mm512_reduce_max_ps(vmax);
+}
+
+// Online-softmax step for one row: when the tile maximum exceeds the running max m, rescale the
+// row's accumulator (D floats, D % 16 == 0) and l by e^(m - tile_max) (not on the first visible tile,
+// where both are still 0) and raise m.
+LLMN_AVX512_MATH inline void raise_row_max16(float tile_max, float& m, float& l, float* acc_row, int D) {
+    if (!(tile_max > m)) return;
+    if (m != -std::numeric_limits<float>::infinity()) {
+        const float alpha = std::exp(m - tile_max);
+        const __m512 va = _mm512_set1_ps(alpha);
+        for (int d = 0; d < D; d += 16) _mm512_storeu_ps(acc_row + d, _mm512_mul_ps(_mm512_loadu_ps(acc_row + d), va));
+        l *= alpha;
+    }
+    m = tile_max;
 }
 
 }  // namespace

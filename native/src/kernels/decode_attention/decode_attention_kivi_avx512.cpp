@@ -190,29 +190,6 @@ void scores(const Item& it, State& st, const uint8_t* const* K, int n, const flo
     for (; r < R; ++r) qk_rows<KF, 1, 16>(q + size_t(r) * D, D, K, kc + r, n, S + size_t(r) * kStride);
 }
 
-// Soft-cap, ALiBi and the visible range [lo, hi) on a row's scores s[0, nv); returns their maximum.
-inline float mask_row(float* s, int nv, int64_t t0, int64_t lo, int64_t hi, float softcap, const float* slope, int64_t qpos) {
-    const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-    const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512 cap = _mm512_set1_ps(softcap);
-    const __m512 vlo = _mm512_set1_ps(float(lo)), vhi = _mm512_set1_ps(float(hi));
-    __m512 vmax = ninf;
-    for (int j = 0; j < nv; j += 16) {
-        __m512 x = _mm512_loadu_ps(s + j);
-        if (softcap > 0.0f) x = softcap16(x, cap);
-        if (slope) {  // bias = slope * (key - query), key - query exact in f32
-            const __m512 rel = _mm512_add_ps(_mm512_set1_ps(float(t0 + j - qpos)), lane);
-            x = _mm512_fmadd_ps(_mm512_set1_ps(*slope), rel, x);
-        }
-        const __m512 idx = _mm512_add_ps(_mm512_set1_ps(float(j)), lane);
-        const __mmask16 valid = _mm512_cmp_ps_mask(idx, vlo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(idx, vhi, _CMP_LT_OQ);
-        x = _mm512_mask_blend_ps(valid, ninf, x);
-        _mm512_storeu_ps(s + j, x);
-        vmax = _mm512_max_ps(vmax, x);
-    }
-    return _mm512_reduce_max_ps(vmax);
-}
-
 // Softmax update and P.V for one tile of n <= kTileKeys keys [t0, t0 + n) whose scores are in st.S.
 // VF: how V's rows are stored (F16 for a residual tile); for INT4/INT2 st.vsc / st.vmn hold the
 // per (group, key) scales and minimums, lanes past n zero.
@@ -241,18 +218,10 @@ void softmax_pv(const Item& it, State& st, int64_t t0, int n, const uint8_t* con
             continue;
         }
         any = true;
-        const float tile_max = mask_row(s, nv, t0, lo, hi, it.softcap, it.row_slope ? &it.row_slope[r] : nullptr, it.row_hi[r]);
+        const float tile_max = mask_row16(s, nv, t0, lo, hi, it.softcap, it.row_slope ? &it.row_slope[r] : nullptr, it.row_hi[r]);
         float* ar = st.acc.data() + size_t(r) * D;
         float& m = st.m[size_t(r)];
-        if (tile_max > m) {
-            if (m != NEG_INF) {  // first visible tile: acc and l are still 0
-                const float alpha = std::exp(m - tile_max);
-                const __m512 va = _mm512_set1_ps(alpha);
-                for (int d = 0; d < D; d += 16) _mm512_storeu_ps(ar + d, _mm512_mul_ps(_mm512_loadu_ps(ar + d), va));
-                st.l[size_t(r)] *= alpha;
-            }
-            m = tile_max;
-        }
+        raise_row_max16(tile_max, m, st.l[size_t(r)], ar, D);
         const __m512 vm = _mm512_set1_ps(m);
         __m512 vsum = _mm512_setzero_ps();
         __m512 vpm[8];

@@ -21,7 +21,12 @@
 // (BM_AttentionQuantVsF16 in bench_kv_quant.cpp, same rounds): see docs/kv-quantization.md, "INT8/FP8 CPU speed".
 // Since 2026-12-06 late the zmm q.k leaves its 16 sums through the f16 kernel's reduce16 tree and masked
 // row stores with the per-key scales permuted into place: INT8 / FP8 1 x 32k and 8 x 32k ~10 % faster
-// (three alternating rounds; same page).
+// (three alternating rounds; same page). Since 2026-12-07 the zmm path also has the f16 kernel's
+// compile-time head_dim 128 / 64 instances and its softmax at zmm width (exp16 per lane: the same
+// weights) with no mask pass for fully visible rows: INT8 1 x 4k 510-527 -> 404-427 us, 1 x 32k
+// 3.85-4.04 -> 3.25-3.44 ms, FP8 570-604 -> 501-514 us / 4.40-4.62 -> 3.78-3.98 ms (2 threads, KV from
+// DRAM, three alternating rounds of BM_AttentionQuantVsF16): INT8 now 1.41-1.50x the f16 kernel's
+// speed in the same rounds (was 1.06-1.20x), FP8 1.18-1.28x (was 0.95-1.06x).
 #include "decode_attention_avx2_math.hpp"
 #include "decode_attention_cpu.hpp"
 
@@ -177,10 +182,11 @@ LLMN_QZ inline __m512 load16(const uint8_t* row, int c) {
 }
 
 // RT rows x KT keys, RT * KT = 16 accumulators (FMA latency x throughput is 8 on Zen 4/5).
-template <int F, int RT, int KT>
-LLMN_QZ inline void qk_block16(const float* q, int D, const uint8_t* const* k, const float* ks, float* s, int t,
+template <int F, int RT, int KT, int DC>
+LLMN_QZ inline void qk_block16(const float* q, int d_rt, const uint8_t* const* k, const float* ks, float* s, int t,
                                int valid) {
     static_assert(RT * KT == 16, "16 accumulators");
+    const int D = DC > 0 ? DC : d_rt;
     __m512 acc[16];
     for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
     for (int c = 0; c < D; c += 16) {
@@ -198,34 +204,38 @@ LLMN_QZ inline void qk_block16(const float* q, int D, const uint8_t* const* k, c
     store_score_rows<RT, KT>(s, kStride, t, valid, _mm512_mul_ps(score_lanes(acc), key_lanes<KT>(ks + t, valid)));
 }
 
-template <int F, int RT, int KT>
-LLMN_QZ void qk_rows16(const float* q, int D, const uint8_t* const* krows, const float* ks, int n, float* s,
+template <int F, int RT, int KT, int DC>
+LLMN_QZ void qk_rows16(const float* q, int d_rt, const uint8_t* const* krows, const float* ks, int n, float* s,
                        const uint8_t* const* pf, int npf) {
+    const int D = DC > 0 ? DC : d_rt;
     for (int t = 0; t < n; t += KT) {
         for (int j = t; j < std::min(t + KT, npf); ++j)
             for (int b = 0; b < D * row_bytes_per_elem(F); b += 64)
                 _mm_prefetch(reinterpret_cast<const char*>(pf[j] + b), _MM_HINT_T1);
         const uint8_t* k[KT];
         for (int j = 0; j < KT; ++j) k[j] = krows[std::min(t + j, n - 1)];  // tail: recompute the last key
-        qk_block16<F, RT, KT>(q, D, k, ks, s, t, std::min(KT, n - t));
+        qk_block16<F, RT, KT, DC>(q, D, k, ks, s, t, std::min(KT, n - t));
     }
 }
 
 // acc[r][c .. c + 16 * CW) += sum_t p[r][t] * v[t][...]: U = 16 / (RT * CW) keys unrolled, partial
 // sums added in a fixed order.
-template <int F, int RT, int CW>
-LLMN_QZ inline void pv_chunk16(const float* p, const uint8_t* const* vrows, int n, int c, int D, float* acc,
+template <int F, int RT, int CW, int DC>
+LLMN_QZ inline void pv_chunk16(const float* p, const uint8_t* const* vrows, int n, int c, int d_rt, float* acc,
                                const uint8_t* const* pf, int npf) {
+    const int D = DC > 0 ? DC : d_rt;
     constexpr int U = 16 / (RT * CW);
     __m512 a[U][RT][CW];
     for (int u = 0; u < U; ++u)
         for (int r = 0; r < RT; ++r)
             for (int w = 0; w < CW; ++w) a[u][r][w] = _mm512_setzero_ps();
-    const int cb = c * row_bytes_per_elem(F);
-    const int npf_c = (cb & 63) == 0 ? npf : 0;  // one line of each next-tile V row per 64 bytes
+    // the 64-byte lines of each next-tile V row that start inside this chunk's bytes [cb, ce)
+    const int cb = c * row_bytes_per_elem(F), ce = cb + 16 * CW * row_bytes_per_elem(F), lb = (cb + 63) & ~63;
+    const int npf_c = lb < ce ? npf : 0;
     int t = 0;
     for (; t + U <= n; t += U) {
-        for (int j = t; j < std::min(t + U, npf_c); ++j) _mm_prefetch(reinterpret_cast<const char*>(pf[j] + cb), _MM_HINT_T1);
+        for (int j = t; j < std::min(t + U, npf_c); ++j)
+            for (int b = lb; b < ce; b += 64) _mm_prefetch(reinterpret_cast<const char*>(pf[j] + b), _MM_HINT_T1);
         for (int u = 0; u < U; ++u) {
             __m512 v[CW];
             for (int w = 0; w < CW; ++w) v[w] = load16<F>(vrows[t + u], c + 16 * w);
@@ -252,17 +262,53 @@ LLMN_QZ inline void pv_chunk16(const float* p, const uint8_t* const* vrows, int 
         }
 }
 
-template <int F, int RT>
-LLMN_QZ void pv_rows16(const float* p, const uint8_t* const* vrows, int n, int D, float* acc,
+// 32-channel chunks, 16-channel tail (head_dim % 32 == 16). The f16 kernel's 64-channel chunks (U = 1
+// at 4 rows) made this kernel ~25 % slower on the Zen 5 box (INT8 and FP8, 1 x 4k, one thread, KV
+// cache-resident), so it keeps 32.
+template <int F, int RT, int DC>
+LLMN_QZ void pv_rows16(const float* p, const uint8_t* const* vrows, int n, int d_rt, float* acc,
                        const uint8_t* const* pf, int npf) {
+    const int D = DC > 0 ? DC : d_rt;
     int c = 0;
-    for (; c + 32 <= D; c += 32) pv_chunk16<F, RT, 2>(p, vrows, n, c, D, acc, pf, npf);
-    if (c < D) pv_chunk16<F, RT, 1>(p, vrows, n, c, D, acc, pf, npf);  // head_dim % 32 == 16
+    for (; c + 32 <= D; c += 32) pv_chunk16<F, RT, 2, DC>(p, vrows, n, c, D, acc, pf, npf);
+    if (c < D) pv_chunk16<F, RT, 1, DC>(p, vrows, n, c, D, acc, pf, npf);
 }
 
-template <int KF, int VF, bool Z>
+// Online softmax of one tile at zmm width (exp16 is exp_ps per lane: same weights as the ymm loop):
+// S's visible scores become the weights in P (0 for masked keys) times V's per-token scale.
+template <int VF>
+LLMN_QZ void softmax_rows16(const Item& it, int R, int D, int64_t t0, int n, float* S, float* P, const float* VS,
+                            float* acc, float* m, float* l) {
+    const int nv = (n + 15) & ~15;  // <= kTileKeys, a multiple of 16: inside every row's kStride
+    const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int r = 0; r < R; ++r) {
+        float* s = S + size_t(r) * kStride;
+        float* pr = P + size_t(r) * kStride;
+        const int64_t lo = std::max(it.row_lo[r], t0) - t0, hi = std::min(it.row_hi[r] + 1, t0 + n) - t0;
+        if (lo >= hi) {
+            for (int j = 0; j < nv; j += 16) _mm512_storeu_ps(pr + j, _mm512_setzero_ps());
+            continue;
+        }
+        const float tile_max = mask_row16(s, nv, t0, lo, hi, it.softcap, it.row_slope ? &it.row_slope[r] : nullptr, it.row_hi[r]);
+        raise_row_max16(tile_max, m[r], l[r], acc + size_t(r) * D, D);
+        const __m512 vm = _mm512_set1_ps(m[r]);
+        __m512 vsum = _mm512_setzero_ps();
+        for (int j = 0; j < nv; j += 16) {
+            const __m512 x = _mm512_loadu_ps(s + j);
+            const __mmask16 keep = _mm512_cmp_ps_mask(x, ninf, _CMP_NEQ_OQ);
+            const __m512 p = _mm512_maskz_mov_ps(keep, exp16(_mm512_sub_ps(x, vm)));
+            vsum = _mm512_add_ps(vsum, p);
+            // lanes past n hold stale or unset scales: not loaded (their p is 0)
+            if constexpr (VF != kF16) _mm512_storeu_ps(pr + j, _mm512_mul_ps(p, _mm512_maskz_loadu_ps(keep, VS + j)));
+            else _mm512_storeu_ps(pr + j, p);
+        }
+        l[r] += _mm512_reduce_add_ps(vsum);
+    }
+}
+
+template <int KF, int VF, bool Z, int DC>
 void run_item_t(const Item& it) {
-    const int D = it.head_dim, R = it.rows, bs = it.block_size;
+    const int D = DC > 0 ? DC : it.head_dim, R = it.rows, bs = it.block_size;
     const float NEG_INF = -std::numeric_limits<float>::infinity();
     thread_local std::vector<float> acc, m, l, sbuf, pbuf;
     acc.assign(size_t(R) * D, 0.0f);
@@ -340,11 +386,11 @@ void run_item_t(const Item& it) {
         int r = 0;
         if constexpr (Z) {
             for (; r + 4 <= R; r += 4)
-                qk_rows16<KF, 4, 4>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
+                qk_rows16<KF, 4, 4, DC>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
             for (; r + 2 <= R; r += 2)
-                qk_rows16<KF, 2, 8>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
+                qk_rows16<KF, 2, 8, DC>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
             for (; r < R; ++r)
-                qk_rows16<KF, 1, 16>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
+                qk_rows16<KF, 1, 16, DC>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
         } else {
             for (; r + 4 <= R; r += 4)
                 qk_rows<KF, 4, 2>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
@@ -356,7 +402,8 @@ void run_item_t(const Item& it) {
 
         // 2. online softmax per row; P = weights (0 for masked keys) times V's per-token scale
         const int nv = (n + 7) & ~7;
-        for (r = 0; r < R; ++r) {
+        if constexpr (Z) softmax_rows16<VF>(it, R, D, t0, n, S, P, VS, acc.data(), m.data(), l.data());
+        else for (r = 0; r < R; ++r) {
             float* s = S + size_t(r) * kStride;
             float* pr = P + size_t(r) * kStride;
             const int64_t lo = std::max(it.row_lo[r], t0) - t0, hi = std::min(it.row_hi[r] + 1, t0 + n) - t0;
@@ -388,17 +435,17 @@ void run_item_t(const Item& it) {
         // 3. acc += P V
         for (r = 0; r + 4 <= R; r += 4) {
             float* a4 = acc.data() + size_t(r) * D;
-            if constexpr (Z) pv_rows16<VF, 4>(P + size_t(r) * kStride, V, n, D, a4, VN, r == 0 ? n_cur : 0);
+            if constexpr (Z) pv_rows16<VF, 4, DC>(P + size_t(r) * kStride, V, n, D, a4, VN, r == 0 ? n_cur : 0);
             else pv_rows<VF, 4>(P + size_t(r) * kStride, V, n, D, a4, VN, r == 0 ? n_cur : 0);
         }
         for (; r + 2 <= R; r += 2) {
             float* a2 = acc.data() + size_t(r) * D;
-            if constexpr (Z) pv_rows16<VF, 2>(P + size_t(r) * kStride, V, n, D, a2, VN, r == 0 ? n_cur : 0);
+            if constexpr (Z) pv_rows16<VF, 2, DC>(P + size_t(r) * kStride, V, n, D, a2, VN, r == 0 ? n_cur : 0);
             else pv_rows<VF, 2>(P + size_t(r) * kStride, V, n, D, a2, VN, r == 0 ? n_cur : 0);
         }
         for (; r < R; ++r) {
             float* a1 = acc.data() + size_t(r) * D;
-            if constexpr (Z) pv_rows16<VF, 1>(P + size_t(r) * kStride, V, n, D, a1, VN, r == 0 ? n_cur : 0);
+            if constexpr (Z) pv_rows16<VF, 1, DC>(P + size_t(r) * kStride, V, n, D, a1, VN, r == 0 ? n_cur : 0);
             else pv_rows<VF, 1>(P + size_t(r) * kStride, V, n, D, a1, VN, r == 0 ? n_cur : 0);
         }
         cur ^= 1;
@@ -420,12 +467,22 @@ void run_item_t(const Item& it) {
 
 int row_fmt(int32_t f) { return f == LLMN_KV_INT8 ? kI8 : (f == LLMN_KV_FP8_E4M3 ? kE4M3 : kF16); }
 
+template <int KF, int VF, bool Z>
+void dispatch_d(const Item& it) {
+    // zmm: head_dim 128 and 64 (most models) get compile-time loop bounds, as in the f16 kernel
+    if constexpr (Z) {
+        if (it.head_dim == 128) return run_item_t<KF, VF, Z, 128>(it);
+        if (it.head_dim == 64) return run_item_t<KF, VF, Z, 64>(it);
+    }
+    run_item_t<KF, VF, Z, 0>(it);
+}
+
 template <int KF, bool Z>
 void dispatch_v(const Item& it) {
     switch (row_fmt(it.v_format)) {
-        case kI8: run_item_t<KF, kI8, Z>(it); break;
-        case kE4M3: run_item_t<KF, kE4M3, Z>(it); break;
-        default: run_item_t<KF, kF16, Z>(it); break;
+        case kI8: dispatch_d<KF, kI8, Z>(it); break;
+        case kE4M3: dispatch_d<KF, kE4M3, Z>(it); break;
+        default: dispatch_d<KF, kF16, Z>(it); break;
     }
 }
 
