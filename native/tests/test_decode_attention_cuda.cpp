@@ -71,6 +71,9 @@ struct Problem {
     bool outliers = false;
     float v_scale = 1.0f;  // V values are multiplied by this (small V: the f16 range of the tensor-core path)
     float v_last = 1.0f;   // and the V row of each sequence's last token by this (large V of a key rows 0..q_len-2 mask)
+    float k_scale = 1.0f;  // K values are multiplied by this (scores of std ~k_scale: large jumps of the running max)
+    float big_v = 0.0f;    // nonzero: tokens 0..15 and the last token of a sequence get K = 0 (score 0) and V
+                           // clamped to +-3 times this (v_scale not applied): huge per-token V scales
     int32_t max_batch = 64;
     int32_t value_group = 0;  // KIVI V: value_group_size (0: 32 when V is INT4/INT2)
 };
@@ -190,6 +193,17 @@ public:
         if (pb_.v_last != 1.0f && b < pb_.lengths.size() && start + n == pb_.lengths[b])
             for (size_t i = size_t(n - 1) * pb_.H * pb_.D; i < v.size(); ++i)  // |v| <= 3 x v_last: 2^14 stays finite in f16 out
                 v[i] = std::clamp(v[i], -3.0f, 3.0f) * pb_.v_last;
+        if (pb_.k_scale != 1.0f)
+            for (float& x : k) x *= pb_.k_scale;
+        if (pb_.big_v != 0.0f && b < pb_.lengths.size()) {
+            const size_t row = size_t(pb_.H) * pb_.D;
+            for (int32_t t = 0; t < n; ++t)
+                if (start + t < 16 || start + t == pb_.lengths[b] - 1)
+                    for (size_t i = size_t(t) * row; i < size_t(t + 1) * row; ++i) {
+                        k[i] = 0.0f;
+                        v[i] = std::clamp(v[i] / pb_.v_scale, -3.0f, 3.0f) * pb_.big_v;
+                    }
+        }
         for (size_t c = 0; c < caches.size(); ++c) {
             Buf kb(ctxs_[c], LLMN_DTYPE_F32, int64_t(k.size())), vb(ctxs_[c], LLMN_DTYPE_F32, int64_t(v.size()));
             llmn_buffer_upload(kb.h, 0, k.data(), int64_t(k.size()));
@@ -1019,8 +1033,31 @@ struct GpuHarness {
     Ctx cpu{LLMN_BACKEND_CPU};
 };
 
+// Keys with huge V (x 1e36, K = 0: score 0) among keys with scores of std ~200 and small V (x 1e-4):
+// their weights are below e^-100, so the output is that of the small-V keys. 16 such rows sum to
+// < 5e37 (finite in f32 where a kernel adds them before the running max rises); >= 80 random keys
+// per sequence keep the max score far above 0.
+Problem huge_v_problem(Problem pb) {
+    pb.outliers = false;
+    pb.k_scale = 200.0f;
+    pb.v_scale = 1e-4f;
+    pb.big_v = 1e36f;
+    pb.lengths = {100, 300, 129};
+    return pb;
+}
+
+// For problems whose reference bound is loose because a few keys have huge V but negligible weight
+// (Problem::big_v): |out - ref| <= 2^-10 max|o| + 1e-7 per row (f16 output rounding and f32 sums over
+// the keys that matter).
+std::vector<double> tight_bound(const Reference& ref) {
+    std::vector<double> b(ref.omax.size());
+    for (size_t i = 0; i < b.size(); ++i) b[i] = ref.omax[i] * 0x1p-10 + 1e-7;
+    return b;
+}
+
 void check_gpu(GpuHarness& hx, const Problem& pb, std::mt19937_64& g, const std::string& name, const std::vector<int32_t>& splits,
-               int32_t io_dtype, const llmn_attention_params* custom = nullptr, const std::vector<float>* slopes = nullptr) {
+               int32_t io_dtype, const llmn_attention_params* custom = nullptr, const std::vector<float>* slopes = nullptr,
+               bool tight = false) {
     // a CPU cache exists for f16 / INT8 / E4M3 sides (bf16 caches are CUDA only)
     const int32_t vfmt = pb.v_format >= 0 ? pb.v_format : pb.kv_format;
     const bool with_cpu = pb.kv_format != LLMN_KV_BF16 && vfmt != LLMN_KV_BF16;
@@ -1041,6 +1078,7 @@ void check_gpu(GpuHarness& hx, const Problem& pb, std::mt19937_64& g, const std:
         const std::string what = name + " [cuda " + dtype_str(io_dtype) + " cache " + llmn::kv_format_name(pb.kv_format) + "/" +
                                  llmn::kv_format_name(vfmt) + ", splits " + (n ? std::to_string(n) : "auto") + "]";
         expect_close(out, ref, pb.D, what);
+        if (tight) expect_within_bound(out, ref.o, tight_bound(ref), pb.D, what + " (tight bound)");
         if (with_cpu) {
             if (cpu_out.empty()) {
                 llmn_attention_params pc = p;
@@ -1061,6 +1099,43 @@ void check_gpu(GpuHarness& hx, const Problem& pb, std::mt19937_64& g, const std:
 }
 
 }  // namespace
+
+// The CPU backend on huge_v_problem, every ISA, 8-bit caches (f16 / KIVI sides cannot hold 1e36): its
+// softmax once floored e^x at FLT_MIN (exp_ps / exp16 clamp the argument at -87.3), and FLT_MIN times
+// scales of ~1e34 gave errors of ~500x the output (found while writing the GPU case, 2026-12-07).
+TEST(DecodeAttentionCudaPlan, CpuBackendHugeVOnNegligibleKeys) {
+    CpuStateGuard guard;
+    llmn_context cpu = nullptr;
+    ASSERT_EQ(llmn_context_create(LLMN_BACKEND_CPU, 0, &cpu), LLMN_STATUS_OK);
+    auto g = rng(230);
+    for (int32_t fmt : {int32_t(LLMN_KV_INT8), int32_t(LLMN_KV_FP8_E4M3)})
+        for (int32_t q_len : {1, 4}) {
+            Problem base;
+            base.kv_format = fmt;
+            base.H = 2;
+            base.G = 4;
+            base.D = 128;
+            base.q_len = q_len;
+            const Problem pb = huge_v_problem(base);
+            Caches c(pb, g, {cpu});
+            ASSERT_FALSE(::testing::Test::HasFatalFailure());
+            const auto q = c.make_q(g, LLMN_DTYPE_F16);
+            for (int32_t isa : isas_to_test()) {
+                ASSERT_EQ(llmn_set_cpu_isa(isa), LLMN_STATUS_OK);
+                for (int32_t splits : {0, 1, 3}) {
+                    llmn_attention_params p = params_for(pb, splits);
+                    std::vector<float> out;
+                    ASSERT_EQ(c.run(0, q, LLMN_DTYPE_F16, p, nullptr, out), LLMN_STATUS_OK) << last_error();
+                    const Reference ref = reference(pb, c.kf, c.vf, q, p, nullptr, splits == 0 ? 64 : splits, LLMN_DTYPE_F16);
+                    const std::string what = std::string(llmn::kv_format_name(fmt)) + " q_len " + std::to_string(q_len) + " " +
+                                             isa_name(isa) + " splits " + std::to_string(splits);
+                    expect_close(out, ref, pb.D, what);
+                    expect_within_bound(out, ref.o, tight_bound(ref), pb.D, what + " (tight bound)");
+                }
+            }
+        }
+    llmn_context_destroy(cpu);
+}
 
 TEST(DecodeAttentionCuda, MixedLengthsMatchCpu) {
     LLMN_REQUIRE_CUDA();
@@ -1142,6 +1217,17 @@ TEST(DecodeAttentionCuda, SimtAndTensorCoreKernelsBothMatch) {
                     big.outliers = false;
                     big.lengths = {4, 5, 9, 16, 17, 33};
                     check_gpu(hx, big, g, name + " last V x 2^14", {0, 1}, LLMN_DTYPE_F16);
+                }
+                if (fmt != LLMN_KV_F16) {
+                    // Huge V (x 1e36, per-token scales ~2^114) on keys whose score is 0 (tokens 0..15 and
+                    // the last one) among keys with scores of std ~200 and V x 1e-4: in the tensor-core
+                    // kernel one tile's unit bound is ~2^115 and, once the running max has jumped by >~100
+                    // (alpha underflows to 0), the next one ~2^-18: the rescale factor ~2^133 was Inf and
+                    // 0 x Inf made the output NaN; with q_len 4 the last key is masked for rows 0..2, whose
+                    // small unit times its huge scale overflowed too (both found by review, 2026-12-07).
+                    // The reference bound scales with max |v| here, so the tight bound checks accuracy.
+                    check_gpu(hx, huge_v_problem(pb), g, name + " V x 1e36 on zero-score keys", {0, 1}, LLMN_DTYPE_F16,
+                              nullptr, nullptr, true);
                 }
                 std::vector<float> slopes(size_t(pb.H * pb.G));
                 for (size_t h = 0; h < slopes.size(); ++h) slopes[h] = std::pow(2.0f, -8.0f * float(h + 1) / float(slopes.size()));

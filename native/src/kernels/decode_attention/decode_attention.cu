@@ -1140,7 +1140,7 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
         }
         scale_rows(o, alpha[0], alpha[1]);
         if constexpr (kQ8) {  // V's per-token scale folded into the weights (l above used p itself)
-            float r[2] = {1.0f, 1.0f}, unit[2];
+            float r[2] = {1.0f, 1.0f}, r2[2] = {1.0f, 1.0f}, unit[2];
 #pragma unroll
             for (int ri = 0; ri < 2; ++ri) {
                 float cm = 0.0f;  // this tile's largest p x scale of row ri (the 4 lanes of the row)
@@ -1156,19 +1156,36 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
                     frexpf(cb[ri], &e);  // cb < 2^e: every weight below is < 1 in the new unit
                     // Floor the unit at 2^-100: for bounds below 2^-128 (subnormal) 2^-e would overflow
                     // to Inf and 0 * Inf turn masked keys into NaN; such values are far below anything
-                    // the f32/f16 output can hold anyway. Scales are < 2^16 and p <= 1, so e <= 17 and
-                    // the rescale factor 2^(ve - e) below stays a normal f32.
+                    // the f32/f16 output can hold anyway.
                     e = max(e, -100);
-                    r[ri] = ve[ri] == kNoExp ? 0.0f : ldexpf(1.0f, ve[ri] - e);  // exact (o is 0 while kNoExp)
+                    // The rescale factor 2^(ve - e) is exact but can pass 2^127: f32/bf16 appends give
+                    // INT8/E4M3 scales up to ~2^121, so one tile's bound can be 2^117 and, after a jump of
+                    // the running max (alpha underflowing to 0), the next one 2^-17 (found by review,
+                    // 2026-12-07: Inf, then 0 * Inf = NaN). Two factors of at most 2^126 each; o times
+                    // both stays bounded by the new unit.
+                    if (ve[ri] == kNoExp) {
+                        r[ri] = 0.0f;  // o is still 0
+                    } else {
+                        const int k = ve[ri] - e, k1 = max(-126, min(126, k));  // |k| <= 228
+                        r[ri] = ldexpf(1.0f, k1);
+                        r2[ri] = ldexpf(1.0f, k - k1);
+                    }
                     ve[ri] = e;
                 }
                 unit[ri] = ve[ri] == kNoExp ? 0.0f : ldexpf(1.0f, -ve[ri]);
             }
             scale_rows(o, r[0], r[1]);
+            if (r2[0] != 1.0f || r2[1] != 1.0f) scale_rows(o, r2[0], r2[1]);
+            // p x (scale x unit), exact scaling of a normal scale; where scale x unit overflows (a huge
+            // scale, e.g. of a masked key: 0 x Inf = NaN, found by review) (p x scale) x unit instead,
+            // which is < 1 for visible keys and exactly 0 for masked ones.
 #pragma unroll
             for (int jt = 0; jt < 2; ++jt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) pr[jt][e] *= v_scales[key0 + 8 * jt + 2 * c4 + (e & 1)] * unit[e >> 1];
+                for (int e = 0; e < 4; ++e) {
+                    const float vs = v_scales[key0 + 8 * jt + 2 * c4 + (e & 1)], su = vs * unit[e >> 1];
+                    pr[jt][e] = su <= 3.402823466e38f ? pr[jt][e] * su : (pr[jt][e] * vs) * unit[e >> 1];
+                }
         }
         // P as A fragments, split p = hi + lo in f16.
         uint32_t ph[4], pl[4];

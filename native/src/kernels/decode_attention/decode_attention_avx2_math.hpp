@@ -13,6 +13,9 @@ namespace llmn::attn_cpu::avx2_math {
 // polynomial). Inputs below -87.3 return ~1e-38 instead of smaller values or 0: callers zero masked
 // lanes explicitly, and such weights are < 1e-38 of the row maximum's weight (1).
 inline __m256 exp_ps(__m256 x) {
+    // Below -87.34 e^x is under FLT_MIN: 0 there (the clamp alone returned FLT_MIN, which a softmax
+    // weight times a V scale of ~1e36 turned into a visible error).
+    const __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3365447505531f), _CMP_LT_OQ);
     x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3365447505531f)), _mm256_set1_ps(88.3762626647949f));
     const __m256 fx =
         _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -27,7 +30,7 @@ inline __m256 exp_ps(__m256 x) {
     y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), x);
     y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+    return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
 }
 
 // c * tanh(s / c) via tanh|y| = (1 - e) / (1 + e), e = exp(-2|y|): no cancellation for large |y|,

@@ -24,6 +24,7 @@ namespace {
 
 // e^x with the reduction and polynomial of avx2_math::exp_ps (relative error ~1.5e-7), 16 lanes.
 LLMN_AVX512_MATH inline __m512 exp16(__m512 x) {
+    const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3365447505531f), _CMP_LT_OQ);  // 0 there, as exp_ps
     x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3365447505531f)), _mm512_set1_ps(88.3762626647949f));
     const __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -38,7 +39,7 @@ LLMN_AVX512_MATH inline __m512 exp16(__m512 x) {
     y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), x);
     y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
     const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+    return _mm512_mask_mov_ps(_mm512_mul_ps(y, _mm512_castsi512_ps(e)), under, _mm512_setzero_ps());
 }
 
 // c * tanh(s / c), as avx2_math::softcap_ps.
