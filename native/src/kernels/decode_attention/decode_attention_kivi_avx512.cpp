@@ -14,6 +14,9 @@
 //  - q.k: 4/2/1 rows x 4/8/16 keys = 16 zmm accumulators reduced by one transpose-and-add tree
 //    (as decode_attention_avx512.cpp); p.v: 32-channel chunks (inside one value group: groups are
 //    >= 32 channels) unrolled over keys to 16 accumulators; head_dim 80/96 end with a 16-channel chunk.
+//  - head_dim 128 and 64 are template instances (compile-time loop bounds in scores / softmax_pv), as in
+//    the f16 kernel: INT2 0.91-1.01x -> 1.07-1.28x the f16 kernel's speed, INT4 0.81-0.95x -> 0.86-1.14x
+//    (BM_KvQuantFormats 1 x 4k / 1 x 32k, 2 threads, three alternating rounds, 2026-12-07).
 // Arithmetic per element is the AVX2 kernel's (fold, code * folded q, p * s_g * code + p * m_g), in
 // another summation order: results agree within f32 rounding, and are bitwise repeatable run to run.
 // Only this file's functions are compiled with AVX-512 flags, and all of them have internal linkage
@@ -180,9 +183,9 @@ struct State {
 };
 
 // Scores of keys K[0..n) for all rows into S + offset: s = q . k + kc[r].
-template <int KF>
+template <int KF, int DC>
 void scores(const Item& it, State& st, const uint8_t* const* K, int n, const float* q, const float* kc, int offset) {
-    const int D = it.head_dim, R = it.rows;
+    const int D = DC > 0 ? DC : it.head_dim, R = it.rows;
     float* S = st.S.data() + offset;
     int r = 0;
     for (; r + 4 <= R; r += 4) qk_rows<KF, 4, 4>(q + size_t(r) * D, D, K, kc + r, n, S + size_t(r) * kStride);
@@ -193,9 +196,9 @@ void scores(const Item& it, State& st, const uint8_t* const* K, int n, const flo
 // Softmax update and P.V for one tile of n <= kTileKeys keys [t0, t0 + n) whose scores are in st.S.
 // VF: how V's rows are stored (F16 for a residual tile); for INT4/INT2 st.vsc / st.vmn hold the
 // per (group, key) scales and minimums, lanes past n zero.
-template <int VF>
+template <int VF, int DC>
 void softmax_pv(const Item& it, State& st, int64_t t0, int n, const uint8_t* const* V) {
-    const int D = it.head_dim, R = it.rows;
+    const int D = DC > 0 ? DC : it.head_dim, R = it.rows;
     const float NEG_INF = -std::numeric_limits<float>::infinity();
     const __m512 ninf = _mm512_set1_ps(NEG_INF);
     float* S = st.S.data();
@@ -299,7 +302,7 @@ inline void fold_q(const Item& it, State& st, const uint8_t* tile) {
 
 // A tile of quantized (full) blocks: keys [t0, t1), at most kTileKeys, may straddle blocks. Scores run
 // per block segment (each with its own folded q); softmax and P.V run once over the tile.
-template <int KF, int VF>
+template <int KF, int VF, int DC>
 void quant_tile(const Item& it, State& st, int64_t t0, int64_t t1) {
     const int D = it.head_dim, bs = it.block_size;
     const int n = int(t1 - t0);
@@ -351,20 +354,20 @@ void quant_tile(const Item& it, State& st, int64_t t0, int64_t t1) {
         }
         if constexpr (KF != kF16) {
             fold_q<KF>(it, st, tile);
-            scores<KF>(it, st, K + off, cnt, st.qf.data(), st.kc.data(), off);
+            scores<KF, DC>(it, st, K + off, cnt, st.qf.data(), st.kc.data(), off);
         } else {
-            scores<KF>(it, st, K + off, cnt, it.q, st.zero.data(), off);
+            scores<KF, DC>(it, st, K + off, cnt, it.q, st.zero.data(), off);
         }
         s0 = s1;
     }
     if constexpr (VF != kF16)
         for (int g = 0; g < G; ++g)
             for (int i = n; i < ((n + 15) & ~15); ++i) st.vsc[size_t(g) * kStride + i] = st.vmn[size_t(g) * kStride + i] = 0.0f;
-    softmax_pv<VF>(it, st, t0, n, V);
+    softmax_pv<VF, DC>(it, st, t0, n, V);
 }
 
 // The residual (partial) block: KIVI sides read f16 rows from the residual tile, f16 sides from the block.
-template <int KF, int VF>
+template <int KF, int VF, int DC>
 void residual_range(const Item& it, State& st, int64_t j, int64_t b0, int64_t b1) {
     const int D = it.head_dim, bs = it.block_size;
     const uint8_t* tile = it.layer_base + int64_t(it.blocks[j]) * it.block_stride + it.head_off;
@@ -379,12 +382,12 @@ void residual_range(const Item& it, State& st, int64_t j, int64_t b0, int64_t b1
             K[i] = kb + int64_t(row0 + i) * D * 2;
             V[i] = vb + int64_t(row0 + i) * D * 2;
         }
-        scores<kF16>(it, st, K, n, it.q, st.zero.data(), 0);
-        softmax_pv<kF16>(it, st, t0, n, V);
+        scores<kF16, DC>(it, st, K, n, it.q, st.zero.data(), 0);
+        softmax_pv<kF16, DC>(it, st, t0, n, V);
     }
 }
 
-template <int KF, int VF>
+template <int KF, int VF, int DC>
 void run_item_t(const Item& it) {
     const int D = it.head_dim, R = it.rows, bs = it.block_size;
     const float NEG_INF = -std::numeric_limits<float>::infinity();
@@ -403,7 +406,7 @@ void run_item_t(const Item& it) {
     st.vmn.assign(size_t(std::max(G, 1)) * kStride, 0.0f);
     const int64_t res_block = it.length / bs;  // == number of full blocks; a block >= it is partial
     const int64_t q_end = std::min(it.key_end, res_block * bs);  // keys in quantized blocks
-    for (int64_t t = it.key_begin; t < q_end; t += kTileKeys) quant_tile<KF, VF>(it, st, t, std::min(q_end, t + kTileKeys));
+    for (int64_t t = it.key_begin; t < q_end; t += kTileKeys) quant_tile<KF, VF, DC>(it, st, t, std::min(q_end, t + kTileKeys));
     if constexpr (VF == kI4)  // the accumulator back to natural channel order (V has no tail: groups of >= 32)
         for (int r = 0; r < R; ++r)
             for (int d = 0; d + 32 <= D; d += 32) {
@@ -413,7 +416,7 @@ void run_item_t(const Item& it) {
                 _mm512_storeu_ps(ar, a);
                 _mm512_storeu_ps(ar + 16, b);
             }
-    if (it.key_end > q_end) residual_range<KF, VF>(it, st, res_block, std::max(it.key_begin, q_end), it.key_end);
+    if (it.key_end > q_end) residual_range<KF, VF, DC>(it, st, res_block, std::max(it.key_begin, q_end), it.key_end);
     for (int r = 0; r < R; ++r) {
         float* o = it.o + size_t(r) * D;
         const float* ar = st.acc.data() + size_t(r) * D;
@@ -430,12 +433,21 @@ void run_item_t(const Item& it) {
 
 int row_fmt(int32_t f) { return f == LLMN_KV_INT4 ? kI4 : (f == LLMN_KV_INT2 ? kI2 : kF16); }
 
+// head_dim 128 and 64 (most models) with compile-time loop bounds in the score and P.V loops, as in the
+// f16 kernel; other head_dims at run time.
+template <int KF, int VF>
+void dispatch_d(const Item& it) {
+    if (it.head_dim == 128) run_item_t<KF, VF, 128>(it);
+    else if (it.head_dim == 64) run_item_t<KF, VF, 64>(it);
+    else run_item_t<KF, VF, 0>(it);
+}
+
 template <int KF>
 void dispatch_v(const Item& it) {
     switch (row_fmt(it.v_format)) {
-        case kI4: run_item_t<KF, kI4>(it); break;
-        case kI2: run_item_t<KF, kI2>(it); break;
-        default: run_item_t<KF, kF16>(it); break;
+        case kI4: dispatch_d<KF, kI4>(it); break;
+        case kI2: dispatch_d<KF, kI2>(it); break;
+        default: dispatch_d<KF, kF16>(it); break;
     }
 }
 
