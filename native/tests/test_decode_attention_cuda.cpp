@@ -972,6 +972,7 @@ TEST(DecodeAttentionCudaPlan, EmulatedKernelsMatchReferenceAndCpuBackend) {
         {256, 256, 2, 2, 1, 0, 0, 0.0f, false, 528, {2, 256, 257, 900}, LLMN_DTYPE_F16, LLMN_KV_INT4, LLMN_KV_INT2, 128},
         {64, 16, 2, 2, 3, 9, 2, 20.0f, true, 528, {3, 50, 310}, LLMN_DTYPE_F16, LLMN_KV_INT2, LLMN_KV_INT4},  // window, soft-cap, ALiBi
         {128, 16, 1, 16, 8, 5, 6, 0.0f, false, 528, {8, 40, 700}, LLMN_DTYPE_F16, LLMN_KV_INT4, LLMN_KV_INT4},    // row chunks + window
+        {256, 8, 2, 4, 1, 0, 0, 0.0f, false, 528, {1, 8, 9, 1500}, LLMN_DTYPE_F16, LLMN_KV_INT4, LLMN_KV_INT4, 32},  // 8 V groups, bs 8
     };
     for (const Case& cs : cases) {
         Problem pb;
@@ -1578,7 +1579,9 @@ TEST(DecodeAttentionCuda, KiviCachesMatchReferenceAndCpu) {
                     Case{LLMN_KV_INT4, LLMN_KV_F16, 80, 32, 8, 1, 0},  // head_dim 80: K only (no V group divides it)
                     Case{LLMN_KV_INT2, LLMN_KV_INT4, 96, 16, 1, 2, 32}, Case{LLMN_KV_INT4, LLMN_KV_F16, 256, 256, 16, 1, 0},
                     Case{LLMN_KV_F16, LLMN_KV_INT2, 128, 64, 4, 8, 128}, Case{LLMN_KV_INT4, LLMN_KV_BF16, 64, 16, 4, 1, 0},
-                    Case{LLMN_KV_BF16, LLMN_KV_INT4, 128, 16, 7, 1, 64}}) {
+                    Case{LLMN_KV_BF16, LLMN_KV_INT4, 128, 16, 7, 1, 64},
+                    // 8 V groups (head_dim 256, group 32) and 16-key tiles over blocks of 8 (review, 2026-12-07)
+                    Case{LLMN_KV_INT4, LLMN_KV_INT4, 256, 8, 4, 1, 32}}) {
         Problem pb;
         pb.H = 2;
         pb.G = cs.G;

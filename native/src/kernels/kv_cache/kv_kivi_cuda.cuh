@@ -133,7 +133,10 @@ struct KiviPiece {
 // Rows / channels of a full piece of one side.
 LLMN_HD int32_t kivi_piece_cols(bool value, int32_t bs, int32_t D) {
     if (value) return D;
-    const int32_t c = kKiviPieceElems / bs;  // 64..2048: a multiple of 4
+    // 64..2048: a multiple of 4 (whole bytes of INT2 / INT4 codes, so no two pieces write one byte) only
+    // because bs is a power of two (8..256, checked at cache creation in kv_cache.cpp; noted by review).
+    // Keep this in step if other block sizes are ever accepted.
+    const int32_t c = kKiviPieceElems / bs;
     return c < D ? c : D;
 }
 LLMN_HD int32_t kivi_piece_rows(bool value, int32_t bs, int32_t D) {
