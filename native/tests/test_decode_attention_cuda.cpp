@@ -846,6 +846,51 @@ TEST(DecodeAttentionCudaPlan, TableFlattening) {
     EXPECT_EQ(small, (std::vector<int32_t>{5, 3, 9, 7}));
 }
 
+// The tensor-core kernel's per-row unit for 8-bit V (q8_unit_step / q8_weight, the kernel's own code):
+// o in units of 2^ve stays exact and finite across extreme scale changes.
+TEST(DecodeAttentionCudaPlan, Q8UnitStepStaysExactAndFinite) {
+    using ac::kQ8NoExp;
+    float cb = 0.0f;
+    int ve = kQ8NoExp;
+    // nothing visible yet: no unit, weights 0
+    ac::Q8UnitStep st = ac::q8_unit_step(cb, ve, 1.0f, 0.0f);
+    EXPECT_EQ(ve, kQ8NoExp);
+    EXPECT_EQ(st.unit, 0.0f);
+    // a tile whose largest p x scale is 2^120 (INT8 scale of a ~1e38 f32 row): unit 2^-121, o was 0
+    st = ac::q8_unit_step(cb, ve, 1.0f, std::ldexp(1.0f, 120));
+    EXPECT_EQ(ve, 121);
+    EXPECT_EQ(st.r1, 0.0f);
+    EXPECT_EQ(st.unit, std::ldexp(1.0f, -121));
+    EXPECT_LT(ac::q8_weight(1.0f, std::ldexp(1.0f, 120), st.unit), 1.0f);
+    // o = 0.75 in that unit; the running max jumps by ~97: alpha = 2^-140 (subnormal), next tile's
+    // bound 2^-30. The rescale 2^(121 + 19) = 2^140 is past f32: two factors, o exact.
+    float o = 0.75f * std::ldexp(1.0f, -140);  // o x alpha, exact (3 x 2^-142)
+    st = ac::q8_unit_step(cb, ve, std::ldexp(1.0f, -140), std::ldexp(1.0f, -30));
+    EXPECT_EQ(ve, -19);  // cb = max(2^120 x 2^-140, 2^-30) = 2^-20
+    ASSERT_TRUE(std::isfinite(st.r1) && std::isfinite(st.r2));
+    o = o * st.r1 * st.r2;
+    EXPECT_EQ(o, 0.75f);  // the same value, 0.75 x 2^121 x 2^-140 = 0.75 x 2^-19, in the new unit
+    // alpha underflowed to 0 (jump > ~104): o is 0 and must stay 0, not 0 x Inf
+    st = ac::q8_unit_step(cb, ve, 0.0f, std::ldexp(1.0f, 100));
+    EXPECT_EQ(ve, 101);
+    st = ac::q8_unit_step(cb, ve, 0.0f, std::ldexp(1.0f, -40));
+    EXPECT_EQ(ve, -39);
+    EXPECT_EQ(0.0f * st.r1 * st.r2, 0.0f);
+    // a masked key (p = 0) with a huge scale against a small unit: 0, not 0 x Inf
+    EXPECT_EQ(ac::q8_weight(0.0f, std::ldexp(1.0f, 120), st.unit), 0.0f);
+    // a visible key with a huge scale (x unit = 2^139: past f32) and a tiny weight, p x scale = 2^-41
+    // <= the bound 2^-40: the exact product, below 1
+    const float w = ac::q8_weight(std::ldexp(1.0f, -141), std::ldexp(1.0f, 100), st.unit);
+    EXPECT_EQ(w, std::ldexp(1.0f, -2));
+    // subnormal bounds: the unit is floored at 2^-100 (2^128 would overflow)
+    float cb2 = 0.0f;
+    int ve2 = kQ8NoExp;
+    st = ac::q8_unit_step(cb2, ve2, 1.0f, std::ldexp(1.0f, -140));
+    EXPECT_EQ(ve2, -100);
+    EXPECT_EQ(st.unit, std::ldexp(1.0f, 100));
+    EXPECT_EQ(ac::q8_weight(0.0f, std::ldexp(1.0f, -140), st.unit), 0.0f);
+}
+
 TEST(DecodeAttentionCudaPlan, LseMergeMatchesMergePartialsBitwise) {
     auto g = rng(103);
     std::normal_distribution<float> nd(0.0f, 3.0f);

@@ -1039,14 +1039,9 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
     const Stream ss = make_stream(p, w, h, ke);
 
     float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
-    // 8-bit V: each row's o is kept in units of 2^ve[ri], so that the weights p x scale x 2^-ve fed to
-    // the f16 hi + lo split stay in f16's normal range however small the values (kNoExp: none yet).
-    // ve[ri] = exponent of cb[ri], a running bound of the row's largest weighted contribution
-    // p_t x scale_t (decayed by alpha like o), recomputed every tile in both directions. Why not the
-    // largest V scale seen (the first version): a masked or negligible key with a huge V scale then
-    // fixed the unit for good and every later weight lost precision (host emulation, one key with a
-    // 2^20 times larger scale and p ~ e^-30: relative error 0.27; with this rule 6e-7, as without it).
-    constexpr int kNoExp = -1000;
+    // 8-bit V: each row's o is kept in units of 2^ve[ri] (q8_unit_step in decode_attention_cuda_plan.cuh,
+    // host-tested; kQ8NoExp: none yet), cb[ri] the running bound of the row's largest p x scale.
+    constexpr int kNoExp = kQ8NoExp;
     int ve[2] = {kNoExp, kNoExp};
     float cb[2] = {0.0f, 0.0f};
     float o[kNT][4];
@@ -1150,42 +1145,17 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
                     for (int e = 0; e < 2; ++e) cm = fmaxf(cm, pr[jt][2 * ri + e] * v_scales[key0 + 8 * jt + 2 * c4 + e]);
                 cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, 1));
                 cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, 2));
-                cb[ri] = fmaxf(cb[ri] * alpha[ri], cm);
-                if (cb[ri] > 0.0f) {
-                    int e;
-                    frexpf(cb[ri], &e);  // cb < 2^e: every weight below is < 1 in the new unit
-                    // Floor the unit at 2^-100: for bounds below 2^-128 (subnormal) 2^-e would overflow
-                    // to Inf and 0 * Inf turn masked keys into NaN; such values are far below anything
-                    // the f32/f16 output can hold anyway.
-                    e = max(e, -100);
-                    // The rescale factor 2^(ve - e) is exact but can pass 2^127: f32/bf16 appends give
-                    // INT8/E4M3 scales up to ~2^121, so one tile's bound can be 2^117 and, after a jump of
-                    // the running max (alpha underflowing to 0), the next one 2^-17 (found by review,
-                    // 2026-12-07: Inf, then 0 * Inf = NaN). Two factors of at most 2^126 each; o times
-                    // both stays bounded by the new unit.
-                    if (ve[ri] == kNoExp) {
-                        r[ri] = 0.0f;  // o is still 0
-                    } else {
-                        const int k = ve[ri] - e, k1 = max(-126, min(126, k));  // |k| <= 228
-                        r[ri] = ldexpf(1.0f, k1);
-                        r2[ri] = ldexpf(1.0f, k - k1);
-                    }
-                    ve[ri] = e;
-                }
-                unit[ri] = ve[ri] == kNoExp ? 0.0f : ldexpf(1.0f, -ve[ri]);
+                const Q8UnitStep st = q8_unit_step(cb[ri], ve[ri], alpha[ri], cm);
+                r[ri] = st.r1;
+                r2[ri] = st.r2;
+                unit[ri] = st.unit;
             }
             scale_rows(o, r[0], r[1]);
             if (r2[0] != 1.0f || r2[1] != 1.0f) scale_rows(o, r2[0], r2[1]);
-            // p x (scale x unit), exact scaling of a normal scale; where scale x unit overflows (a huge
-            // scale, e.g. of a masked key: 0 x Inf = NaN, found by review) (p x scale) x unit instead,
-            // which is < 1 for visible keys and exactly 0 for masked ones.
 #pragma unroll
             for (int jt = 0; jt < 2; ++jt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const float vs = v_scales[key0 + 8 * jt + 2 * c4 + (e & 1)], su = vs * unit[e >> 1];
-                    pr[jt][e] = su <= 3.402823466e38f ? pr[jt][e] * su : (pr[jt][e] * vs) * unit[e >> 1];
-                }
+                for (int e = 0; e < 4; ++e) pr[jt][e] = q8_weight(pr[jt][e], v_scales[key0 + 8 * jt + 2 * c4 + (e & 1)], unit[e >> 1]);
         }
         // P as A fragments, split p = hi + lo in f16.
         uint32_t ph[4], pl[4];

@@ -319,6 +319,58 @@ LLMN_HD float merge_channel(int n, const float* w, const float* o, int64_t strid
 }
 
 // ---------------------------------------------------------------------------------------------
+// 8-bit V in the tensor-core kernel: each row's o is kept in units of 2^ve, so that the weights
+// p x scale x 2^-ve fed to its f16 hi + lo split stay in f16's normal range however small the values.
+// ve = exponent of cb, a running bound of the row's largest weighted contribution p_t x scale_t
+// (decayed by alpha like o), recomputed every tile in both directions. Why not the largest V scale
+// seen (the first version): a masked or negligible key with a huge V scale then fixed the unit for
+// good and every later weight lost precision (host emulation, one key with a 2^20 times larger scale
+// and p ~ e^-30: relative error 0.27; with this rule 6e-7, as without it).
+// ---------------------------------------------------------------------------------------------
+
+constexpr int kQ8NoExp = -1000;  // no unit yet: o is still 0
+
+struct Q8UnitStep {
+    float r1, r2;  // o (in the old unit, already times alpha) times r1 x r2 = o in the new unit
+    float unit;    // 2^-ve for this tile's weights (0 before the first visible weight)
+};
+
+// One tile of one row: cm = the tile's largest p x scale. The factor 2^(ve_old - ve) is exact but can
+// pass 2^127: f32 / bf16 appends give INT8 / E4M3 scales up to ~2^121, so a tile's bound can be 2^117
+// and, after a jump of the running max (alpha subnormal or 0), the next one 2^-17 (found by review on
+// 2026-12-07: Inf, then 0 x Inf = NaN): hence two factors of at most 2^126 each.
+LLMN_HD Q8UnitStep q8_unit_step(float& cb, int& ve, float alpha, float cm) {
+    Q8UnitStep st{1.0f, 1.0f, 0.0f};
+    cb = fmaxf(cb * alpha, cm);
+    if (cb > 0.0f) {
+        int e;
+        frexpf(cb, &e);  // cb < 2^e: every weight of the tile is < 1 in the new unit
+        // Floored at 2^-100: for bounds below 2^-128 (subnormal) 2^-e would overflow to Inf and 0 x Inf
+        // turn masked keys into NaN; such values are far below anything the f32/f16 output can hold.
+        e = e < -100 ? -100 : e;
+        if (ve == kQ8NoExp) {
+            st.r1 = 0.0f;  // o is still 0
+        } else {
+            const int k = ve - e;  // |k| <= 228 (e in [-100, 128])
+            const int k1 = k < -126 ? -126 : (k > 126 ? 126 : k);
+            st.r1 = ldexpf(1.0f, k1);
+            st.r2 = ldexpf(1.0f, k - k1);
+        }
+        ve = e;
+    }
+    st.unit = ve == kQ8NoExp ? 0.0f : ldexpf(1.0f, -ve);
+    return st;
+}
+
+// A key's weight in the row's unit: p x (scale x unit), an exact scaling of a normal scale; where
+// scale x unit overflows (a huge scale, e.g. of a masked key: 0 x Inf = NaN, found by review)
+// (p x scale) x unit, which is < 1 for visible keys (p x scale <= cb) and exactly 0 for masked ones.
+LLMN_HD float q8_weight(float p, float scale, float unit) {
+    const float su = scale * unit;
+    return su <= 3.402823466e38f ? p * su : (p * scale) * unit;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Host-only: the per-call plan (split counts, schedule order, CTA numbering, workspace rows)
 // ---------------------------------------------------------------------------------------------
 
