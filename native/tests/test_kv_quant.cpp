@@ -457,7 +457,7 @@ TEST(KvQuant, FusedMatchesFloat64Reference) {
     const int32_t fm[][2] = {{LLMN_KV_INT8, LLMN_KV_INT8}, {LLMN_KV_FP8_E4M3, LLMN_KV_FP8_E4M3},
                              {LLMN_KV_INT8, LLMN_KV_FP8_E4M3}, {LLMN_KV_FP8_E4M3, LLMN_KV_F16},
                              {LLMN_KV_F16, LLMN_KV_INT8}};
-    for (int32_t D : {80, 128})
+    for (int32_t D : {64, 80, 128})  // 64 and 128: the zmm path's compile-time head_dim instances
         for (int32_t q_len : {1, 3})
             for (bool outliers : {false, true})
                 for (const auto& f2 : fm) {
