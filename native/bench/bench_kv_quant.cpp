@@ -36,6 +36,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
 #include <time.h>
@@ -143,6 +145,16 @@ void run_formats(benchmark::State& state, const Variant& var) {
             state.SkipWithError("this CPU lacks an ISA the benchmark compares (BM_KiviIsa needs AVX-512)");
             return;
         }
+    // LLMNATIVE_BENCH_ISA=scalar|avx2|avx512 caps the kernels of every format (not with BM_KiviIsa, which
+    // sets the ISA per format), as in BM_DecodeAttention: e.g. the AVX2 paths on an AVX-512 machine.
+    if (const char* isa = std::getenv("LLMNATIVE_BENCH_ISA"); isa && var.isas.empty()) {
+        const int32_t v = std::strcmp(isa, "scalar") == 0 ? LLMN_CPU_ISA_SCALAR
+                          : std::strcmp(isa, "avx2") == 0 ? LLMN_CPU_ISA_AVX2 : LLMN_CPU_ISA_AVX512;
+        if (llmn_set_cpu_isa(v) != LLMN_STATUS_OK) {
+            state.SkipWithError("LLMNATIVE_BENCH_ISA: not available on this CPU");
+            return;
+        }
+    }
     const int64_t calls = std::max<int64_t>(1, ((int64_t(128) << 20) + s.f[0].call_bytes - 1) / s.f[0].call_bytes);
     std::vector<std::vector<double>> us(nf), cpu_us(nf), ratio(nf);
     std::vector<size_t> next(nf, 0);
