@@ -52,6 +52,7 @@ public class DecodeAttention
         _q.Upload<Half>(qh);
         _out = LlmBuffer.Allocate(ctx, DType.F16, qElems);
         _next = 0;
+        AdjacentStream.Sample(AdjacentKey(c));
         if (_ours.Validated) return;
         _ours.Validated = true;
         foreach (AttentionOptions o in new[] { _auto, _noSplit })
@@ -133,7 +134,17 @@ public class DecodeAttention
                 $"--max-kv-gib budget of {BenchSettings.MaxKvBytes / (double)(1L << 30):F2} GiB");
     }
 
-    [GlobalCleanup]
+    /// <summary>Key of a case's <see cref="AdjacentStream"/> samples.</summary>
+    public static string AdjacentKey(AttnCase c) => "attn|" + c;
+
+    [GlobalCleanup(Targets = new[] { nameof(Ours_Auto), nameof(Ours_NoSplit) })]
+    public void CleanupOurs()
+    {
+        AdjacentStream.Sample(AdjacentKey(Case));
+        Cleanup();
+    }
+
+    [GlobalCleanup(Targets = new[] { nameof(Ort_F16), nameof(Ort_F32) })]
     public void Cleanup()
     {
         _q?.Dispose();

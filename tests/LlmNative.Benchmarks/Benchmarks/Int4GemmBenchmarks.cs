@@ -103,7 +103,11 @@ public class Int4Gemm
         Gemm.Int4(_x!, _ours[0], _y!, M);
         float[] y = _y!.ToArray<float>();
         Validate($"LlmNative INT4 g{group}", set.First, x, y, Ours.OursCheck.Int8ActivationBlock);
+        if (group == 128) AdjacentStream.Sample(AdjacentKey(shape, M));
     }
+
+    /// <summary>Key of a case's <see cref="AdjacentStream"/> samples (LlmNative g128).</summary>
+    public static string AdjacentKey(GemmShape s, int m) => $"int4|{s}|{m}";
 
     private void SetupDenseCore()
     {
@@ -136,7 +140,15 @@ public class Int4Gemm
             throw new InvalidOperationException($"{what} at {Shape}, M={M} does not match the float64 reference; not measuring it");
     }
 
-    [GlobalCleanup]
+    [GlobalCleanup(Target = nameof(Ours_G128))]
+    public void CleanupOursG128()
+    {
+        AdjacentStream.Sample(AdjacentKey(Shape, M));
+        Cleanup();
+    }
+
+    [GlobalCleanup(Targets = new[] { nameof(Ours_G32), nameof(Dense_F32), nameof(Ort_B128_Acc1), nameof(Ort_B128_Acc4),
+                                     nameof(Ort_B32_Acc1), nameof(Ort_B32_Acc4) })]
     public void Cleanup()
     {
         _x?.Dispose();
