@@ -1041,8 +1041,7 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
     float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
     // 8-bit V: each row's o is kept in units of 2^ve[ri] (q8_unit_step in decode_attention_cuda_plan.cuh,
     // host-tested; kQ8NoExp: none yet), cb[ri] the running bound of the row's largest p x scale.
-    constexpr int kNoExp = kQ8NoExp;
-    int ve[2] = {kNoExp, kNoExp};
+    int ve[2] = {kQ8NoExp, kQ8NoExp};
     float cb[2] = {0.0f, 0.0f};
     float o[kNT][4];
 #pragma unroll
@@ -1192,7 +1191,7 @@ __global__ void __launch_bounds__(kThreads) mma_kernel(const Params p) {
     __syncthreads();
 
     if constexpr (kQ8)  // back from units of 2^ve (exact)
-        scale_rows(o, ve[0] == kNoExp ? 1.0f : ldexpf(1.0f, ve[0]), ve[1] == kNoExp ? 1.0f : ldexpf(1.0f, ve[1]));
+        scale_rows(o, ve[0] == kQ8NoExp ? 1.0f : ldexpf(1.0f, ve[0]), ve[1] == kQ8NoExp ? 1.0f : ldexpf(1.0f, ve[1]));
     // Warp states -> shared scratch (m, l per row; O), then merged in warp order per (row, chunk).
     float* ms = reinterpret_cast<float*>(smem);
     float* ls = ms + 4 * kMmaRows;
