@@ -71,9 +71,12 @@ internal static class DataCache
     private static string? s_kind;
     private static readonly Dictionary<string, IDisposable> s_items = new();
 
+    /// <summary>Keep every set alive across kinds (the paired mode needs all contenders of a case at once).</summary>
+    public static bool KeepAll { get; set; }
+
     public static T Get<T>(string kind, string key, Func<T> create) where T : class, IDisposable
     {
-        if (s_kind != kind)
+        if (s_kind != kind && !KeepAll)
         {
             Clear();
             s_kind = kind;

@@ -9,6 +9,8 @@
 //   --max-kv-gib X       skip attention cases whose rotation set needs more KV than this (default 4.5)
 //   --wait-load X        before measuring, wait until the 1-minute load average is below X (poll 30 s)
 //   --wait-max-min N     ... for at most N minutes (default 40), then measure anyway and say so
+//   --paired N           instead of BenchmarkDotNet: N paired rounds per case (every contender and a streaming
+//                        read back to back, ratios taken per round; Paired.cs), report llmnative-paired-report.md
 //   --selfcheck          only run the correctness self-check (exit 1 on failure)
 //   --no-selfcheck       skip it
 //   --report PATH        markdown report (default: <artifacts>/llmnative-cpu-report.md)
@@ -35,7 +37,7 @@ var inv = CultureInfo.InvariantCulture;
 var bdnArgs = new List<string>();
 bool selfcheckOnly = false, skipSelfcheck = false;
 double waitLoad = 0;
-int waitMaxMin = 40, threads = 0;
+int waitMaxMin = 40, threads = 0, pairedRounds = 0;
 string? reportPath = null, artifacts = null, job = null;
 try
 {
@@ -59,6 +61,7 @@ try
             case "--max-kv-gib": BenchSettings.MaxKvBytes = (long)(double.Parse(Next(), inv) * (1L << 30)); break;
             case "--wait-load": waitLoad = double.Parse(Next(), inv); break;
             case "--wait-max-min": waitMaxMin = int.Parse(Next(), inv); break;
+            case "--paired": pairedRounds = int.Parse(Next(), inv); break;
             case "--selfcheck": selfcheckOnly = true; break;
             case "--no-selfcheck": skipSelfcheck = true; break;
             case "--report": reportPath = Next(); break;
@@ -116,6 +119,16 @@ if (waitLoad > 0)
     }
     if (Report.Load1() >= waitLoad)
         Console.WriteLine($"WARNING: load average still {Report.LoadAverage()} after {waitMaxMin} min; measuring anyway");
+}
+
+if (pairedRounds > 0)
+{
+    string pairedPath = reportPath ?? Path.Combine(artifacts ?? "BenchmarkDotNet.Artifacts", "llmnative-paired-report.md");
+    string pmd = Paired.Run(pairedRounds, pairedPath, new RunFacts(DateTime.UtcNow, args, Report.LoadAverage(), "", BenchSettings.Full), Console.Out);
+    Console.WriteLine();
+    Console.WriteLine(pmd);
+    Console.WriteLine($"report: {Path.GetFullPath(pairedPath)}");
+    return 0;
 }
 
 bdnArgs = LastOptionWins(bdnArgs);

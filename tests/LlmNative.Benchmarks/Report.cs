@@ -44,16 +44,8 @@ internal static class Report
                 rows.Add(new Row(c.Descriptor.Type.Name, c.Descriptor.WorkloadMethod.Name, c, Throughput.MedianSeconds(s, c), Throughput.BytesPerOp(c)));
 
         var md = new StringBuilder();
-        CpuInfo cpu = LlmNativeInfo.Cpu;
         md.AppendLine($"# LlmNative CPU benchmark report ({facts.StartUtc:yyyy-MM-dd HH:mm} UTC)").AppendLine();
-        md.AppendLine(CommitOverride is string sha
-            ? $"- git commit: `{sha}` (built from an export of that commit)"
-            : $"- git commit: `{Git("rev-parse HEAD")}`{Dirty()}");
-        string l3 = cpu.L3CacheBytes > 0 ? $"L3 {cpu.L3CacheBytes >> 20} MiB" : "L3 size not reported by the OS";
-        md.AppendLine($"- machine: {cpu.ModelName}{CpuFamily()}, {cpu.LogicalCores} logical cores, {l3}, {Math.Round(MemTotalGiB(), 1)} GiB RAM; LlmNative ISA {cpu.ActiveIsa}, pool threads {cpu.Threads}; ORT intra-op threads {Onnx.OrtModels.Threads} (one global pool)");
-        md.AppendLine($"- LlmNative {LlmNativeInfo.Version} ({LlmNativeInfo.LibraryPath}); ONNX Runtime {Microsoft.ML.OnnxRuntime.OrtEnv.Instance().GetVersionString()}; .NET {Environment.Version}");
-        md.AppendLine($"- command: `dotnet run --project tests/LlmNative.Benchmarks -c Release -- {string.Join(' ', facts.Args)}` ({(facts.Full ? "full" : "short")} configuration)");
-        md.AppendLine($"- load average (1/5/15 min) before: {facts.LoadBefore}; after: {facts.LoadAfter}");
+        AppendFacts(md, facts);
         md.AppendLine($"- data: every implementation rotates over >= {BenchSettings.RotateBytes >> 20} MiB of distinct weights/KV per case; times are BenchmarkDotNet medians");
         md.AppendLine();
 
@@ -80,6 +72,20 @@ internal static class Report
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
         File.WriteAllText(path, md.ToString());
         return md.ToString();
+    }
+
+    /// <summary>The run's facts (commit, machine, versions, command, load) as markdown list items; shared with the paired report.</summary>
+    public static void AppendFacts(StringBuilder md, RunFacts facts)
+    {
+        CpuInfo cpu = LlmNativeInfo.Cpu;
+        md.AppendLine(CommitOverride is string sha
+            ? $"- git commit: `{sha}` (built from an export of that commit)"
+            : $"- git commit: `{Git("rev-parse HEAD")}`{Dirty()}");
+        string l3 = cpu.L3CacheBytes > 0 ? $"L3 {cpu.L3CacheBytes >> 20} MiB" : "L3 size not reported by the OS";
+        md.AppendLine($"- machine: {cpu.ModelName}{CpuFamily()}, {cpu.LogicalCores} logical cores, {l3}, {Math.Round(MemTotalGiB(), 1)} GiB RAM; LlmNative ISA {cpu.ActiveIsa}, pool threads {cpu.Threads}; ORT intra-op threads {Onnx.OrtModels.Threads} (one global pool)");
+        md.AppendLine($"- LlmNative {LlmNativeInfo.Version} ({LlmNativeInfo.LibraryPath}); ONNX Runtime {Microsoft.ML.OnnxRuntime.OrtEnv.Instance().GetVersionString()}; .NET {Environment.Version}");
+        md.AppendLine($"- command: `dotnet run --project tests/LlmNative.Benchmarks -c Release -- {string.Join(' ', facts.Args)}` ({(facts.Full ? "full" : "short")} configuration)");
+        md.AppendLine($"- load average (1/5/15 min) before: {facts.LoadBefore}; after: {facts.LoadAfter}");
     }
 
     private static void WriteGemm(StringBuilder md, List<Row> rows, double? stream)

@@ -42,7 +42,7 @@ public class DecodeAttention
     public void SetupOurs()
     {
         AttnCase c = Case;
-        _ours = DataCache.Get("ours-attn-" + c, c.ToString(), () => OursKv.Build(c));
+        _ours = DataCache.Get("ours-attn-" + c, "ours-" + c, () => OursKv.Build(c));
         LlmContext ctx = BenchSettings.Context;
         int qElems = c.Batch * BenchSettings.QHeads * BenchSettings.HeadDim;
         float[] q = Problem.Query(c.Batch);
@@ -100,7 +100,7 @@ public class DecodeAttention
     private void SetupOrt(bool f16)
     {
         AttnCase c = Case;
-        _ort = DataCache.Get($"ort-gqa-{(f16 ? "f16" : "f32")}-{c}", c.ToString(), () => OrtKv.Build(c, f16));
+        _ort = DataCache.Get($"ort-gqa-{(f16 ? "f16" : "f32")}-{c}", $"ort-{(f16 ? "f16" : "f32")}-{c}", () => OrtKv.Build(c, f16));
         _next = 0;
         OrtGqaBatch first = _ort.Batches[0];
         first.Run();
