@@ -174,6 +174,21 @@ void copy_d2d(int32_t device, void* stream, void* dst, const void* src, size_t b
           "cudaMemcpyAsync(device to device)");
 }
 
+void copy_d2d_rows(int32_t device, void* stream, void* dst, const void* src, size_t pitch, size_t width, size_t rows) {
+    check(cudaSetDevice(device), "cudaSetDevice");
+    auto s = static_cast<cudaStream_t>(stream);
+    int max_pitch = 0;
+    check(cudaDeviceGetAttribute(&max_pitch, cudaDevAttrMaxPitch, device), "cudaDeviceGetAttribute(MaxPitch)");
+    if (rows > 1 && pitch <= size_t(max_pitch)) {
+        check(cudaMemcpy2DAsync(dst, pitch, src, pitch, width, rows, cudaMemcpyDefault, s), "cudaMemcpy2DAsync(device to device)");
+        return;
+    }
+    for (size_t i = 0; i < rows; ++i)
+        check(cudaMemcpyAsync(static_cast<char*>(dst) + i * pitch, static_cast<const char*>(src) + i * pitch, width,
+                              cudaMemcpyDefault, s),
+              "cudaMemcpyAsync(device to device)");
+}
+
 namespace {
 template <class T>
 __global__ void fill_kernel(T* dst, T value, int64_t count) {

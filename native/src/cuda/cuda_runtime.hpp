@@ -28,6 +28,9 @@ void free_pinned(void* p);
 void copy_h2d(int32_t device, void* stream, void* dst, const void* src, size_t bytes);
 void copy_d2h(int32_t device, void* stream, void* dst, const void* src, size_t bytes);
 void copy_d2d(int32_t device, void* stream, void* dst, const void* src, size_t bytes);
+// rows x width bytes, row i at dst + i * pitch from src + i * pitch (one cudaMemcpy2DAsync; one copy per row
+// where pitch exceeds the device's cudaDevAttrMaxPitch).
+void copy_d2d_rows(int32_t device, void* stream, void* dst, const void* src, size_t pitch, size_t width, size_t rows);
 void fill(int32_t device, void* stream, void* dst, const void* value, int32_t elem_size, int64_t count);
 
 }  // namespace llmn::cuda

@@ -33,6 +33,7 @@ void free_pinned(void*) {}
 void copy_h2d(int32_t, void*, void*, const void*, size_t) { not_compiled(); }
 void copy_d2h(int32_t, void*, void*, const void*, size_t) { not_compiled(); }
 void copy_d2d(int32_t, void*, void*, const void*, size_t) { not_compiled(); }
+void copy_d2d_rows(int32_t, void*, void*, const void*, size_t, size_t, size_t) { not_compiled(); }
 void fill(int32_t, void*, void*, const void*, int32_t, int64_t) { not_compiled(); }
 
 }  // namespace llmn::cuda
