@@ -52,12 +52,21 @@ internal static class Paired
         using var reader = new ParallelReader(256L << 20);
         var attn = new List<AttnResult>();
         var gemm = new List<GemmResult>();
+        var skipped = new List<string>();
         try
         {
             foreach (AttnCase c in BenchSettings.Attention)
             {
                 log.WriteLine($"paired: decode attention {c}");
-                attn.Add(new AttnResult(c, Measure(AttentionContenders(c), rounds, reader)));
+                try
+                {
+                    attn.Add(new AttnResult(c, Measure(AttentionContenders(c), rounds, reader)));
+                }
+                catch (NotSupportedException e)  // over --max-kv-gib (the message says so); the other cases go on
+                {
+                    log.WriteLine($"paired: {e.Message}");
+                    skipped.Add($"decode attention {c}: {e.Message}");
+                }
                 DataCache.Clear();
             }
             foreach (GemmShape s in BenchSettings.Shapes)
@@ -76,7 +85,7 @@ internal static class Paired
             DataCache.KeepAll = false;
         }
         facts = facts with { LoadAfter = Report.LoadAverage() };
-        string md = Write(attn, gemm, rounds, facts);
+        string md = Write(attn, gemm, skipped, rounds, facts);
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
         File.WriteAllText(path, md);
         return md;
@@ -84,12 +93,20 @@ internal static class Paired
 
     private static List<Contender> AttentionContenders(AttnCase c)
     {
-        var ours = new DecodeAttention { Case = c };
-        ours.SetupOurs();
-        var f16 = new DecodeAttention { Case = c };
-        f16.SetupOrtF16();
-        var f32 = new DecodeAttention { Case = c };
-        f32.SetupOrtF32();
+        DecodeAttention ours = new() { Case = c }, f16 = new() { Case = c }, f32 = new() { Case = c };
+        try
+        {
+            ours.SetupOurs();
+            f16.SetupOrtF16();
+            f32.SetupOrtF32();
+        }
+        catch
+        {
+            ours.Cleanup();
+            f16.Cleanup();
+            f32.Cleanup();
+            throw;
+        }
         return new List<Contender>
         {
             new("ours", ours.Ours_Auto, BenchSettings.Copies(DecodeAttention.KvBytes(c, f32: false)), ours.Cleanup),
@@ -187,7 +204,7 @@ internal static class Paired
 
     private static string Us(List<double> s) => (Median(s) * 1e6).ToString(Median(s) * 1e6 >= 100 ? "F0" : "F1", Inv);
 
-    private static string Write(List<AttnResult> attn, List<GemmResult> gemm, int rounds, RunFacts facts)
+    private static string Write(List<AttnResult> attn, List<GemmResult> gemm, List<string> skipped, int rounds, RunFacts facts)
     {
         var md = new StringBuilder();
         md.AppendLine($"# LlmNative CPU paired rounds ({facts.StartUtc:yyyy-MM-dd HH:mm} UTC)").AppendLine();
@@ -197,6 +214,7 @@ internal static class Paired
                       $"a burst = whole passes over the contender's rotated copies (>= {BenchSettings.RotateBytes >> 20} MiB of distinct weights/KV; at least 4 calls) " +
                       $"for at least {MinBurstSeconds.ToString(Inv)} s, after a {QuietMs} ms idle gap");
         md.AppendLine("- every ratio and share below is computed inside each round; shown: median over the rounds [min-max]");
+        foreach (string s in skipped) md.AppendLine($"- skipped: {s}");
         md.AppendLine();
 
         var targets = new List<(string Name, string Measured, bool Met)>();
