@@ -65,7 +65,7 @@ internal static class Paired
                 catch (NotSupportedException e)  // over --max-kv-gib (the message says so); the other cases go on
                 {
                     log.WriteLine($"paired: {e.Message}");
-                    skipped.Add($"decode attention {c}: {e.Message}");
+                    skipped.Add(e.Message);
                 }
                 DataCache.Clear();
             }
@@ -214,7 +214,7 @@ internal static class Paired
                       $"a burst = whole passes over the contender's rotated copies (>= {BenchSettings.RotateBytes >> 20} MiB of distinct weights/KV; at least 4 calls) " +
                       $"for at least {MinBurstSeconds.ToString(Inv)} s, after a {QuietMs} ms idle gap");
         md.AppendLine("- every ratio and share below is computed inside each round; shown: median over the rounds [min-max]");
-        foreach (string s in skipped) md.AppendLine($"- skipped: {s}");
+        foreach (string s in skipped) md.AppendLine($"- {s}");
         md.AppendLine();
 
         var targets = new List<(string Name, string Measured, bool Met)>();
