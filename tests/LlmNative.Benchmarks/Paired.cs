@@ -3,11 +3,11 @@
 // BenchmarkDotNet times contenders one after another, minutes apart; the same build then gave 4.1x-5.5x ORT
 // for decode attention at 1 x 4k in different runs. Here every round times, back to back, one burst of each
 // contender (the same BenchmarkDotNet benchmark methods, set up and checked against float64 by their own
-// GlobalSetup) and one streaming read, in an order that rotates from round to round; each ratio and each
-// "% of read" is taken within its round, and the report gives the median and the range over the rounds.
+// GlobalSetup) and a burst of streaming reads, in an order that rotates from round to round; each ratio and
+// each "% of read" is taken within its round, and the report gives the median and the range over the rounds.
 // A burst makes whole passes over the contender's rotated copies of its data (>= --rotate-mib in all), so
-// every call reads weights / KV from DRAM, as in the BenchmarkDotNet cases, for at least MinBurstSeconds. BenchmarkDotNet's run stays the
-// primary record; this is the drift-free check of its ratios.
+// every call reads weights / KV from DRAM as in the BenchmarkDotNet cases, for at least MinBurstSeconds.
+// BenchmarkDotNet's run stays the primary record; this is the drift-free check of its ratios.
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
