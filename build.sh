@@ -7,7 +7,8 @@
 #   ./build.sh run [args...]  build, then run the CLI (default: `llmnative info`, then `llmnative bench --quick`)
 #   ./build.sh bench [args]   build, then run the benchmarks (short configuration); --benchmark_* args go to
 #                             the native (Google Benchmark) binary, the rest to tests/LlmNative.Benchmarks
-#                             (e.g. --full, --filter '*Int4Gemm*', --job medium; see its Program.cs)
+#                             (e.g. --full, --filter '*Int4Gemm*', --job medium, --paired 15 for paired rounds
+#                             instead of BenchmarkDotNet; see its Program.cs)
 #   ./build.sh pack           NuGet packages into artifacts/: LlmNative (+ .snupkg), LlmNative.Runtime.<rid> for
 #                             each RID with a library in artifacts/native/<rid>/ (this machine's is built and
 #                             staged there), LlmNative.Cli (dotnet tool); see docs/packaging.md
