@@ -3,7 +3,7 @@
 // BenchmarkDotNet times contenders one after another, minutes apart; the same build then gave 4.1x-5.5x ORT
 // for decode attention at 1 x 4k in different runs. Here every round times, back to back, one burst of each
 // contender (the same BenchmarkDotNet benchmark methods, set up and checked against float64 by their own
-// GlobalSetup) and a burst of streaming reads, in an order that rotates from round to round; each ratio and
+// GlobalSetup) and a burst of streaming reads, in an order that rotates (and reverses every other round); each ratio and
 // each "% of read" is taken within its round, and the report gives the median and the range over the rounds.
 // A burst makes whole passes over the contender's rotated copies of its data (>= --rotate-mib in all), so
 // every call reads weights / KV from DRAM as in the BenchmarkDotNet cases, for at least MinBurstSeconds.
@@ -135,8 +135,8 @@ internal static class Paired
         };
     }
 
-    // One untimed warm-up round, then `rounds` timed ones; round i starts at contender i mod n (the read is
-    // one more slot in the rotation), so no contender always follows the same neighbour.
+    // One untimed warm-up round, then `rounds` timed ones. The read is one more slot; round i starts at slot
+    // i mod n and odd rounds go backwards, so no contender always runs first or after the same neighbour.
     private static Rounds Measure(List<Contender> contenders, int rounds, ParallelReader reader)
     {
         var r = new Rounds();
@@ -149,29 +149,34 @@ internal static class Paired
                 for (int k = 0; k < slots; ++k)
                 {
                     Thread.Sleep(QuietMs);
-                    int slot = (Math.Max(round, 0) + k) % slots;
+                    int start = Math.Max(round, 0) % slots;
+                    int slot = round % 2 == 1 ? (start - k + slots) % slots : (start + k) % slots;
                     if (slot == contenders.Count)
                     {
                         long t0 = Stopwatch.GetTimestamp();
                         int passes = 0;
+                        double secs;
                         do
                         {
                             GC.KeepAlive(reader.SumAll());
                             ++passes;
-                        } while (Elapsed(t0) < MinBurstSeconds);
-                        if (round >= 0) r.ReadGBps.Add(reader.Bytes * (double)passes / Elapsed(t0) / 1e9);
+                            secs = Elapsed(t0);
+                        } while (secs < MinBurstSeconds);
+                        if (round >= 0) r.ReadGBps.Add(reader.Bytes * (double)passes / secs / 1e9);
                         continue;
                     }
                     Contender c = contenders[slot];
                     int calls = Math.Max(4, c.CallsPerBurst);
                     long t1 = Stopwatch.GetTimestamp();
                     int made = 0;
+                    double spent;
                     do
                     {
                         for (int i = 0; i < calls; ++i) c.Call();
                         made += calls;
-                    } while (Elapsed(t1) < MinBurstSeconds);
-                    double per = Elapsed(t1) / made;
+                        spent = Elapsed(t1);
+                    } while (spent < MinBurstSeconds);
+                    double per = spent / made;
                     if (round >= 0) r.Seconds[c.Name].Add(per);
                 }
             }
@@ -210,7 +215,7 @@ internal static class Paired
         md.AppendLine($"# LlmNative CPU paired rounds ({facts.StartUtc:yyyy-MM-dd HH:mm} UTC)").AppendLine();
         Report.AppendFacts(md, facts);
         md.AppendLine($"- {rounds} timed rounds per case (after one warm-up round); a round = one burst of every contender and a burst of " +
-                      $"256 MiB streaming reads on all {BenchSettings.Threads} threads, back to back, in an order rotating per round; " +
+                      $"256 MiB streaming reads on all {BenchSettings.Threads} threads, back to back, in an order rotating per round and reversed in odd rounds; " +
                       $"a burst = whole passes over the contender's rotated copies (>= {BenchSettings.RotateBytes >> 20} MiB of distinct weights/KV; at least 4 calls) " +
                       $"for at least {MinBurstSeconds.ToString(Inv)} s, after a {QuietMs} ms idle gap");
         md.AppendLine("- every ratio and share below is computed inside each round; shown: median over the rounds [min-max]");
