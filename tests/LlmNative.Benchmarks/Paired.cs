@@ -34,13 +34,18 @@ internal static class Paired
     // long loops); what a model's layer-after-layer calls see is the warm rate.
     private const double MinBurstSeconds = 0.2;
 
+    // CallsPerBurst: the calls a burst repeats until MinBurstSeconds have passed (a whole pass over the
+    // contender's rotated copies, at least 4; one 256 MiB pass for the read).
     private sealed record Contender(string Name, Action Call, int CallsPerBurst, Action Cleanup);
 
-    // Per case: seconds per call of every contender and the read's GB/s, one entry per round.
+    private static int PassCalls(int copies) => Math.Max(4, copies);
+
+    // Per case: seconds per call of every contender ("read": per pass over the reader), one entry per round.
     private sealed class Rounds
     {
         public Dictionary<string, List<double>> Seconds { get; } = new();
-        public List<double> ReadGBps { get; } = new();
+        public long ReadBytes { get; init; }
+        public double ReadGBps(int round) => ReadBytes / Seconds["read"][round] / 1e9;
     }
 
     private sealed record AttnResult(AttnCase Case, Rounds R);
@@ -109,9 +114,9 @@ internal static class Paired
         }
         return new List<Contender>
         {
-            new("ours", ours.Ours_Auto, BenchSettings.Copies(DecodeAttention.KvBytes(c, f32: false)), ours.Cleanup),
-            new("ort-f16", f16.Ort_F16, BenchSettings.Copies(DecodeAttention.KvBytes(c, f32: false)), f16.Cleanup),
-            new("ort-f32", f32.Ort_F32, BenchSettings.Copies(DecodeAttention.KvBytes(c, f32: true)), f32.Cleanup),
+            new("ours", ours.Ours_Auto, PassCalls(BenchSettings.Copies(DecodeAttention.KvBytes(c, f32: false))), ours.Cleanup),
+            new("ort-f16", f16.Ort_F16, PassCalls(BenchSettings.Copies(DecodeAttention.KvBytes(c, f32: false))), f16.Cleanup),
+            new("ort-f32", f32.Ort_F32, PassCalls(BenchSettings.Copies(DecodeAttention.KvBytes(c, f32: true))), f32.Cleanup),
         };
     }
 
@@ -124,7 +129,7 @@ internal static class Paired
         b128a4.SetupOrt128A4();
         b32a1.SetupOrt32A1();
         b32a4.SetupOrt32A4();
-        int c128 = BenchSettings.Copies(Int4Gemm.Int4Bytes(s, 128)), c32 = BenchSettings.Copies(Int4Gemm.Int4Bytes(s, 32));
+        int c128 = PassCalls(BenchSettings.Copies(Int4Gemm.Int4Bytes(s, 128))), c32 = PassCalls(BenchSettings.Copies(Int4Gemm.Int4Bytes(s, 32)));
         return new List<Contender>
         {
             new("ours", ours.Ours_G128, c128, ours.Cleanup),
@@ -139,45 +144,29 @@ internal static class Paired
     // i mod n and odd rounds go backwards, so no contender always runs first or after the same neighbour.
     private static Rounds Measure(List<Contender> contenders, int rounds, ParallelReader reader)
     {
-        var r = new Rounds();
-        foreach (Contender c in contenders) r.Seconds[c.Name] = new List<double>();
-        int slots = contenders.Count + 1;
+        var r = new Rounds { ReadBytes = reader.Bytes };
+        var slots = new List<Contender>(contenders) { new("read", () => GC.KeepAlive(reader.SumAll()), 1, () => { }) };
+        foreach (Contender c in slots) r.Seconds[c.Name] = new List<double>();
+        int n = slots.Count;
         try
         {
             for (int round = -1; round < rounds; ++round)
             {
-                for (int k = 0; k < slots; ++k)
+                for (int k = 0; k < n; ++k)
                 {
                     Thread.Sleep(QuietMs);
-                    int start = Math.Max(round, 0) % slots;
-                    int slot = round % 2 == 1 ? (start - k + slots) % slots : (start + k) % slots;
-                    if (slot == contenders.Count)
-                    {
-                        long t0 = Stopwatch.GetTimestamp();
-                        int passes = 0;
-                        double secs;
-                        do
-                        {
-                            GC.KeepAlive(reader.SumAll());
-                            ++passes;
-                            secs = Elapsed(t0);
-                        } while (secs < MinBurstSeconds);
-                        if (round >= 0) r.ReadGBps.Add(reader.Bytes * (double)passes / secs / 1e9);
-                        continue;
-                    }
-                    Contender c = contenders[slot];
-                    int calls = Math.Max(4, c.CallsPerBurst);
-                    long t1 = Stopwatch.GetTimestamp();
+                    int start = Math.Max(round, 0) % n;
+                    Contender c = slots[round % 2 == 1 ? (start - k + n) % n : (start + k) % n];
+                    long t0 = Stopwatch.GetTimestamp();
                     int made = 0;
                     double spent;
                     do
                     {
-                        for (int i = 0; i < calls; ++i) c.Call();
-                        made += calls;
-                        spent = Elapsed(t1);
+                        for (int i = 0; i < c.CallsPerBurst; ++i) c.Call();
+                        made += c.CallsPerBurst;
+                        spent = Elapsed(t0);
                     } while (spent < MinBurstSeconds);
-                    double per = spent / made;
-                    if (round >= 0) r.Seconds[c.Name].Add(per);
+                    if (round >= 0) r.Seconds[c.Name].Add(spent / made);
                 }
             }
         }
@@ -196,18 +185,21 @@ internal static class Paired
         return v.Length == 0 ? double.NaN : v.Length % 2 == 1 ? v[v.Length / 2] : 0.5 * (v[v.Length / 2 - 1] + v[v.Length / 2]);
     }
 
-    // Per round: the fastest peer's time over ours (how many times faster we are), and our bytes/s over the read.
+    // Per round: the fastest peer's time over ours (how many times faster we are), and our bytes/s as a percentage
+    // of the read's.
     private static double[] RatioPerRound(Rounds r, IEnumerable<string> peers) =>
         Enumerable.Range(0, r.Seconds["ours"].Count)
             .Select(i => peers.Min(p => r.Seconds[p][i]) / r.Seconds["ours"][i]).ToArray();
 
-    private static double[] ReadSharePerRound(Rounds r, long bytes) =>
-        Enumerable.Range(0, r.Seconds["ours"].Count).Select(i => bytes / r.Seconds["ours"][i] / 1e9 / r.ReadGBps[i]).ToArray();
+    private static double[] ReadPercentPerRound(Rounds r, long bytes) =>
+        Enumerable.Range(0, r.Seconds["ours"].Count).Select(i => 100 * bytes / r.Seconds["ours"][i] / 1e9 / r.ReadGBps(i)).ToArray();
+
+    private static double MedianReadGBps(Rounds r) => Median(Enumerable.Range(0, r.Seconds["read"].Count).Select(r.ReadGBps));
 
     private static string Spread(double[] v, string fmt, string unit) =>
         $"{Median(v).ToString(fmt, Inv)}{unit} [{v.Min().ToString(fmt, Inv)}-{v.Max().ToString(fmt, Inv)}]";
 
-    private static string Us(List<double> s) => (Median(s) * 1e6).ToString(Median(s) * 1e6 >= 100 ? "F0" : "F1", Inv);
+    private static string Us(List<double> s) => Report.Us(Median(s));
 
     private static string Write(List<AttnResult> attn, List<GemmResult> gemm, List<string> skipped, int rounds, RunFacts facts)
     {
@@ -232,14 +224,14 @@ internal static class Paired
             {
                 long bytes = DecodeAttention.KvBytes(a.Case, f32: false);
                 double[] ratio = RatioPerRound(a.R, new[] { "ort-f16", "ort-f32" });
-                double[] share = ReadSharePerRound(a.R, bytes);
+                double[] pct = ReadPercentPerRound(a.R, bytes);
                 md.AppendLine($"| {a.Case} | {Us(a.R.Seconds["ours"])} | {Us(a.R.Seconds["ort-f16"])} | {Us(a.R.Seconds["ort-f32"])} | " +
                               $"{Spread(ratio, "F2", "x")} | {(bytes / Median(a.R.Seconds["ours"]) / 1e9).ToString("F1", Inv)} | " +
-                              $"{Median(a.R.ReadGBps).ToString("F1", Inv)} | {Spread(share.Select(x => x * 100).ToArray(), "F0", "%")} |");
+                              $"{MedianReadGBps(a.R).ToString("F1", Inv)} | {Spread(pct, "F0", "%")} |");
                 if (a.Case.Batch == 1 && (a.Case.Context == 4096 || a.Case.Context == 16384))
                     targets.Add(($"attention vs ORT GQA at {a.Case} >= 5x", Spread(ratio, "F2", "x"), Median(ratio) >= 5.0));
                 if (a.Case.Context >= 16384)
-                    targets.Add(($"attention at {a.Case} >= 80% of the streaming read", Spread(share.Select(x => x * 100).ToArray(), "F0", "%"), Median(share) >= 0.8));
+                    targets.Add(($"attention at {a.Case} >= 80% of the streaming read", Spread(pct, "F0", "%"), Median(pct) >= 80));
             }
             md.AppendLine();
         }
@@ -253,13 +245,13 @@ internal static class Paired
             {
                 long bytes = Int4Gemm.Int4Bytes(g.Shape, 128);
                 double[] ratio = RatioPerRound(g.R, peers);
-                double[] share = ReadSharePerRound(g.R, bytes);
+                double[] pct = ReadPercentPerRound(g.R, bytes);
                 md.AppendLine($"| {g.Shape} | {g.M} | {Us(g.R.Seconds["ours"])} | " + string.Join(" | ", peers.Select(p => Us(g.R.Seconds[p]))) +
                               $" | {Spread(ratio, "F2", "x")} | {(bytes / Median(g.R.Seconds["ours"]) / 1e9).ToString("F1", Inv)} | " +
-                              $"{Median(g.R.ReadGBps).ToString("F1", Inv)} | {(g.M == 1 ? Spread(share.Select(x => x * 100).ToArray(), "F0", "%") : "-")} |");
+                              $"{MedianReadGBps(g.R).ToString("F1", Inv)} | {(g.M == 1 ? Spread(pct, "F0", "%") : "-")} |");
                 if (g.M == 1)
                 {
-                    targets.Add(($"INT4 M=1 at {g.Shape} >= 90% of the streaming read", Spread(share.Select(x => x * 100).ToArray(), "F0", "%"), Median(share) >= 0.9));
+                    targets.Add(($"INT4 M=1 at {g.Shape} >= 90% of the streaming read", Spread(pct, "F0", "%"), Median(pct) >= 90));
                     targets.Add(($"INT4 M=1 at {g.Shape} >= 1.5x ORT's fastest", Spread(ratio, "F2", "x"), Median(ratio) >= 1.5));
                 }
                 if (g.M == 16)

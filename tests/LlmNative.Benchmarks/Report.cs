@@ -205,7 +205,7 @@ internal static class Report
         return best;
     }
 
-    private static string Us(double? seconds) => seconds is double s ? (s * 1e6).ToString(s * 1e6 >= 100 ? "F0" : "F1", Inv) : "-";
+    internal static string Us(double? seconds) => seconds is double s ? (s * 1e6).ToString(s * 1e6 >= 100 ? "F0" : "F1", Inv) : "-";
     private static string F(double? v) => v is double d ? d.ToString("F2", Inv) : "-";
     private static string Pct(double? v, double? of) => v is double a && of is double b && b > 0 ? (a / b * 100).ToString("F0", Inv) + "%" : "-";
     private static string X(double? slower, double? ours) => slower is double a && ours is double b && b > 0 ? (a / b).ToString("F2", Inv) + "x" : "-";
