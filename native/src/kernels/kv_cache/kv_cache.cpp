@@ -301,15 +301,15 @@ void KvCache::copy_block(int32_t dst, int32_t src) {
     // pitch head_stride. On CUDA that is one 2-D copy per copy-on-write instead of layers x heads copies (each a
     // driver call of a few microseconds: 256 of them per block for 32 layers x 8 heads).
     const int64_t rows = int64_t(desc_.num_layers) * desc_.num_kv_heads;
+    uint8_t* d = pool() + layout_.tile_offset(0, dst, 0);
+    const uint8_t* s = pool() + layout_.tile_offset(0, src, 0);
     if (ctx_->is_cuda()) {
-        cuda::copy_d2d_rows(ctx_->device(), ctx_->stream(), pool() + layout_.tile_offset(0, dst, 0),
-                            pool() + layout_.tile_offset(0, src, 0), size_t(layout_.head_stride),
-                            size_t(layout_.tile_bytes), size_t(rows));
+        cuda::copy_d2d_rows(ctx_->device(), ctx_->stream(), d, s, size_t(layout_.head_stride), size_t(layout_.tile_bytes),
+                            size_t(rows));
         return;
     }
     for (int64_t i = 0; i < rows; ++i)
-        std::memcpy(pool() + layout_.tile_offset(0, dst, 0) + i * layout_.head_stride,
-                    pool() + layout_.tile_offset(0, src, 0) + i * layout_.head_stride, size_t(layout_.tile_bytes));
+        std::memcpy(d + i * layout_.head_stride, s + i * layout_.head_stride, size_t(layout_.tile_bytes));
 }
 
 int32_t KvCache::take_res_slot(const char* what) {
