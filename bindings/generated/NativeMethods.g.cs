@@ -84,6 +84,11 @@ namespace LlmNative.Interop
             LLMN_KV_INT2 = 5,
         }
 
+        public enum llmn_attention_flags : int
+        {
+            LLMN_ATTN_FLAG_INT8_QUERY = 1,
+        }
+
         [StructLayout(LayoutKind.Sequential)]
         public unsafe partial struct llmn_cpu_info
         {
@@ -194,7 +199,7 @@ namespace LlmNative.Interop
             public float scale;
             public float softcap;
             public int window;
-            public int reserved;
+            public int flags;
         }
 
         [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
@@ -633,6 +638,6 @@ namespace LlmNative.Interop
         public const int Offset_llmn_attention_params_scale = 16;
         public const int Offset_llmn_attention_params_softcap = 20;
         public const int Offset_llmn_attention_params_window = 24;
-        public const int Offset_llmn_attention_params_reserved = 28;
+        public const int Offset_llmn_attention_params_flags = 28;
     }
 }

@@ -84,11 +84,11 @@ void BM_Int4GemmIsa(benchmark::State& st) {
         return;
     }
 #if defined(__x86_64__)
-    if (isa == LLMN_CPU_ISA_AVX512 && vnni && !llmn::int4cpu::avx512_vnni()) {
+    if (isa == LLMN_CPU_ISA_AVX512 && vnni && !llmn::cpu::avx512_vnni()) {
         st.SkipWithError("no AVX512-VNNI");
         return;
     }
-    llmn::int4cpu::set_avx512_vnni(vnni);
+    llmn::cpu::set_avx512_vnni(vnni);
 #endif
     if (llmn_set_cpu_isa(isa) != LLMN_STATUS_OK) isa_die("llmn_set_cpu_isa");
     llmn::int4cpu::set_compute_mode(f32path ? llmn::int4cpu::Compute::F32 : llmn::int4cpu::Compute::Int8);
@@ -121,7 +121,7 @@ void BM_Int4GemmIsa(benchmark::State& st) {
     llmn_set_cpu_isa(info.detected_isa);
     llmn::int4cpu::set_compute_mode(llmn::int4cpu::Compute::Int8);
 #if defined(__x86_64__)
-    llmn::int4cpu::set_avx512_vnni(true);
+    llmn::cpu::set_avx512_vnni(true);
 #endif
 }
 
@@ -139,11 +139,11 @@ void BM_Int4GemmIsaHot(benchmark::State& st) {
         return;
     }
 #if defined(__x86_64__)
-    if (isa == LLMN_CPU_ISA_AVX512 && vnni && !llmn::int4cpu::avx512_vnni()) {
+    if (isa == LLMN_CPU_ISA_AVX512 && vnni && !llmn::cpu::avx512_vnni()) {
         st.SkipWithError("no AVX512-VNNI");
         return;
     }
-    llmn::int4cpu::set_avx512_vnni(vnni);
+    llmn::cpu::set_avx512_vnni(vnni);
 #endif
     if (llmn_set_cpu_isa(isa) != LLMN_STATUS_OK) isa_die("llmn_set_cpu_isa");
     const int64_t K = 4096, N = 256 * int64_t(llmn::cpu::thread_count());
@@ -179,7 +179,7 @@ void BM_Int4GemmIsaHot(benchmark::State& st) {
     llmn_int4_weight_destroy(w);
     llmn_set_cpu_isa(info.detected_isa);
 #if defined(__x86_64__)
-    llmn::int4cpu::set_avx512_vnni(true);
+    llmn::cpu::set_avx512_vnni(true);
 #endif
 }
 

@@ -6,9 +6,10 @@
 // rotating over that format's copies of the batch, timed; every format makes the same number of calls
 // per round (enough for >= 128 MiB of f16 KV, >= ~5 ms here).
 //
-// BM_KvQuantFormats: f16, INT8, FP8-E4M3, KIVI INT4, KIVI INT2 (K and V in the same format, value
+// BM_KvQuantFormats: f16, INT8, INT8 with the int8 query (LLMN_ATTN_FLAG_INT8_QUERY, "int8q"),
+// FP8-E4M3, KIVI INT4, KIVI INT2 (K and V in the same format, value
 // groups of 32 for INT4/INT2), batch 1 and 8, context 4k, 32k and 128k (8 x 128k holds all five caches
-// at once, ~10.4 GiB; where that does not fit, the case reports the allocation error). Every format
+// at once, ~12 GiB; where that does not fit, the case reports the allocation error). Every format
 // rotates over enough copies that >= LLMNATIVE_BENCH_ROTATE_MIB (default 64; the dev machine's L3 is
 // 16 MiB) MiB of its own cache bytes are touched between two visits of a copy, and at least 2 copies
 // unless one copy alone is already past that.
@@ -17,7 +18,8 @@
 // as stored bytes per token x context, llmn_kv_cache_bytes_per_token) / median time; {fmt}_x = median
 // of the per-round ratio f16 time / fmt time (> 1: faster than f16).
 //
-// BM_AttentionQuantVsF16: f16 vs INT8 vs FP8-E4M3 only, also at 1 x 1k, with the per-thread CPU time.
+// BM_AttentionQuantVsF16: f16 vs INT8 (f32 and int8 query) vs FP8-E4M3 only, also at 1 x 1k, with the
+// per-thread CPU time.
 // Copies: >= LLMNATIVE_BENCH_ROTATE_MIB (default 64) MiB of each format's KV between two visits (one
 // copy may do). Counters as above for f16/int8/fp8, plus {fmt}_min_us = the fastest round's time per
 // call and {fmt}_cpu_us = median CPU time of the calling thread per call (with LLMNATIVE_NUM_THREADS=1
@@ -57,12 +59,18 @@ struct Variant {
     bool slot_per_sequence;     // max_batch = all live sequences (KIVI: one residual slot each), else batch
     bool cpu_counters;          // report {fmt}_cpu_us and {fmt}_min_us
     std::vector<int32_t> isas = {};  // per format: llmn_set_cpu_isa before its calls (empty: detected ISA)
+    std::vector<int32_t> flags = {}; // per format: llmn_attention_params.flags (empty: 0)
 };
 
-const Variant kFormats5{{LLMN_KV_F16, LLMN_KV_INT8, LLMN_KV_FP8_E4M3, LLMN_KV_INT4, LLMN_KV_INT2},
-                        {"f16", "int8", "fp8", "int4", "int2"},
-                        7, 32, true, true, false};
-const Variant kFormats3{{LLMN_KV_F16, LLMN_KV_INT8, LLMN_KV_FP8_E4M3}, {"f16", "int8", "fp8"}, 11, 0, false, false, true};
+// "int8q": the INT8 cache attended with LLMN_ATTN_FLAG_INT8_QUERY (a cache of its own, same data).
+const Variant kFormats5{{LLMN_KV_F16, LLMN_KV_INT8, LLMN_KV_INT8, LLMN_KV_FP8_E4M3, LLMN_KV_INT4, LLMN_KV_INT2},
+                        {"f16", "int8", "int8q", "fp8", "int4", "int2"},
+                        7, 32, true, true, false, {},
+                        {0, 0, LLMN_ATTN_FLAG_INT8_QUERY, 0, 0, 0}};
+const Variant kFormats3{{LLMN_KV_F16, LLMN_KV_INT8, LLMN_KV_INT8, LLMN_KV_FP8_E4M3},
+                        {"f16", "int8", "int8q", "fp8"},
+                        11, 0, false, false, true, {},
+                        {0, 0, LLMN_ATTN_FLAG_INT8_QUERY, 0}};
 // The KIVI kernels of both vector widths against the f16 kernel of the detected ISA, same rounds.
 const Variant kKiviIsas{{LLMN_KV_F16, LLMN_KV_INT4, LLMN_KV_INT4, LLMN_KV_INT2, LLMN_KV_INT2},
                         {"f16", "int4_avx2", "int4_avx512", "int2_avx2", "int2_avx512"},
@@ -164,6 +172,7 @@ void run_formats(benchmark::State& state, const Variant& var) {
         for (size_t i = 0; i < nf; ++i) {
             PerFormat& fs = s.f[i];
             if (!var.isas.empty()) llmn_set_cpu_isa(var.isas[i] >= 0 ? var.isas[i] : info.detected_isa);
+            p.flags = var.flags.empty() ? 0 : var.flags[i];
             const auto t0 = std::chrono::steady_clock::now();
             const double c0 = var.cpu_counters ? thread_cpu_seconds() : 0.0;
             for (int64_t c = 0; c < calls; ++c) {

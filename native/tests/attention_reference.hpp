@@ -89,16 +89,16 @@ struct PrescaledRow {
     double vmax = 0.0;      // max |v| over the keys
 };
 
-inline PrescaledRow prescaled_attention_row_f64(const float* qr, float scale, const std::vector<float>& k,
-                                                const std::vector<float>& v, int32_t H, int32_t h, int32_t D,
-                                                int64_t pos) {
+// The same for a query given in float64 (already scaled): e.g. the INT8 query's codes x scale.
+inline PrescaledRow attention_row_f64(const double* qd_row, const std::vector<float>& k, const std::vector<float>& v,
+                                      int32_t H, int32_t h, int32_t D, int64_t pos) {
     PrescaledRow r;
     std::vector<double> sco(size_t(pos + 1));
     double m = -INFINITY;
     for (int64_t t = 0; t <= pos; ++t) {
         double dot = 0, a = 0;
         for (int32_t dd = 0; dd < D; ++dd) {
-            const double qd = double(qr[dd] * scale), kd = k[size_t((t * H + h) * D + dd)];
+            const double qd = qd_row[dd], kd = k[size_t((t * H + h) * D + dd)];
             dot += qd * kd;
             a += std::fabs(qd * kd);
         }
@@ -118,6 +118,14 @@ inline PrescaledRow prescaled_attention_row_f64(const float* qr, float scale, co
     r.o.resize(size_t(D));
     for (int32_t dd = 0; dd < D; ++dd) r.o[size_t(dd)] = acc[size_t(dd)] / l;
     return r;
+}
+
+inline PrescaledRow prescaled_attention_row_f64(const float* qr, float scale, const std::vector<float>& k,
+                                                const std::vector<float>& v, int32_t H, int32_t h, int32_t D,
+                                                int64_t pos) {
+    std::vector<double> qd(static_cast<size_t>(D));
+    for (int32_t dd = 0; dd < D; ++dd) qd[size_t(dd)] = double(qr[dd] * scale);
+    return attention_row_f64(qd.data(), k, v, H, h, D, pos);
 }
 
 // |out_i - ref_i| <= bound[row] (+ extra[row]) for every element (row = i / D), outputs finite (the

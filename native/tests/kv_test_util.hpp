@@ -176,7 +176,7 @@ struct Filled {
 // sequence); the output is NaN-poisoned before the call.
 inline std::vector<float> attention(llmn_context ctx, llmn_kv_cache cache, const std::vector<int64_t>& ids,
                                     int32_t layer, int32_t Hq, int32_t D, int32_t q_len, const std::vector<float>& q,
-                                    int32_t splits) {
+                                    int32_t splits, int32_t flags = 0) {
     const int32_t B = int32_t(ids.size());
     const int64_t n = int64_t(B) * q_len * Hq * D;
     Buf qb(ctx, LLMN_DTYPE_F32, n), ob(ctx, LLMN_DTYPE_F32, n);
@@ -188,6 +188,7 @@ inline std::vector<float> attention(llmn_context ctx, llmn_kv_cache cache, const
     p.q_len = q_len;
     p.num_splits = splits;
     p.scale = 1.0f / std::sqrt(float(D));
+    p.flags = flags;
     EXPECT_EQ(llmn_decode_attention(ctx, cache, ids.data(), B, qb.h, nullptr, ob.h, &p), LLMN_STATUS_OK) << last_error();
     return ob.download<float>(n);
 }

@@ -26,6 +26,7 @@
 //  * f16 outputs add the final rounding: (|y_ref| + bound) * 2^-11 + 2^-25.
 //  * the float64 reference itself: 1e-12 * S.
 #include "core/numeric.hpp"
+#include "cpu/cpu_runtime.hpp"
 #include "kernels/gemm_int4/gemm_int4_cpu.hpp"
 #include "test_util.hpp"
 
@@ -188,10 +189,10 @@ std::vector<int32_t> simd_isas() {
 struct NoVnniScope {
     bool on;
     explicit NoVnniScope(bool disable) : on(disable) {
-        if (on) llmn::int4cpu::set_avx512_vnni(false);
+        if (on) llmn::cpu::set_avx512_vnni(false);
     }
     ~NoVnniScope() {
-        if (on) llmn::int4cpu::set_avx512_vnni(true);
+        if (on) llmn::cpu::set_avx512_vnni(true);
     }
 };
 #endif

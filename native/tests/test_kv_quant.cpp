@@ -7,6 +7,7 @@
 //      MEASURED bounds with margin (see QuantizedVsF16Accuracy; numbers in docs/kv-quantization.md).
 #include "core/error.hpp"
 #include "core/numeric.hpp"
+#include "cpu/cpu_runtime.hpp"
 #include "kernels/kv_cache/kv_cache.hpp"
 #include "kernels/kv_cache/kv_quant.hpp"
 #include "kernels/kv_cache/kv_stage.hpp"
@@ -515,6 +516,141 @@ TEST(KvQuant, FusedMatchesFloat64Reference) {
                 }
 }
 
+// LLMN_ATTN_FLAG_INT8_QUERY with INT8 keys vs float64 attention of the ROUNDED query (codes x scale, the
+// codes from the INT8 KV codec the kernels share, kv_quantize_row, tested above) over the read-back
+// cache. BOUND: FusedMatchesFloat64Reference's. The kernels' integer dot product is exact and the score
+// is fl(float(dot) * fl(q_scale * k_scale)): two roundings where the f32 path has D + 2, so the same eta
+// holds. The query's own rounding (up to max|q| / 254 per element) is not in the bound; the test also
+// asserts that the flag changed the output (a kernel ignoring it would miss this reference by far more
+// than the bound on most rows). Every ISA; AVX-512 with and without VNNI (its ymm integer loop).
+TEST(KvQuant, Int8QueryMatchesFloat64ReferenceOfRoundedQuery) {
+    CpuStateGuard guard;
+    Ctx ctx;
+    AttnSetup s;
+    s.lengths = quick() ? std::vector<int64_t>{3, 37, 300} : std::vector<int64_t>{3, 37, 300, 1500};
+    struct Variant { int32_t isa; bool vnni; };
+    std::vector<Variant> variants;
+    for (int32_t isa : isas_to_test()) {
+        if (isa == LLMN_CPU_ISA_AVX512 && llmn::cpu::avx512_vnni()) variants.push_back({isa, true});
+        variants.push_back({isa, false});
+    }
+    const int32_t fm[][2] = {{LLMN_KV_INT8, LLMN_KV_INT8}, {LLMN_KV_INT8, LLMN_KV_F16}, {LLMN_KV_INT8, LLMN_KV_FP8_E4M3}};
+    for (int32_t D : {64, 80, 96, 128})
+        for (int32_t q_len : {1, 3})
+            for (bool outliers : {false, true})
+                for (const auto& f2 : fm) {
+                    s.D = D;
+                    s.q_len = q_len;
+                    s.outliers = outliers;
+                    s.G = q_len == 1 ? 4 : 2;
+                    const uint64_t seed = test_seed() + uint64_t(D * 37 + q_len * 5 + outliers) + 4000;
+                    Filled f;
+                    fill(ctx.h, s, f2[0], f2[1], seed, f);
+                    const int32_t Hq = s.H * s.G, HD = s.H * s.D, B = int32_t(s.lengths.size());
+                    std::mt19937_64 g(seed + 99);
+                    std::vector<float> q = gaussian(g, size_t(B) * q_len * Hq * D, 1.0f);
+                    if (outliers)  // a query row with one large channel: the rest keep few levels
+                        q[size_t(D / 3)] *= 25.0f;
+                    const float scf = 1.0f / std::sqrt(float(D));
+                    // rounded queries, row by row as the driver rounds them (after the softmax scale)
+                    std::vector<double> qd(q.size());
+                    std::vector<uint8_t> codes(static_cast<size_t>(D));
+                    std::vector<float> row(static_cast<size_t>(D));
+                    for (size_t r0 = 0; r0 < q.size(); r0 += size_t(D)) {
+                        for (int32_t d = 0; d < D; ++d) row[size_t(d)] = q[r0 + size_t(d)] * scf;
+                        const float qs = llmn::kv_quantize_row(LLMN_KV_INT8, row.data(), D, codes.data());
+                        for (int32_t d = 0; d < D; ++d) qd[r0 + size_t(d)] = double(int8_t(codes[size_t(d)])) * double(qs);
+                    }
+                    std::vector<std::vector<float>> kk(static_cast<size_t>(B)), vv(static_cast<size_t>(B));
+                    for (int32_t b = 0; b < B; ++b) read(ctx.h, f.cache, f.ids[size_t(b)], 1, 0, s.lengths[size_t(b)], HD, kk[size_t(b)], vv[size_t(b)]);
+                    for (const Variant& var : variants) {
+                        LLMN_ASSERT_OK(llmn_set_cpu_isa(var.isa));
+                        llmn::cpu::set_avx512_vnni(var.vnni);
+                        const std::string what = std::string(fmt_name(f2[0])) + "/" + fmt_name(f2[1]) + " " + isa_name(var.isa) +
+                                                 (var.vnni ? "+vnni" : "") + " D " + std::to_string(D) + " q_len " +
+                                                 std::to_string(q_len) + " outliers " + std::to_string(int(outliers));
+                        const std::vector<float> exact = run_attention(ctx.h, s, f, q, 1);
+                        for (int32_t splits : {1, 3}) {
+                            const std::vector<float> o =
+                                attention(ctx.h, f.cache, f.ids, 1, Hq, D, q_len, q, splits, LLMN_ATTN_FLAG_INT8_QUERY);
+                            size_t changed = 0;
+                            for (size_t i = 0; i < o.size(); ++i) changed += o[i] != exact[i];
+                            EXPECT_GT(changed, o.size() / 2) << what << ": the flag did not change the output";
+                            double worst = 0.0;
+                            for (int32_t b = 0; b < B; ++b) {
+                                const int64_t len = s.lengths[size_t(b)];
+                                for (int32_t i = 0; i < q_len; ++i) {
+                                    const int64_t pos = len - q_len + i;
+                                    if (pos < 0) continue;
+                                    for (int32_t hq = 0; hq < Hq; ++hq) {
+                                        const size_t r0 = size_t(((b * q_len + i) * Hq + hq) * D);
+                                        const PrescaledRow r = attention_row_f64(&qd[r0], kk[size_t(b)], vv[size_t(b)], s.H, hq / s.G, D, pos);
+                                        const double Smax = r.smax, Vmax = r.vmax, Amax = r.amax;
+                                        const double N = double(pos + 1), T = std::ceil(N / 64.0) + splits;
+                                        const double eta = (D + 4) * kU * Amax + kEpsExp + 2 * kU * Smax + 2 * kU;
+                                        const double merge = 2 * (2 * kU * (Smax + std::log(N) + 2) + kEpsExp + (splits + 2) * kU) * Vmax +
+                                                             splits * kU * Vmax;
+                                        const double bound =
+                                            1.25 * (2 * eta * Vmax + 2 * (N + T + 4) * kU * Vmax + merge) + 8 * kU * Vmax;
+                                        for (int32_t dd = 0; dd < D; ++dd) {
+                                            const double err = std::fabs(double(o[r0 + size_t(dd)]) - r.o[size_t(dd)]);
+                                            ASSERT_LE(err, bound) << what << " splits " << splits << " seq " << b << " head " << hq
+                                                                  << " ch " << dd;
+                                            worst = std::max(worst, err / bound);
+                                        }
+                                    }
+                                }
+                            }
+                            if (D == 128 && q_len == 1 && f2[1] == LLMN_KV_INT8)
+                                std::printf("  int8 query, %s splits %d: max error %.3g of bound\n", what.c_str(), splits, worst);
+                        }
+                    }
+                    llmn::cpu::set_avx512_vnni(true);
+                }
+}
+
+// The flag is a permission: caches whose K is not INT8 ignore it (bitwise the same output), a
+// non-finite query keeps the f32 path (the same NaN / Inf as without it), unknown bits are rejected
+// naming the parameter, with the output untouched.
+TEST(KvQuant, Int8QueryFlagIgnoredElsewhereAndValidated) {
+    CpuStateGuard guard;
+    Ctx ctx;
+    AttnSetup s;
+    s.lengths = {5, 130};
+    const int32_t Hq = s.H * s.G, B = int32_t(s.lengths.size());
+    const int32_t fm[][2] = {{LLMN_KV_F16, LLMN_KV_F16}, {LLMN_KV_FP8_E4M3, LLMN_KV_INT8}, {LLMN_KV_F16, LLMN_KV_INT8},
+                             {LLMN_KV_INT8, LLMN_KV_INT8}};
+    for (const auto& f2 : fm) {
+        Filled f;
+        fill(ctx.h, s, f2[0], f2[1], test_seed() + 71, f);
+        std::mt19937_64 g(test_seed() + 72);
+        std::vector<float> q = gaussian(g, size_t(B) * Hq * s.D, 1.0f);
+        const bool int8_k = f2[0] == LLMN_KV_INT8;
+        if (int8_k) q[3] = std::numeric_limits<float>::infinity();  // non-finite query: f32 path for the call
+        for (int32_t isa : isas_to_test()) {
+            LLMN_ASSERT_OK(llmn_set_cpu_isa(isa));
+            const std::vector<float> a = run_attention(ctx.h, s, f, q, 0);
+            const std::vector<float> b = attention(ctx.h, f.cache, f.ids, 1, Hq, s.D, 1, q, 0, LLMN_ATTN_FLAG_INT8_QUERY);
+            ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float))) << fmt_name(f2[0]) << "/" << fmt_name(f2[1])
+                                                                                     << " " << isa_name(isa);
+        }
+        if (!int8_k) continue;
+        const int64_t n = int64_t(B) * Hq * s.D;
+        Buf qb(ctx.h, LLMN_DTYPE_F32, n), ob(ctx.h, LLMN_DTYPE_F32, n);
+        qb.upload(q);
+        ob.upload(std::vector<float>(size_t(n), 7.0f));
+        llmn_attention_params p{};
+        p.layer = 1;
+        p.num_q_heads = Hq;
+        p.q_len = 1;
+        p.scale = 0.1f;
+        p.flags = 2;
+        EXPECT_EQ(llmn_decode_attention(ctx.h, f.cache, f.ids.data(), B, qb.h, nullptr, ob.h, &p), LLMN_STATUS_INVALID_ARGUMENT);
+        EXPECT_NE(last_error().find("params->flags"), std::string::npos) << last_error();
+        for (float x : ob.download<float>(n)) ASSERT_EQ(x, 7.0f);
+    }
+}
+
 // Quantization error of the attention output: quantized cache vs an f16 cache fed the same f32
 // K/V, same queries (AVX2 where available, else scalar). Error metric per configuration:
 //   rel = ||o_quant - o_f16||_F / ||o_f16||_F over every output row of the call.
@@ -531,13 +667,18 @@ TEST(KvQuant, QuantizedVsF16Accuracy) {
     Ctx ctx;
     AttnSetup s;
     s.lengths = quick() ? std::vector<int64_t>{64, 700} : std::vector<int64_t>{64, 1000, 4000};
-    struct Case { int32_t kf, vf; bool outliers; double bound; };
+    struct Case { int32_t kf, vf; bool outliers; double bound; int32_t flags = 0; };
     const Case cases[] = {
         {LLMN_KV_INT8, LLMN_KV_INT8, false, 0.02},         {LLMN_KV_INT8, LLMN_KV_INT8, true, 0.6},
         {LLMN_KV_FP8_E4M3, LLMN_KV_FP8_E4M3, false, 0.08}, {LLMN_KV_FP8_E4M3, LLMN_KV_FP8_E4M3, true, 0.15},
         {LLMN_KV_INT8, LLMN_KV_F16, false, 0.015},         {LLMN_KV_F16, LLMN_KV_INT8, false, 0.015},
         {LLMN_KV_FP8_E4M3, LLMN_KV_F16, true, 0.15},       {LLMN_KV_F16, LLMN_KV_FP8_E4M3, false, 0.06},
         {LLMN_KV_INT8, LLMN_KV_FP8_E4M3, true, 0.6},
+        // the INT8 query (LLMN_ATTN_FLAG_INT8_QUERY): the query's rounding on top of the cache's
+        // (seeds 1..12: 0.0091-0.0123, 0.034-0.316 as without it, and 0.0065-0.0101; without it 0.0080-0.0097,
+        // 0.035-0.315, 0.0049-0.0066)
+        {LLMN_KV_INT8, LLMN_KV_INT8, false, 0.025, LLMN_ATTN_FLAG_INT8_QUERY}, {LLMN_KV_INT8, LLMN_KV_INT8, true, 0.6, LLMN_ATTN_FLAG_INT8_QUERY},
+        {LLMN_KV_INT8, LLMN_KV_F16, false, 0.02, LLMN_ATTN_FLAG_INT8_QUERY},
     };
     for (const Case& c : cases) {
         s.outliers = c.outliers;
@@ -548,7 +689,8 @@ TEST(KvQuant, QuantizedVsF16Accuracy) {
         const int32_t Hq = s.H * s.G, B = int32_t(s.lengths.size());
         std::mt19937_64 g(seed + 5);
         const std::vector<float> q = gaussian(g, size_t(B) * s.q_len * Hq * s.D, 1.0f);
-        const std::vector<float> oq = run_attention(ctx.h, s, fq, q, 0), of = run_attention(ctx.h, s, ff, q, 0);
+        const std::vector<float> oq = attention(ctx.h, fq.cache, fq.ids, 1, Hq, s.D, s.q_len, q, 0, c.flags),
+                                 of = run_attention(ctx.h, s, ff, q, 0);
         // Frobenius relative error over all rows (asserted) and the worst single row (reported: a
         // row whose output nearly cancels -- a flat softmax over thousands of N(0,1) values -- has a
         // tiny norm, so its relative error is a heavy-tailed statistic).
@@ -566,8 +708,8 @@ TEST(KvQuant, QuantizedVsF16Accuracy) {
             worst_row = std::max(worst_row, std::sqrt(num / den));
         }
         const double worst = std::sqrt(num_all / den_all);
-        std::printf("  K %-4s V %-4s %-9s rel error (all rows) %.4f, worst row %.4f (bound %.3f)\n", fmt_name(c.kf),
-                    fmt_name(c.vf), c.outliers ? "outliers" : "gaussian", worst, worst_row, c.bound);
+        std::printf("  K %-4s V %-4s %-9s%s rel error (all rows) %.4f, worst row %.4f (bound %.3f)\n", fmt_name(c.kf),
+                    fmt_name(c.vf), c.outliers ? "outliers" : "gaussian", c.flags ? " int8 q" : "", worst, worst_row, c.bound);
         EXPECT_LE(worst, c.bound) << fmt_name(c.kf) << "/" << fmt_name(c.vf) << " outliers " << c.outliers;
     }
 }

@@ -41,6 +41,16 @@ public sealed record AttentionOptions
     /// <summary>Optional ALiBi slopes: an F32 buffer of NumQHeads values on the cache's device.</summary>
     public LlmBuffer? AlibiSlopes { get; init; }
 
+    /// <summary>
+    /// Lets the backend round each query row (after <see cref="Scale"/>) to int8, one scale per row (max|q| / 127,
+    /// rounded like the INT8 KV format), and compute q·k against INT8 keys as exact integer dot products. The CPU
+    /// backend does so when the cache's key format is <see cref="KvFormat.Int8"/> (1.2-1.3x faster attention on
+    /// the development machine); other key formats and the CUDA backend ignore it. Adds the query's rounding
+    /// (at most max|q| / 254 per element) to the scores: measured output error in docs/kv-quantization.md.
+    /// Default false (exact f32 queries).
+    /// </summary>
+    public bool Int8Query { get; init; }
+
     internal const int MaxQueryLength = 8;
     internal const int MaxSplits = 256;
     internal const int MaxGqaGroup = 16;

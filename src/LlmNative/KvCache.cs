@@ -606,5 +606,6 @@ public sealed class KvCache : IDisposable
         scale = o.EffectiveScale(Options.HeadDim),
         softcap = o.SoftCap,
         window = o.Window,
+        flags = o.Int8Query ? (int)llmn_attention_flags.LLMN_ATTN_FLAG_INT8_QUERY : 0,
     };
 }

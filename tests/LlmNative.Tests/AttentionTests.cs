@@ -252,6 +252,47 @@ public class AttentionTests
         Assert.True(spans.SequenceEqual(inPlace), $"seed {seed}: in-place (spans) differs");
     }
 
+    /// <summary>
+    /// <see cref="AttentionOptions.Int8Query"/> reaches the native call: on an INT8-key cache the output changes
+    /// (the query is rounded to int8) and stays within 2 % (Frobenius, relative) of the exact-query output (the
+    /// native KvQuant.Int8Query* tests check it against a float64 reference of the rounded query and state the
+    /// error); on an f16 cache the flag is ignored and the output is bitwise the same.
+    /// </summary>
+    [Theory]
+    [InlineData(KvFormat.Int8, true)]
+    [InlineData(KvFormat.F16, false)]
+    public void Int8_query_changes_int8_key_caches_within_bound_and_nothing_else(KvFormat kFormat, bool changes)
+    {
+        var r = TestSetup.Random(out int seed);
+        using var ctx = LlmContext.Create(Backend.Cpu);
+        const int h = 2, hq = 8, len = 300;
+        using var cache = KvCache.Create(ctx, new KvCacheOptions
+        {
+            NumLayers = 1, NumKvHeads = h, HeadDim = D, BlockSize = Block, CapacityTokens = 2 * len + 64,
+            KFormat = kFormat, VFormat = KvFormat.Int8,
+        });
+        long[] ids = { cache.AddSequence(), cache.AddSequence() };
+        foreach (long id in ids) cache.Append(id, 0, Values(r, len * h * D, true), Values(r, len * h * D, false));
+        float[] q = Values(r, ids.Length * hq * D, false);
+        float[] exact = Enumerable.Repeat(float.NaN, q.Length).ToArray(), rounded = (float[])exact.Clone();
+        cache.DecodeAttention(ids, q, exact, new AttentionOptions { Layer = 0, NumQHeads = hq });
+        cache.DecodeAttention(ids, q, rounded, new AttentionOptions { Layer = 0, NumQHeads = hq, Int8Query = true });
+        if (!changes)
+        {
+            Assert.True(exact.SequenceEqual(rounded), $"seed {seed}: the flag changed a {kFormat} cache's output");
+            return;
+        }
+        double num = 0, den = 0;
+        for (int i = 0; i < q.Length; i++)
+        {
+            Assert.True(float.IsFinite(rounded[i]), $"seed {seed}: element {i} not written");
+            num += (rounded[i] - exact[i]) * (double)(rounded[i] - exact[i]);
+            den += exact[i] * (double)exact[i];
+        }
+        double rel = Math.Sqrt(num / den);
+        Assert.True(rel > 0 && rel <= 0.02, $"seed {seed}: relative difference {rel}");
+    }
+
     [Fact]
     public void Bad_arguments_name_the_parameter_and_leave_the_output_untouched()
     {

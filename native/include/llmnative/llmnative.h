@@ -369,8 +369,20 @@ typedef struct llmn_attention_params {
     float scale;           /* softmax scale, usually 1/sqrt(head_dim) */
     float softcap;         /* logit soft-cap c: s = c * tanh(s / c); 0 disables */
     int32_t window;        /* sliding window: attend to the last `window` positions; 0 disables */
-    int32_t reserved;
+    int32_t flags;         /* LLMN_ATTN_FLAG_* bits; 0 for exact f32 queries (unknown bits: INVALID_ARGUMENT) */
 } llmn_attention_params;
+
+/* Bits of llmn_attention_params.flags. */
+typedef enum llmn_attention_flags {
+    /* Lets the backend round each query row (after the softmax scale) to int8 codes with one scale per
+     * row, as the INT8 KV format rounds a row (scale max|q| / 127, codes rounded half away from zero),
+     * and compute q.k against INT8 keys as exact integer dot products: score = (q_scale * k_scale) *
+     * dot(q codes, k codes). The CPU backend does so when the cache's K format is INT8 (an integer
+     * multiply-add instruction covers 4 channels where f32 covers 1); other K formats and the CUDA
+     * backend ignore the flag. Adds the query's rounding error (at most half a step, max|q| / 254, per
+     * element) to the scores; bounds in docs/kv-quantization.md. */
+    LLMN_ATTN_FLAG_INT8_QUERY = 1
+} llmn_attention_flags;
 
 /* Decode attention for a batch of sequences of different lengths.
  *   sequence_ids: host array [batch];

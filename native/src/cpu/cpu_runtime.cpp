@@ -265,6 +265,19 @@ llmn_cpu_isa active_isa() {
 
 void set_active_isa(llmn_cpu_isa isa) { g_active_isa.store(static_cast<int>(isa)); }
 
+namespace {
+std::atomic<bool> g_vnni_allowed{true};
+}
+bool avx512_vnni() {
+#if defined(__x86_64__) || defined(_M_X64)
+    static const bool has = __builtin_cpu_supports("avx512vnni");
+    return has && g_vnni_allowed.load(std::memory_order_relaxed);
+#else
+    return false;
+#endif
+}
+void set_avx512_vnni(bool allowed) { g_vnni_allowed.store(allowed); }
+
 void advise_huge_pages(void* p, size_t bytes) {
 #if defined(__linux__)
     if (!p || bytes < kHugePageMinBytes) return;

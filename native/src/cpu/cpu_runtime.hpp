@@ -15,6 +15,11 @@ namespace llmn::cpu {
 llmn_cpu_isa detected_isa();
 llmn_cpu_isa active_isa();
 void set_active_isa(llmn_cpu_isa isa);  // validated by the caller
+// AVX-512 VNNI (vpdpbusd) present (CPUID) and not disabled; the int8 loops of the INT4 GEMM and of the
+// INT8-query attention use it when active_isa() is AVX512. set_avx512_vnni(false) forces their non-VNNI
+// loops (tests, benchmarks); process-wide.
+bool avx512_vnni();
+void set_avx512_vnni(bool allowed);
 int64_t l3_cache_bytes();
 std::string model_name();
 int logical_cores();

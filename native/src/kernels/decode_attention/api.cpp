@@ -47,6 +47,8 @@ extern "C" LLMN_API llmn_status llmn_decode_attention(llmn_context context, llmn
         LLMN_CHECK_ARG(std::isfinite(p.softcap) && p.softcap >= 0.0f,
                        "params->softcap must be finite and >= 0 (0 disables), got %g", double(p.softcap));
         LLMN_CHECK_ARG(p.window >= 0, "params->window must be >= 0 (0 disables), got %d", p.window);
+        LLMN_CHECK_ARG((p.flags & ~int32_t(LLMN_ATTN_FLAG_INT8_QUERY)) == 0,
+                       "params->flags = 0x%x has unknown bits (known: LLMN_ATTN_FLAG_INT8_QUERY = 1)", unsigned(p.flags));
 
         auto qb = get_buffer(q, "q");
         auto ob = get_buffer(out, "out");

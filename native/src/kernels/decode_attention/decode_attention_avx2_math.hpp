@@ -67,6 +67,14 @@ inline __m256 reduce8(const __m256* a) {
     return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
+// reduce8 on int32 lanes (exact): lane i of the result is the sum of a[i]'s lanes.
+inline __m256i reduce8_epi32(const __m256i* a) {
+    const __m256i t0 = _mm256_hadd_epi32(a[0], a[1]), t1 = _mm256_hadd_epi32(a[2], a[3]);
+    const __m256i t2 = _mm256_hadd_epi32(a[4], a[5]), t3 = _mm256_hadd_epi32(a[6], a[7]);
+    const __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
+}
+
 // Online-softmax step 1 for one query row over a tile: scores s[0, nv) of keys t0 + j get the soft-cap
 // (softcap > 0) and the ALiBi bias slope * (key - qpos) (slope non-null), and -inf outside the visible
 // [lo, hi) (tile-relative, lo < hi); written back, and their maximum returned. Shared by the f16,

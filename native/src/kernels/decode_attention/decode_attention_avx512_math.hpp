@@ -70,11 +70,30 @@ LLMN_AVX512_MATH inline __m512 reduce16(const __m512* a) {
     return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(e, f)), _mm512_castpd_ps(_mm512_unpackhi_pd(e, f)));
 }
 
+// reduce16 on int32 lanes (the same shuffles, integer adds): exact, for the INT8-query dot products.
+LLMN_AVX512_MATH inline __m512i reduce16_epi32(const __m512i* a) {
+    __m512i b[8], c[4], d[2];
+    for (int p = 0; p < 8; ++p)
+        b[p] = _mm512_add_epi32(_mm512_shuffle_i32x4(a[2 * p], a[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                _mm512_shuffle_i32x4(a[2 * p], a[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int p = 0; p < 4; ++p)
+        c[p] = _mm512_add_epi32(_mm512_shuffle_i32x4(b[2 * p], b[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                _mm512_shuffle_i32x4(b[2 * p], b[2 * p + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    for (int p = 0; p < 2; ++p)
+        d[p] = _mm512_add_epi32(_mm512_unpacklo_epi32(c[2 * p], c[2 * p + 1]), _mm512_unpackhi_epi32(c[2 * p], c[2 * p + 1]));
+    return _mm512_add_epi32(_mm512_unpacklo_epi64(d[0], d[1]), _mm512_unpackhi_epi64(d[0], d[1]));
+}
+
 // q.k of RT rows x KT keys (RT * KT = 16 accumulators, acc[r * KT + j]): lane r * KT + j of the result
 // is the sum of acc[r * KT + j] (reduce16 leaves it in lane 4 (i % 4) + i / 4; one permute moves it).
 LLMN_AVX512_MATH inline __m512 score_lanes(const __m512* acc) {
     const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     return _mm512_permutexvar_ps(perm, reduce16(acc));
+}
+
+LLMN_AVX512_MATH inline __m512i score_lanes_epi32(const __m512i* acc) {
+    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_epi32(perm, reduce16_epi32(acc));
 }
 
 // x[j] in lane r * KT + j for every row r (a per-key factor in score_lanes' order); x[j], j >= valid,

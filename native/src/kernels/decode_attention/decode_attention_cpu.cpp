@@ -96,8 +96,15 @@ void run_item_scalar(const Item& it) {
             for (int64_t t = lo; t < hi; ++t) {
                 const float* kr = &kf[size_t(t - t0) * D];
                 float dot = 0.0f;
-                for (int32_t d = 0; d < D; ++d) dot += qr[d] * kr[d];
-                dot *= ksc[size_t(t - t0)];
+                if (it.q8) {  // INT8 keys: kr holds their codes as exact floats (load_row)
+                    const int8_t* q8 = it.q8 + size_t(r) * size_t(it.q8_pitch);
+                    int32_t idot = 0;
+                    for (int32_t d = 0; d < D; ++d) idot += int32_t(q8[d]) * int32_t(kr[d]);
+                    dot = float(idot) * (it.q8_scale[r] * ksc[size_t(t - t0)]);
+                } else {
+                    for (int32_t d = 0; d < D; ++d) dot += qr[d] * kr[d];
+                    dot *= ksc[size_t(t - t0)];
+                }
                 if (it.softcap > 0.0f) dot = it.softcap * std::tanh(dot / it.softcap);
                 if (it.row_slope) dot += it.row_slope[r] * float(t - it.row_hi[r]);
                 s[size_t(t - t0)] = dot;
@@ -200,6 +207,28 @@ void decode_attention_cpu(const Context& ctx, const DecodeAttentionArgs& a) {
             }
     });
 
+    // INT8 query (LLMN_ATTN_FLAG_INT8_QUERY with INT8 keys): every row of qp rounded by the INT8 KV
+    // codec, rows padded with zero codes to a multiple of 64. A non-finite query keeps the f32 path for
+    // the whole call (its NaN / Inf then propagates as without the flag).
+    const int32_t q8_pitch = (D + 63) / 64 * 64;
+    std::vector<int8_t> q8;
+    std::vector<float> q8_scale;
+    std::vector<int32_t> q8_sum;
+    if ((p.flags & LLMN_ATTN_FLAG_INT8_QUERY) != 0 && L.k_format == LLMN_KV_INT8 &&
+        std::all_of(qp.begin(), qp.end(), [](float x) { return std::isfinite(x); })) {
+        const int64_t rows = int64_t(B) * H * R;
+        q8.assign(size_t(rows * q8_pitch), 0);
+        q8_scale.resize(size_t(rows));
+        q8_sum.resize(size_t(rows));
+        for (int64_t i = 0; i < rows; ++i) {
+            int8_t* c = &q8[size_t(i * q8_pitch)];
+            q8_scale[size_t(i)] = kv_quantize_row(LLMN_KV_INT8, &qp[size_t(i * D)], D, reinterpret_cast<uint8_t*>(c));
+            int32_t sum = 0;
+            for (int32_t d = 0; d < D; ++d) sum += c[d];
+            q8_sum[size_t(i)] = sum;
+        }
+    }
+
     // Per-row masks ([b][r]) and ALiBi slopes ([h][r]).
     std::vector<int64_t> row_hi(size_t(B) * R), row_lo(size_t(B) * R);
     for (int32_t b = 0; b < B; ++b)
@@ -268,6 +297,13 @@ void decode_attention_cpu(const Context& ctx, const DecodeAttentionArgs& a) {
                 it.k_aux_off = L.k_aux_off;
                 it.v_aux_off = L.v_aux_off;
                 it.length = len;
+                if (!q8.empty()) {
+                    const size_t row0 = size_t((int64_t(b) * H + h) * R);
+                    it.q8 = &q8[row0 * size_t(q8_pitch)];
+                    it.q8_scale = &q8_scale[row0];
+                    it.q8_sum = &q8_sum[row0];
+                    it.q8_pitch = q8_pitch;
+                }
                 if (L.has_residual()) {
                     it.res = a.cache->pool() + L.res_tile_offset(a.seqs[size_t(b)]->res_slot, p.layer, h);
                     it.res_k_off = L.res_k_off;

@@ -39,6 +39,15 @@ struct Item {
     const uint8_t* res = nullptr;    // residual head tile of (sequence, layer, kv_head), null without KIVI
     int64_t res_k_off = 0, res_v_off = 0;
     int32_t value_group = 0;
+    // INT8 query (LLMN_ATTN_FLAG_INT8_QUERY, INT8 keys): row r's codes at q8 + r * q8_pitch (zero from
+    // head_dim to q8_pitch, a multiple of 64, so a kernel may read whole 64-byte chunks), its scale
+    // q8_scale[r] and code sum q8_sum[r]. The score of key t is float(dot(q8 row, k codes)) *
+    // (q8_scale[r] * k_scale[t]): an exact integer dot product, so every ISA gives the same score bits.
+    // Null: the f32 query q.
+    const int8_t* q8 = nullptr;
+    const float* q8_scale = nullptr;
+    const int32_t* q8_sum = nullptr;
+    int32_t q8_pitch = 0;
 };
 
 void run_item_scalar(const Item& it);

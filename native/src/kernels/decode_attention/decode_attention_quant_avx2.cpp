@@ -109,6 +109,60 @@ inline void qk_rows(const float* q, int D, const uint8_t* const* krows, const fl
     }
 }
 
+// INT8 query against INT8 keys (Item::q8): per 32 channels and key one vpabsb, per row vpsignb +
+// vpmaddubsw (|k| <= 128 times |q| <= 127, pairs <= 32512: no saturation) + vpmaddwd + add, against
+// 2 converts and 4 FMAs per row in f32. Exact integers; the score is the scalar kernel's
+// float(dot) * (q_scale * k_scale).
+template <int RT, int KT>
+inline void qk_block_q8(const Item& it, const int8_t* q8, const float* qs, int D, const uint8_t* const* k, const float* ks,
+                        float* s, int t, int valid) {
+    static_assert(RT * KT == 8, "8 accumulators");
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[8];
+    for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_si256();
+    for (int c = 0; c < D; c += 32) {
+        __m256i kk[KT], ka[KT];
+        for (int j = 0; j < KT; ++j) {  // head_dim % 32 == 16: the last 16 bytes, zero-extended
+            kk[j] = c + 32 <= D ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k[j] + c))
+                                : _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(k[j] + c)));
+            ka[j] = _mm256_abs_epi8(kk[j]);
+        }
+        for (int r = 0; r < RT; ++r) {
+            __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8 + size_t(r) * it.q8_pitch + c));
+            __asm__("" : "+x"(qv));
+            for (int j = 0; j < KT; ++j)
+                acc[r * KT + j] = _mm256_add_epi32(acc[r * KT + j],
+                                                   _mm256_madd_epi16(_mm256_maddubs_epi16(ka[j], _mm256_sign_epi8(qv, kk[j])), ones));
+        }
+    }
+    alignas(32) int32_t out[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out), reduce8_epi32(acc));
+    for (int r = 0; r < RT; ++r)
+        for (int j = 0; j < valid; ++j) s[size_t(r) * kStride + t + j] = float(out[r * KT + j]) * (qs[r] * ks[t + j]);
+}
+
+// Rows [r0, r0 + RT) of the INT8-query q.k for one tile (prefetching like qk_rows).
+template <int RT, int KT>
+inline void qk_rows_q8(const Item& it, int r0, int D, const uint8_t* const* krows, const float* ks, int n, float* s,
+                       const uint8_t* const* pf, int npf) {
+    for (int t = 0; t < n; t += KT) {
+        for (int j = t; j < std::min(t + KT, npf); ++j)
+            for (int b = 0; b < D; b += 64) _mm_prefetch(reinterpret_cast<const char*>(pf[j] + b), _MM_HINT_T1);
+        const uint8_t* k[KT];
+        for (int j = 0; j < KT; ++j) k[j] = krows[std::min(t + j, n - 1)];
+        qk_block_q8<RT, KT>(it, it.q8 + size_t(r0) * it.q8_pitch, it.q8_scale + r0, D, k, ks, s, t, std::min(KT, n - t));
+    }
+}
+
+// All rows of one tile's INT8-query q.k (ymm).
+inline void qk_tile_q8(const Item& it, int R, int D, const uint8_t* const* K, const float* KS, int n, float* S,
+                       const uint8_t* const* KN, int n_next) {
+    int r = 0;
+    for (; r + 4 <= R; r += 4) qk_rows_q8<4, 2>(it, r, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_next : 0);
+    for (; r + 2 <= R; r += 2) qk_rows_q8<2, 4>(it, r, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_next : 0);
+    for (; r < R; ++r) qk_rows_q8<1, 8>(it, r, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_next : 0);
+}
+
 // acc[r][c..c+16) += sum_t p[r][t] * v[t][c..c+16) (p already carries V's per-token scale).
 // pf/npf: next tile's V rows, one 64-byte line of each per 64 bytes of channels, spread over the loop.
 template <int F, int RT>
@@ -218,6 +272,60 @@ LLMN_QZ void qk_rows16(const float* q, int d_rt, const uint8_t* const* krows, co
     }
 }
 
+// INT8 query against INT8 keys with AVX512-VNNI: per 64 channels and key one load + vpxord (k + 128
+// as unsigned bytes), per row one vpdpbusd (4 channels per lane) where f32 needs 4 converts and 4 FMAs;
+// dot(k + 128, q) = dot(k, q) + 128 * sum(q) is corrected once per score. Exact integers reduced by
+// the integer reduce16; the score is float(dot) * (q_scale * k_scale) as in the scalar kernel.
+#define LLMN_QZV __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+
+template <int RT, int KT, int DC>
+LLMN_QZV inline void qk_block16_q8(const Item& it, int r0, int d_rt, const uint8_t* const* k, const float* ks, float* s,
+                                   int t, int valid) {
+    static_assert(RT * KT == 16, "16 accumulators");
+    const int D = DC > 0 ? DC : d_rt;
+    const int8_t* q8 = it.q8 + size_t(r0) * it.q8_pitch;
+    const __m512i flip = _mm512_set1_epi8(int8_t(0x80));
+    __m512i acc[16];
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_si512();
+    for (int c = 0; c < D; c += 64) {
+        // head_dim 80 / 96: the tail's missing bytes load as 0 -> 128, against zero query codes
+        const __mmask64 m = D - c >= 64 ? ~__mmask64(0) : (__mmask64(1) << (D - c)) - 1;
+        __m512i kv[KT];
+        for (int j = 0; j < KT; ++j) kv[j] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, k[j] + c), flip);
+        for (int r = 0; r < RT; ++r) {
+            __m512i qv = _mm512_loadu_si512(q8 + size_t(r) * it.q8_pitch + c);
+            __asm__("" : "+v"(qv));
+            for (int j = 0; j < KT; ++j) acc[r * KT + j] = _mm512_dpbusd_epi32(acc[r * KT + j], kv[j], qv);
+        }
+    }
+    const __m512i bias = _mm512_slli_epi32(_mm512_castps_si512(row_lanes<RT, KT>(reinterpret_cast<const float*>(it.q8_sum + r0))), 7);
+    const __m512 dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(score_lanes_epi32(acc), bias));
+    const __m512 sc = _mm512_mul_ps(row_lanes<RT, KT>(it.q8_scale + r0), key_lanes<KT>(ks + t, valid));
+    store_score_rows<RT, KT>(s, kStride, t, valid, _mm512_mul_ps(dot, sc));
+}
+
+template <int RT, int KT, int DC>
+LLMN_QZV void qk_rows16_q8(const Item& it, int r0, int d_rt, const uint8_t* const* krows, const float* ks, int n, float* s,
+                           const uint8_t* const* pf, int npf) {
+    const int D = DC > 0 ? DC : d_rt;
+    for (int t = 0; t < n; t += KT) {
+        for (int j = t; j < std::min(t + KT, npf); ++j)
+            for (int b = 0; b < D; b += 64) _mm_prefetch(reinterpret_cast<const char*>(pf[j] + b), _MM_HINT_T1);
+        const uint8_t* k[KT];
+        for (int j = 0; j < KT; ++j) k[j] = krows[std::min(t + j, n - 1)];
+        qk_block16_q8<RT, KT, DC>(it, r0, D, k, ks, s, t, std::min(KT, n - t));
+    }
+}
+
+template <int DC>
+LLMN_QZV void qk_tile16_q8(const Item& it, int R, int D, const uint8_t* const* K, const float* KS, int n, float* S,
+                           const uint8_t* const* KN, int n_next) {
+    int r = 0;
+    for (; r + 4 <= R; r += 4) qk_rows16_q8<4, 4, DC>(it, r, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_next : 0);
+    for (; r + 2 <= R; r += 2) qk_rows16_q8<2, 8, DC>(it, r, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_next : 0);
+    for (; r < R; ++r) qk_rows16_q8<1, 16, DC>(it, r, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_next : 0);
+}
+
 // acc[r][c .. c + 16 * CW) += sum_t p[r][t] * v[t][...]: U = 16 / (RT * CW) keys unrolled, partial
 // sums added in a fixed order.
 template <int F, int RT, int CW, int DC>
@@ -318,6 +426,7 @@ void run_item_t(const Item& it) {
     pbuf.assign(size_t(R) * kStride, 0.0f);
     float* S = sbuf.data();
     float* P = VF == kF16 ? S : pbuf.data();
+    const bool vnni = Z && cpu::avx512_vnni();
     const uint8_t* kr[2][kTileKeys];
     const uint8_t* vr[2][kTileKeys];
     alignas(32) float ks[2][kTileKeys + 8], vs[2][kTileKeys + 8];
@@ -384,7 +493,10 @@ void run_item_t(const Item& it) {
 
         // 1. scores (the first row tile prefetches the next tile's K rows; its p.v the V rows)
         int r = 0;
-        if constexpr (Z) {
+        if (KF == kI8 && it.q8) {  // INT8 query: zmm with VNNI, else the ymm integer loop
+            if (Z && vnni) qk_tile16_q8<DC>(it, R, D, K, KS, n, S, KN, n_cur);
+            else qk_tile_q8(it, R, D, K, KS, n, S, KN, n_cur);
+        } else if constexpr (Z) {
             for (; r + 4 <= R; r += 4)
                 qk_rows16<KF, 4, 4, DC>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);
             for (; r + 2 <= R; r += 2)

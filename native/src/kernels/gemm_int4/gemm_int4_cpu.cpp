@@ -37,16 +37,6 @@ int initial_compute() {
 std::atomic<int> g_compute{initial_compute()};
 }
 
-#if defined(__x86_64__) || defined(_M_X64)
-namespace {
-std::atomic<bool> g_vnni_allowed{true};
-}
-bool avx512_vnni() {
-    static const bool has = __builtin_cpu_supports("avx512vnni");
-    return has && g_vnni_allowed.load(std::memory_order_relaxed);
-}
-void set_avx512_vnni(bool allowed) { g_vnni_allowed.store(allowed); }
-#endif
 
 Compute compute_mode() { return static_cast<Compute>(g_compute.load(std::memory_order_relaxed)); }
 void set_compute_mode(Compute c) { g_compute.store(static_cast<int>(c)); }
@@ -272,7 +262,7 @@ void gemm_int4_cpu(const Context&, const Int4Weight& w, const GemmInt4Args& a) {
 #if defined(__x86_64__) || defined(_M_X64)
     const llmn_cpu_isa isa = cpu::active_isa();
     if (isa == LLMN_CPU_ISA_AVX512) {
-        gemm_avx512(c, compute_mode(), avx512_vnni());
+        gemm_avx512(c, compute_mode(), cpu::avx512_vnni());
         return;
     }
     if (isa == LLMN_CPU_ISA_AVX2) {

@@ -102,8 +102,6 @@ void store_panel_f16c(const Call& c, int64_t r0, int64_t r1, int64_t n0, int col
 void gemm_avx2(const Call& c, Compute mode);
 // gemm_int4_avx512.cpp: requires active_isa() == AVX512; vnni: the CPU has AVX512-VNNI.
 void gemm_avx512(const Call& c, Compute mode, bool vnni);
-bool avx512_vnni();                  // CPUID, unless disabled below
-void set_avx512_vnni(bool allowed);  // process-wide; false forces the non-VNNI AVX-512 loop (tests)
 #endif
 
 }  // namespace llmn::int4cpu

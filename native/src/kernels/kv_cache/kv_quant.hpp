@@ -93,7 +93,7 @@ inline float kv_quantize_row(int32_t format, const float* x, int32_t n, uint8_t*
     }
     const float scale = amax / (format == LLMN_KV_INT8 ? kInt8QMax : kE4M3Max);
     if (scale == 0.0f) {  // all-zero row (or a subnormal maximum whose scale underflows): exact zeros
-        std::memset(codes, 0, size_t(n));
+        for (int32_t i = 0; i < n; ++i) codes[i] = 0;
         return 0.0f;
     }
     if (format == LLMN_KV_INT8) {
