@@ -63,10 +63,10 @@ struct Variant {
 };
 
 // "int8q": the INT8 cache attended with LLMN_ATTN_FLAG_INT8_QUERY (a cache of its own, same data).
-const Variant kFormats5{{LLMN_KV_F16, LLMN_KV_INT8, LLMN_KV_INT8, LLMN_KV_FP8_E4M3, LLMN_KV_INT4, LLMN_KV_INT2},
-                        {"f16", "int8", "int8q", "fp8", "int4", "int2"},
+const Variant kFormats5{{LLMN_KV_F16, LLMN_KV_INT8, LLMN_KV_INT8, LLMN_KV_FP8_E4M3, LLMN_KV_INT4, LLMN_KV_INT4, LLMN_KV_INT2, LLMN_KV_INT2},
+                        {"f16", "int8", "int8q", "fp8", "int4", "int4q", "int2", "int2q"},
                         7, 32, true, true, false, {},
-                        {0, 0, LLMN_ATTN_FLAG_INT8_QUERY, 0, 0, 0}};
+                        {0, 0, LLMN_ATTN_FLAG_INT8_QUERY, 0, 0, LLMN_ATTN_FLAG_INT8_QUERY, 0, LLMN_ATTN_FLAG_INT8_QUERY}};
 const Variant kFormats3{{LLMN_KV_F16, LLMN_KV_INT8, LLMN_KV_INT8, LLMN_KV_FP8_E4M3},
                         {"f16", "int8", "int8q", "fp8"},
                         11, 0, false, false, true, {},

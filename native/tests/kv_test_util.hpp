@@ -172,6 +172,24 @@ struct Filled {
     }
 };
 
+// The INT8 query's rounding as llmnative.h states it (LLMN_ATTN_FLAG_INT8_QUERY), written here from the
+// documentation: codes = round-to-nearest-even(x * fl(127 / max|x|)), scale fl(max|x| / 127); zero codes
+// and scale 0 when 127 / max|x| is not a finite float. Returns the scale.
+inline float int8_query_row(const float* x, int32_t n, uint8_t* codes) {
+    float amax = 0.0f;
+    for (int32_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float inv = 127.0f / amax;
+    const bool zero = !std::isfinite(inv);
+    for (int32_t i = 0; i < n; ++i) {
+        const double y = zero ? 0.0 : double(x[i] * inv);  // the product in f32, then rounded half to even
+        double c = std::floor(y);
+        if (y - c > 0.5 || (y - c == 0.5 && std::fmod(c, 2.0) != 0.0)) c += 1.0;
+        const int8_t b = int8_t(c);
+        std::memcpy(&codes[i], &b, 1);
+    }
+    return zero ? 0.0f : amax / 127.0f;
+}
+
 // One decode attention call (f32 q and output, no ALiBi, scale 1/sqrt(D), q_len queries per
 // sequence); the output is NaN-poisoned before the call.
 inline std::vector<float> attention(llmn_context ctx, llmn_kv_cache cache, const std::vector<int64_t>& ids,

@@ -516,9 +516,8 @@ TEST(KvQuant, FusedMatchesFloat64Reference) {
                 }
 }
 
-// LLMN_ATTN_FLAG_INT8_QUERY with INT8 keys vs float64 attention of the ROUNDED query (codes x scale, the
-// codes from the INT8 KV codec the kernels share, kv_quantize_row, tested above) over the read-back
-// cache. BOUND: FusedMatchesFloat64Reference's. The kernels' integer dot product is exact and the score
+// LLMN_ATTN_FLAG_INT8_QUERY with INT8 keys vs float64 attention of the ROUNDED query (codes x scale by the
+// documented rule, int8_query_row in kv_test_util.hpp) over the read-back cache. BOUND: FusedMatchesFloat64Reference's. The kernels' integer dot product is exact and the score
 // is fl(float(dot) * fl(q_scale * k_scale)): two roundings where the f32 path has D + 2, so the same eta
 // holds. The query's own rounding (up to max|q| / 254 per element) is not in the bound; the test also
 // asserts that the flag changed the output (a kernel ignoring it would miss this reference by far more
@@ -558,8 +557,8 @@ TEST(KvQuant, Int8QueryMatchesFloat64ReferenceOfRoundedQuery) {
                     std::vector<float> row(static_cast<size_t>(D));
                     for (size_t r0 = 0; r0 < q.size(); r0 += size_t(D)) {
                         for (int32_t d = 0; d < D; ++d) row[size_t(d)] = q[r0 + size_t(d)] * scf;
-                        const float qs = llmn::kv_quantize_row(LLMN_KV_INT8, row.data(), D, codes.data());
-                        for (int32_t d = 0; d < D; ++d) qd[r0 + size_t(d)] = double(int8_t(codes[size_t(d)])) * double(qs);
+                        const double qs = int8_query_row(row.data(), D, codes.data());
+                        for (int32_t d = 0; d < D; ++d) qd[r0 + size_t(d)] = double(int8_t(codes[size_t(d)])) * qs;
                     }
                     std::vector<std::vector<float>> kk(static_cast<size_t>(B)), vv(static_cast<size_t>(B));
                     for (int32_t b = 0; b < B; ++b) read(ctx.h, f.cache, f.ids[size_t(b)], 1, 0, s.lengths[size_t(b)], HD, kk[size_t(b)], vv[size_t(b)]);

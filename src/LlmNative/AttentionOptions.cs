@@ -42,11 +42,13 @@ public sealed record AttentionOptions
     public LlmBuffer? AlibiSlopes { get; init; }
 
     /// <summary>
-    /// Lets the backend round each query row (after <see cref="Scale"/>) to int8, one scale per row (max|q| / 127,
-    /// rounded like the INT8 KV format), and compute q·k against INT8 keys as exact integer dot products. The CPU
-    /// backend does so when the cache's key format is <see cref="KvFormat.Int8"/> (1.2-1.3x faster attention on
-    /// the development machine); other key formats and the CUDA backend ignore it. Adds the query's rounding
-    /// (at most max|q| / 254 per element) to the scores: measured output error in docs/kv-quantization.md.
+    /// Lets the backend compute q·k against quantized keys as exact integer dot products of an int8 query: a row x
+    /// becomes round-to-nearest-even(x · 127 / max|x|) with scale max|x| / 127. The CPU backend does so for
+    /// <see cref="KvFormat.Int8"/> keys (x = the query after <see cref="Scale"/>) and for KIVI
+    /// <see cref="KvFormat.Int4"/> / <see cref="KvFormat.Int2"/> keys (x = that query times each full block's
+    /// per-channel key scales; the f16 residual block keeps f32). Other key formats and the CUDA backend ignore it.
+    /// Faster attention on CPUs with AVX-512 VNNI (INT8 keys also with AVX2); adds the query's rounding (at most
+    /// max|x| / 254 per element) to the scores. Measured speed and output error: docs/kv-quantization.md.
     /// Default false (exact f32 queries).
     /// </summary>
     public bool Int8Query { get; init; }

@@ -374,13 +374,15 @@ typedef struct llmn_attention_params {
 
 /* Bits of llmn_attention_params.flags. */
 typedef enum llmn_attention_flags {
-    /* Lets the backend round each query row (after the softmax scale) to int8 codes with one scale per
-     * row, as the INT8 KV format rounds a row (scale max|q| / 127, codes rounded half away from zero),
-     * and compute q.k against INT8 keys as exact integer dot products: score = (q_scale * k_scale) *
-     * dot(q codes, k codes). The CPU backend does so when the cache's K format is INT8 (an integer
-     * multiply-add instruction covers 4 channels where f32 covers 1); other K formats and the CUDA
-     * backend ignore the flag. Adds the query's rounding error (at most half a step, max|q| / 254, per
-     * element) to the scores; bounds in docs/kv-quantization.md. */
+    /* Lets the backend compute q.k against quantized keys as exact integer dot products of an int8
+     * query. A row x is rounded as codes = round-to-nearest-even(x * (127 / max|x|)), scale max|x| / 127
+     * (f32 arithmetic; zero codes and scale 0 when 127 / max|x| overflows), which adds at most half a
+     * step, max|x| / 254, per element to the query. The CPU backend does so
+     *  - for INT8 keys: x = the query row after the softmax scale; score = (x_scale * k_scale) * dot;
+     *  - for KIVI INT4 / INT2 keys, per full block: x = that row times the block's per-channel key
+     *    scales; score = x_scale * dot + sum_d q_d * min_d (the f16 residual block keeps f32 queries);
+     * (an integer multiply-add instruction covers 4 channels where f32 covers 1). Other key formats and
+     * the CUDA backend ignore the flag. Measured output error: docs/kv-quantization.md. */
     LLMN_ATTN_FLAG_INT8_QUERY = 1
 } llmn_attention_flags;
 

@@ -69,6 +69,18 @@ inline void load_any(const Item& it, bool value, int64_t t, float* dst, float* s
     }
 }
 
+float quantize_query_row(const float* x, int32_t n, int8_t* codes) {
+    float amax = 0.0f;
+    for (int32_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float inv = 127.0f / amax;
+    if (!(inv <= std::numeric_limits<float>::max())) {  // amax 0 (inv inf) or tiny
+        for (int32_t i = 0; i < n; ++i) codes[i] = 0;
+        return 0.0f;
+    }
+    for (int32_t i = 0; i < n; ++i) codes[i] = int8_t(std::nearbyint(x[i] * inv));  // |x inv| <= amax fl(127 / amax) rounds to <= 127
+    return amax / 127.0f;
+}
+
 void run_item_scalar(const Item& it) {
     const int32_t D = it.head_dim, R = it.rows;
     const float NEG_INF = -std::numeric_limits<float>::infinity();
@@ -81,6 +93,18 @@ void run_item_scalar(const Item& it) {
     m.assign(size_t(R), NEG_INF);
     l.assign(size_t(R), 0.0f);
     s.resize(size_t(kTileKeys));
+    // INT8 query on KIVI keys: per row, the rounded folded query of the block last used
+    const bool kq8 = it.q8_kivi && kv_format_is_kivi(it.k_format);
+    thread_local std::vector<int8_t> kq_codes;
+    thread_local std::vector<float> kq_fold, kq_scale, kq_kc;
+    thread_local std::vector<int64_t> kq_block;
+    if (kq8) {
+        kq_codes.resize(size_t(R) * D);
+        kq_fold.resize(size_t(D));
+        kq_scale.resize(size_t(R));
+        kq_kc.resize(size_t(R));
+        kq_block.assign(size_t(R), -1);
+    }
     for (int64_t t0 = it.key_begin; t0 < it.key_end; t0 += kTileKeys) {
         const int32_t n = int32_t(std::min<int64_t>(kTileKeys, it.key_end - t0));
         for (int32_t j = 0; j < n; ++j) {
@@ -96,7 +120,29 @@ void run_item_scalar(const Item& it) {
             for (int64_t t = lo; t < hi; ++t) {
                 const float* kr = &kf[size_t(t - t0) * D];
                 float dot = 0.0f;
-                if (it.q8) {  // INT8 keys: kr holds their codes as exact floats (load_row)
+                if (kq8 && (t / it.block_size + 1) * it.block_size <= it.length) {
+                    // KIVI key of a full block, INT8 query: q folded with the block's channel scales and
+                    // rounded (once per row and block), integer dot with the stored codes
+                    const int64_t blk = t / it.block_size;
+                    const uint8_t* tile = it.layer_base + int64_t(it.blocks[blk]) * it.block_stride + it.head_off;
+                    const uint16_t* aux = reinterpret_cast<const uint16_t*>(tile + it.k_aux_off);
+                    int8_t* qc = &kq_codes[size_t(r) * D];
+                    if (kq_block[size_t(r)] != blk) {
+                        float kc = 0.0f;
+                        for (int32_t d = 0; d < D; ++d) {
+                            kq_fold[size_t(d)] = qr[d] * f16_to_f32(aux[d]);
+                            kc += qr[d] * f16_to_f32(aux[D + d]);
+                        }
+                        kq_scale[size_t(r)] = quantize_query_row(kq_fold.data(), D, qc);
+                        kq_kc[size_t(r)] = kc;
+                        kq_block[size_t(r)] = blk;
+                    }
+                    const int32_t bits = kivi_bits(it.k_format);
+                    const uint8_t* row = tile + it.k_data_off + (t % it.block_size) * int64_t(D) * bits / 8;
+                    int32_t idot = 0;
+                    for (int32_t d = 0; d < D; ++d) idot += int32_t(qc[d]) * int32_t(kivi_get(row, d, bits));
+                    dot = float(idot) * kq_scale[size_t(r)] + kq_kc[size_t(r)];
+                } else if (it.q8) {  // INT8 keys: kr holds their codes as exact floats (load_row)
                     const int8_t* q8 = it.q8 + size_t(r) * size_t(it.q8_pitch);
                     int32_t idot = 0;
                     for (int32_t d = 0; d < D; ++d) idot += int32_t(q8[d]) * int32_t(kr[d]);
@@ -214,15 +260,17 @@ void decode_attention_cpu(const Context& ctx, const DecodeAttentionArgs& a) {
     std::vector<int8_t> q8;
     std::vector<float> q8_scale;
     std::vector<int32_t> q8_sum;
-    if ((p.flags & LLMN_ATTN_FLAG_INT8_QUERY) != 0 && L.k_format == LLMN_KV_INT8 &&
-        std::all_of(qp.begin(), qp.end(), [](float x) { return std::isfinite(x); })) {
+    const bool int8_query = (p.flags & LLMN_ATTN_FLAG_INT8_QUERY) != 0 &&
+                            (L.k_format == LLMN_KV_INT8 || kv_format_is_kivi(L.k_format)) &&
+                            std::all_of(qp.begin(), qp.end(), [](float x) { return std::isfinite(x); });
+    if (int8_query && L.k_format == LLMN_KV_INT8) {
         const int64_t rows = int64_t(B) * H * R;
         q8.assign(size_t(rows * q8_pitch), 0);
         q8_scale.resize(size_t(rows));
         q8_sum.resize(size_t(rows));
         for (int64_t i = 0; i < rows; ++i) {
             int8_t* c = &q8[size_t(i * q8_pitch)];
-            q8_scale[size_t(i)] = kv_quantize_row(LLMN_KV_INT8, &qp[size_t(i * D)], D, reinterpret_cast<uint8_t*>(c));
+            q8_scale[size_t(i)] = attn_cpu::quantize_query_row(&qp[size_t(i * D)], D, c);
             int32_t sum = 0;
             for (int32_t d = 0; d < D; ++d) sum += c[d];
             q8_sum[size_t(i)] = sum;
@@ -297,6 +345,7 @@ void decode_attention_cpu(const Context& ctx, const DecodeAttentionArgs& a) {
                 it.k_aux_off = L.k_aux_off;
                 it.v_aux_off = L.v_aux_off;
                 it.length = len;
+                it.q8_kivi = int8_query && kv_format_is_kivi(L.k_format);
                 if (!q8.empty()) {
                     const size_t row0 = size_t((int64_t(b) * H + h) * R);
                     it.q8 = &q8[row0 * size_t(q8_pitch)];

@@ -39,16 +39,27 @@ struct Item {
     const uint8_t* res = nullptr;    // residual head tile of (sequence, layer, kv_head), null without KIVI
     int64_t res_k_off = 0, res_v_off = 0;
     int32_t value_group = 0;
-    // INT8 query (LLMN_ATTN_FLAG_INT8_QUERY, INT8 keys): row r's codes at q8 + r * q8_pitch (zero from
-    // head_dim to q8_pitch, a multiple of 64, so a kernel may read whole 64-byte chunks), its scale
-    // q8_scale[r] and code sum q8_sum[r]. The score of key t is float(dot(q8 row, k codes)) *
-    // (q8_scale[r] * k_scale[t]): an exact integer dot product, so every ISA gives the same score bits.
-    // Null: the f32 query q.
+    // INT8 query (LLMN_ATTN_FLAG_INT8_QUERY), rounded by quantize_query_row.
+    //  INT8 keys: row r's codes at q8 + r * q8_pitch (zero from head_dim to q8_pitch, a multiple of 64,
+    //  so a kernel may read whole 64-byte chunks), its scale q8_scale[r] and code sum q8_sum[r]. The
+    //  score of key t is float(dot(q8 row, k codes)) * (q8_scale[r] * k_scale[t]): an exact integer dot
+    //  product and two roundings, so every ISA gives the same score bits.
+    //  KIVI INT4 / INT2 keys (q8_kivi): the kernel rounds q folded with each full block's channel scales,
+    //  qf_d = q_d * scale_d, and scores s = float(dot(codes of qf, k codes)) * scale(qf) + sum_d q_d min_d
+    //  (the last in f32, as without the flag); the residual f16 rows use q.
+    // Null / false: the f32 query q.
     const int8_t* q8 = nullptr;
     const float* q8_scale = nullptr;
     const int32_t* q8_sum = nullptr;
     int32_t q8_pitch = 0;
+    bool q8_kivi = false;
 };
+
+// The INT8 query's rounding (one rule for every ISA and key format; the INT4 GEMM's activation rule):
+// codes[i] = round-to-nearest-even(x[i] * (127 / max|x|)), returns the scale max|x| / 127. A row whose
+// max|x| is 0, or so small that 127 / max|x| overflows, gets zero codes and scale 0. Finite x only.
+// Defined in decode_attention_cpu.cpp (no inline copy in the AVX files); the SIMD kernels repeat it.
+float quantize_query_row(const float* x, int32_t n, int8_t* codes);
 
 void run_item_scalar(const Item& it);
 void run_item_avx2(const Item& it);  // only called when active_isa() >= AVX2 (x86 builds); f16 K and V

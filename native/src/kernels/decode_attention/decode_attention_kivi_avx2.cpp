@@ -75,8 +75,11 @@ constexpr int64_t row_bytes(int F, int D) { return F == kF16 ? int64_t(D) * 2 : 
 constexpr int kStride = kTileKeys + 8;  // score row pitch (floats)
 
 // s[r][t] = q[r] . k_t + kc[r] for RT rows x KT keys (8 accumulators).
+// qs (INT8 query, Item::q8_kivi): q holds the rounded query's codes as floats (exact products and sums:
+// |code q| <= 127, code k <= 15, |sum| < 2^24), and the score is sum * qs[r] + kc[r].
 template <int F, int RT, int KT>
-__attribute__((always_inline)) inline void qk_block(const float* q, int D, const uint8_t* const* k, const float* kc, float* s, int t, int valid) {
+__attribute__((always_inline)) inline void qk_block(const float* q, int D, const uint8_t* const* k, const float* kc, const float* qs,
+                                                    float* s, int t, int valid) {
     static_assert(RT * KT == 8, "8 accumulators");
     __m256 acc[8];
     for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
@@ -104,15 +107,16 @@ __attribute__((always_inline)) inline void qk_block(const float* q, int D, const
     alignas(32) float out[8];
     _mm256_store_ps(out, reduce8(acc));
     for (int r = 0; r < RT; ++r)
-        for (int j = 0; j < valid; ++j) s[size_t(r) * kStride + t + j] = out[r * KT + j] + kc[r];
+        for (int j = 0; j < valid; ++j)
+            s[size_t(r) * kStride + t + j] = qs ? out[r * KT + j] * qs[r] + kc[r] : out[r * KT + j] + kc[r];
 }
 
 template <int F, int RT, int KT>
-inline void qk_rows(const float* q, int D, const uint8_t* const* krows, const float* kc, int n, float* s) {
+inline void qk_rows(const float* q, int D, const uint8_t* const* krows, const float* kc, const float* qs, int n, float* s) {
     for (int t = 0; t < n; t += KT) {
         const uint8_t* k[KT];
         for (int j = 0; j < KT; ++j) k[j] = krows[std::min(t + j, n - 1)];  // tail: recompute the last key
-        qk_block<F, RT, KT>(q, D, k, kc, s, t, std::min(KT, n - t));
+        qk_block<F, RT, KT>(q, D, k, kc, qs, s, t, std::min(KT, n - t));
     }
 }
 
@@ -147,18 +151,20 @@ inline void pv_rows(const float* p, int64_t gstride, int group, const uint8_t* c
 }
 
 struct State {
-    std::vector<float> acc, m, l, S, P, PM, qf, kc, zero, vsc, vmn;
+    std::vector<float> acc, m, l, S, P, PM, qf, kc, zero, vsc, vmn, q8s;
 };
 
-// Scores of keys K[0..n) for all rows into S + offset (row pitch kStride): s = q . k + kc[r].
+// Scores of keys K[0..n) for all rows into S + offset (row pitch kStride): s = q . k + kc[r], or with
+// qs (INT8 query) s = (codes . k) * qs[r] + kc[r].
 template <int KF>
-void scores(const Item& it, State& st, const uint8_t* const* K, int n, const float* q, const float* kc, int offset) {
+void scores(const Item& it, State& st, const uint8_t* const* K, int n, const float* q, const float* kc, int offset,
+            const float* qs = nullptr) {
     const int D = it.head_dim, R = it.rows;
     float* S = st.S.data() + offset;
     int r = 0;
-    for (; r + 4 <= R; r += 4) qk_rows<KF, 4, 2>(q + size_t(r) * D, D, K, kc + r, n, S + size_t(r) * kStride);
-    for (; r + 2 <= R; r += 2) qk_rows<KF, 2, 4>(q + size_t(r) * D, D, K, kc + r, n, S + size_t(r) * kStride);
-    for (; r < R; ++r) qk_rows<KF, 1, 8>(q + size_t(r) * D, D, K, kc + r, n, S + size_t(r) * kStride);
+    for (; r + 4 <= R; r += 4) qk_rows<KF, 4, 2>(q + size_t(r) * D, D, K, kc + r, qs ? qs + r : nullptr, n, S + size_t(r) * kStride);
+    for (; r + 2 <= R; r += 2) qk_rows<KF, 2, 4>(q + size_t(r) * D, D, K, kc + r, qs ? qs + r : nullptr, n, S + size_t(r) * kStride);
+    for (; r < R; ++r) qk_rows<KF, 1, 8>(q + size_t(r) * D, D, K, kc + r, qs ? qs + r : nullptr, n, S + size_t(r) * kStride);
 }
 
 // Softmax update and P.V for one tile of n <= kTileKeys keys [t0, t0 + n) whose scores are in st.S.
@@ -263,6 +269,46 @@ inline void fold_q(const Item& it, State& st, const uint8_t* tile) {
     }
 }
 
+// INT8 query (Item::q8_kivi): as fold_q, then each folded row is rounded by the INT8 query rule
+// (quantize_query_row: the same products, maximum, reciprocal and round-to-nearest-even conversion) and
+// its codes are stored back as floats, scale in st.q8s. This width has no integer dot-product path: the
+// f32 q.k on the codes gives the same exact sums as the AVX-512 kernel's vpdpbusd (same semantics, no
+// speed-up on AVX2-only CPUs).
+template <int KF>
+inline void fold_q8(const Item& it, State& st, const uint8_t* tile) {
+    const int D = it.head_dim, R = it.rows;
+    const uint16_t* aux = reinterpret_cast<const uint16_t*>(tile + it.k_aux_off);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int r = 0; r < R; ++r) {
+        const float* qr = it.q + size_t(r) * D;
+        float* qo = st.qf.data() + size_t(r) * D;
+        __m256 c = _mm256_setzero_ps(), mx = _mm256_setzero_ps();
+        for (int d = 0; d < D; d += 8) {
+            const __m256 sc = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(aux + d)));
+            const __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(aux + D + d)));
+            const __m256 qv = _mm256_loadu_ps(qr + d);
+            const __m256 f = _mm256_mul_ps(qv, sc);
+            _mm256_storeu_ps(qo + d, f);
+            mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, f));
+            c = _mm256_fmadd_ps(qv, mn, c);
+        }
+        st.kc[size_t(r)] = hsum(c);
+        const float amax = hmax(mx), inv = 127.0f / amax;
+        const bool zero = !(inv <= std::numeric_limits<float>::max());
+        st.q8s[size_t(r)] = zero ? 0.0f : amax / 127.0f;
+        const __m256 vi = _mm256_set1_ps(zero ? 0.0f : inv);
+        for (int d = 0; d < D; d += 8)  // cvtps_epi32 rounds to nearest even (default MXCSR)
+            _mm256_storeu_ps(qo + d, _mm256_cvtepi32_ps(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(qo + d), vi))));
+        if constexpr (KF == kI4)
+            for (int d = 0; d < D; d += 16) {
+                __m256 e, o;
+                to_pair_order(_mm256_loadu_ps(qo + d), _mm256_loadu_ps(qo + d + 8), e, o);
+                _mm256_storeu_ps(qo + d, e);
+                _mm256_storeu_ps(qo + d + 8, o);
+            }
+    }
+}
+
 // A tile of quantized (full) blocks: keys [t0, t1), at most kTileKeys, may straddle blocks. Scores run
 // per block segment (each with its own folded q); softmax and P.V run once over the tile.
 template <int KF, int VF>
@@ -318,8 +364,13 @@ void quant_tile(const Item& it, State& st, int64_t t0, int64_t t1) {
             }
         }
         if constexpr (KF != kF16) {
-            fold_q<KF>(it, st, tile);
-            scores<KF>(it, st, K + off, cnt, st.qf.data(), st.kc.data(), off);
+            if (it.q8_kivi) {
+                fold_q8<KF>(it, st, tile);
+                scores<KF>(it, st, K + off, cnt, st.qf.data(), st.kc.data(), off, st.q8s.data());
+            } else {
+                fold_q<KF>(it, st, tile);
+                scores<KF>(it, st, K + off, cnt, st.qf.data(), st.kc.data(), off);
+            }
         } else {
             scores<KF>(it, st, K + off, cnt, it.q, st.zero.data(), off);
         }
@@ -365,6 +416,7 @@ void run_item_t(const Item& it) {
     st.P.assign(size_t(std::max(G, 1)) * R * kStride, 0.0f);
     st.PM.assign(size_t(std::max(G, 1)) * R, 0.0f);
     st.qf.resize(size_t(R) * D);
+    st.q8s.resize(size_t(R));
     st.kc.assign(size_t(R), 0.0f);
     st.zero.assign(size_t(R), 0.0f);
     st.vsc.assign(size_t(std::max(G, 1)) * kStride, 0.0f);

@@ -24,6 +24,8 @@
 #include "decode_attention_avx512_math.hpp"
 #include "decode_attention_cpu.hpp"
 
+#include "../../cpu/cpu_runtime.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -180,7 +182,221 @@ inline void pv_rows(const float* p, int64_t gstride, int group, const uint8_t* c
 
 struct State {
     std::vector<float> acc, m, l, S, P, PM, qf, kc, zero, vsc, vmn;
+    std::vector<float> q8s;   // INT8 query: per row scale of the folded query
+    std::vector<int8_t> q8;   // [R][row] codes in the byte order of q8_layout
+    std::vector<int16_t> q8_order;  // channel of each of a row's code bytes' f32 values (q8_order)
+    std::vector<uint16_t> q8_idx;   // the same, padding -> 0 (vpermt2w indices)
+    std::vector<float> q8_qp;       // [R][row] queries in that order
+    bool vnni = false;
 };
+
+// ---- INT8 query (Item::q8_kivi) --------------------------------------------------------------------
+// A key row of D codes is read in 64-byte chunks; byte i of a chunk holds channels per * i + k in bits
+// [bits k, bits (k + 1)) (kv_kivi.hpp), per = 8 / bits. "Phase" k of a chunk is then one mask (and
+// shift) away from 64 unsigned codes, and the folded query's codes are stored per (chunk, phase) in the
+// same byte order, so one vpdpbusd (4 channels per lane) or vpmaddubsw + vpmaddwd takes a phase against
+// a row, where the f32 path decodes 16 codes per 5 operations and then needs one FMA per 16 channels.
+// Rows of at most 32 bytes (INT4 at head_dim 64, INT2 at <= 128) would leave half of every vector
+// empty; they are "doubled" instead: one zmm = [row | row >> 4], so a phase covers two phases of the
+// plain layout (INT4: even channels below, odd above; INT2: k below, k + 2 above), and the query's
+// codes are stored in that order (half the vpdpbusd of the plain layout).
+struct Q8Layout {
+    int bits, per, rb, chunks, row;  // row: bytes of one row's codes in st.q8
+    bool dbl;
+};
+inline constexpr Q8Layout q8_layout(int KF, int D) {
+    const int bits = KF == kI4 ? 4 : 2, per = 8 / bits, rb = D * bits / 8, chunks = (rb + 63) / 64;
+    const bool dbl = rb <= 32;
+    return Q8Layout{bits, per, rb, chunks, dbl ? per / 2 * 64 : chunks * per * 64, dbl};
+}
+
+// vpdpbusd through inline asm (as gemm_int4_avx512.cpp): this file has no -mavx512vnni, and the caller
+// checks CPUID (cpu::avx512_vnni()) before choosing the VNNI instance.
+inline __attribute__((always_inline)) __m512i dpbusd(__m512i acc, __m512i u8, __m512i s8) {
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8));
+    return acc;
+}
+
+// Channel of every byte of a row's query codes in st.q8 (-1: padding, code 0), and the order F the f32
+// values are computed in so that vpackssdw + vpacksswb of 4 consecutive vectors produce those bytes
+// directly: packing leaves, in 128-bit lane l, 4 elements of each of the 4 sources, so byte
+// 64 g + 16 l + 4 m + e comes from element 4 l + e of vector 4 g + m. Built once per work item.
+inline void q8_order(int KF, int D, std::vector<int16_t>& F) {
+    const Q8Layout L = q8_layout(KF, D);
+    std::vector<int16_t> T(size_t(L.row), int16_t(-1));
+    if (L.dbl) {
+        for (int ph = 0; ph < L.per / 2; ++ph)
+            for (int i = 0; i < L.rb; ++i) {
+                T[size_t(64 * ph + i)] = int16_t(L.per * i + ph);
+                T[size_t(64 * ph + 32 + i)] = int16_t(L.per * i + ph + L.per / 2);
+            }
+    } else {
+        for (int ch = 0; ch < L.chunks; ++ch)
+            for (int k = 0; k < L.per; ++k)
+                for (int i = 0; i < 64 && 64 * ch + i < L.rb; ++i) T[size_t(ch * L.per * 64 + k * 64 + i)] = int16_t(L.per * (64 * ch + i) + k);
+    }
+    F.assign(size_t(L.row), int16_t(-1));
+    for (int g = 0; g < L.row / 64; ++g)
+        for (int l = 0; l < 4; ++l)
+            for (int m = 0; m < 4; ++m)
+                for (int e = 0; e < 4; ++e) F[size_t(16 * (4 * g + m) + 4 * l + e)] = T[size_t(64 * g + 16 * l + 4 * m + e)];
+}
+
+// Per work item: the order, the queries in it (0 at padding) and the vpermt2w indices that gather a
+// block's f16 channel scales into it (padding reads channel 0: finite, times a zero query).
+template <int KF>
+void q8_prepare(const Item& it, State& st) {
+    const int D = it.head_dim, R = it.rows;
+    const Q8Layout L = q8_layout(KF, D);
+    q8_order(KF, D, st.q8_order);
+    st.q8_qp.resize(size_t(R) * L.row);
+    for (int r = 0; r < R; ++r)
+        for (int f = 0; f < L.row; ++f) {
+            const int c = st.q8_order[size_t(f)];
+            st.q8_qp[size_t(r) * L.row + f] = c < 0 ? 0.0f : it.q[size_t(r) * D + c];
+        }
+    st.q8_idx.resize(size_t(L.row));
+    for (int f = 0; f < L.row; ++f) st.q8_idx[size_t(f)] = uint16_t(std::max<int16_t>(0, st.q8_order[size_t(f)]));
+}
+
+// Folds q with a block's K channel scales (qf_d = q_d * scale_d), rounds qf per row by the INT8 query
+// rule (quantize_query_row: the same products, maximum, reciprocal and round-to-nearest-even
+// conversion, in another order) straight into the byte order of st.q8, and sum_d q_d min_d into st.kc
+// (as fold_q). Per block: the scales gathered into the q8 order once (vpermt2w over pairs of 32-half
+// vectors, blended); per row: multiply, maximum, scale, convert, two packs per 64 codes.
+template <int KF>
+void fold_q8(const Item& it, State& st, const uint8_t* tile) {
+    const int D = it.head_dim, R = it.rows;
+    const Q8Layout L = q8_layout(KF, D);
+    const int NV = L.row / 16;  // f32 vectors per row (<= 16)
+    const uint16_t* aux = reinterpret_cast<const uint16_t*>(tile + it.k_aux_off);
+    __m512i sh[8];  // the D scales as f16, 32 per vector, zero past D
+    const int ns = (D + 31) / 32;
+    for (int v = 0; v < ns; ++v) {
+        const int cnt = std::min(32, D - 32 * v);
+        sh[v] = _mm512_maskz_loadu_epi16(cnt == 32 ? ~__mmask32(0) : (__mmask32(1) << cnt) - 1, aux + 32 * v);
+    }
+    alignas(64) float sp[256], mn[256];
+    for (int o = 0; o < L.row / 32; ++o) {
+        const __m512i idx = _mm512_loadu_si512(st.q8_idx.data() + 32 * o);
+        __m512i x = _mm512_permutex2var_epi16(sh[0], idx, ns > 1 ? sh[1] : sh[0]);
+        for (int v = 2; v < ns; v += 2) {  // indices >= 64 v: from sources v, v + 1
+            const __mmask32 take = _mm512_cmpge_epu16_mask(idx, _mm512_set1_epi16(int16_t(32 * v)));
+            x = _mm512_mask_mov_epi16(x, take, _mm512_permutex2var_epi16(sh[v], idx, v + 1 < ns ? sh[v + 1] : sh[v]));
+        }
+        _mm512_store_ps(sp + 32 * o, _mm512_cvtph_ps(_mm512_castsi512_si256(x)));
+        _mm512_store_ps(sp + 32 * o + 16, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(x, 1)));
+    }
+    for (int d = 0; d < D; d += 16) _mm512_store_ps(mn + d, cvt_h16(aux + D + d));
+    for (int r = 0; r < R; ++r) {
+        const float* qr = it.q + size_t(r) * D;
+        __m512 c = _mm512_setzero_ps();
+        for (int d = 0; d < D; d += 16) c = _mm512_fmadd_ps(_mm512_loadu_ps(qr + d), _mm512_load_ps(mn + d), c);
+        st.kc[size_t(r)] = _mm512_reduce_add_ps(c);
+        const float* qp = st.q8_qp.data() + size_t(r) * L.row;
+        __m512 f[16], mx = _mm512_setzero_ps();
+        for (int v = 0; v < NV; ++v) {
+            f[v] = _mm512_mul_ps(_mm512_loadu_ps(qp + 16 * v), _mm512_load_ps(sp + 16 * v));
+            mx = _mm512_max_ps(mx, _mm512_abs_ps(f[v]));
+        }
+        const float amax = _mm512_reduce_max_ps(mx);
+        const float inv = 127.0f / amax;
+        int8_t* dst = st.q8.data() + size_t(r) * L.row;
+        if (!(inv <= std::numeric_limits<float>::max())) {
+            std::memset(dst, 0, size_t(L.row));
+            st.q8s[size_t(r)] = 0.0f;
+            continue;
+        }
+        const __m512 vi = _mm512_set1_ps(inv);
+        for (int g = 0; g < NV / 4; ++g) {  // cvtps_epi32: round to nearest even (default MXCSR); |codes| <= 127
+            const __m512i a = _mm512_cvtps_epi32(_mm512_mul_ps(f[4 * g], vi)), b = _mm512_cvtps_epi32(_mm512_mul_ps(f[4 * g + 1], vi));
+            const __m512i c2 = _mm512_cvtps_epi32(_mm512_mul_ps(f[4 * g + 2], vi)), d2 = _mm512_cvtps_epi32(_mm512_mul_ps(f[4 * g + 3], vi));
+            _mm512_storeu_si512(dst + 64 * g, _mm512_packs_epi16(_mm512_packs_epi32(a, b), _mm512_packs_epi32(c2, d2)));
+        }
+        st.q8s[size_t(r)] = amax / 127.0f;
+    }
+}
+
+// Scores of RT rows x KT keys from the rounded folded query: s = float(dot) * q8s[r] + kc[r].
+// VNNI: int32 accumulators, one vpdpbusd per (phase, row, key). Without: vpmaddubsw pairs into int16
+// (at most 2 x 15 x 127 = 3810 per INT4 step, 4 steps at head_dim 256; INT2 762 x 4), one vpmaddwd at
+// the end. DC > 0: compile-time head_dim, so the chunk / phase loops unroll and the accumulators stay
+// in registers (with run-time bounds GCC kept them on the stack: slower than the f32 path).
+template <int KF, int RT, int KT, bool VNNI, int DC>
+inline void qk_block_q8(const int8_t* q8, const Q8Layout& Lr, const uint8_t* const* k, const float* qs, const float* kc,
+                        float* s, int t, int valid) {
+    static_assert(RT * KT == 16, "16 accumulators");
+    constexpr int bits = KF == kI4 ? 4 : 2, per = 8 / bits;
+    constexpr Q8Layout CL = q8_layout(KF, DC);
+    const int rb = DC > 0 ? CL.rb : Lr.rb, chunks = DC > 0 ? CL.chunks : Lr.chunks, row = DC > 0 ? CL.row : Lr.row;
+    const bool dbl = DC > 0 ? CL.dbl : Lr.dbl;
+    const __m512i cm = _mm512_set1_epi8(int8_t((1 << bits) - 1));
+    __m512i acc[16];
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_si512();
+    if (dbl) {
+        const __mmask32 m = rb == 32 ? ~__mmask32(0) : (__mmask32(1) << rb) - 1;
+        __m512i raw[KT];
+        for (int j = 0; j < KT; ++j) {
+            const __m256i x = _mm256_maskz_loadu_epi8(m, k[j]);
+            raw[j] = _mm512_inserti64x4(_mm512_castsi256_si512(x), _mm256_srli_epi16(x, 4), 1);
+        }
+        for (int ph = 0; ph < per / 2; ++ph)
+            for (int r = 0; r < RT; ++r) {
+                __m512i qv = _mm512_loadu_si512(q8 + size_t(r) * row + ph * 64);
+                __asm__("" : "+v"(qv));
+                for (int j = 0; j < KT; ++j) {
+                    const __m512i cj = _mm512_and_si512(ph == 0 ? raw[j] : _mm512_srli_epi16(raw[j], bits * ph), cm);
+                    if constexpr (VNNI) acc[r * KT + j] = dpbusd(acc[r * KT + j], cj, qv);
+                    else acc[r * KT + j] = _mm512_add_epi16(acc[r * KT + j], _mm512_maddubs_epi16(cj, qv));
+                }
+            }
+    }
+    for (int ch = 0; ch < (dbl ? 0 : chunks); ++ch) {
+        const int bytes = std::min(64, rb - 64 * ch);
+        const __mmask64 m = bytes == 64 ? ~__mmask64(0) : (__mmask64(1) << bytes) - 1;
+        __m512i raw[KT];
+        for (int j = 0; j < KT; ++j) raw[j] = _mm512_maskz_loadu_epi8(m, k[j] + 64 * ch);
+        for (int ph = 0; ph < per; ++ph)
+            for (int r = 0; r < RT; ++r) {
+                __m512i qv = _mm512_loadu_si512(q8 + size_t(r) * row + (ch * per + ph) * 64);
+                __asm__("" : "+v"(qv));  // one load per row and phase
+                for (int j = 0; j < KT; ++j) {
+                    const __m512i cj = _mm512_and_si512(ph == 0 ? raw[j] : _mm512_srli_epi16(raw[j], bits * ph), cm);
+                    if constexpr (VNNI) acc[r * KT + j] = dpbusd(acc[r * KT + j], cj, qv);
+                    else acc[r * KT + j] = _mm512_add_epi16(acc[r * KT + j], _mm512_maddubs_epi16(cj, qv));
+                }
+            }
+    }
+    if constexpr (!VNNI)
+        for (int i = 0; i < 16; ++i) acc[i] = _mm512_madd_epi16(acc[i], _mm512_set1_epi16(1));
+    const __m512 dot = _mm512_cvtepi32_ps(score_lanes_epi32(acc));
+    store_score_rows<RT, KT>(s, kStride, t, valid, _mm512_add_ps(_mm512_mul_ps(dot, row_lanes<RT, KT>(qs)), row_lanes<RT, KT>(kc)));
+}
+
+template <int KF, int RT, int KT, bool VNNI, int DC>
+void qk_rows_q8(const int8_t* q8, const Q8Layout& L, const uint8_t* const* krows, const float* qs, const float* kc, int n,
+                float* s) {
+    for (int t = 0; t < n; t += KT) {
+        const uint8_t* k[KT];
+        for (int j = 0; j < KT; ++j) k[j] = krows[std::min(t + j, n - 1)];  // tail: recompute the last key
+        qk_block_q8<KF, RT, KT, VNNI, DC>(q8, L, k, qs, kc, s, t, std::min(KT, n - t));
+    }
+}
+
+template <int KF, bool VNNI, int DC>
+void scores_q8(const Item& it, State& st, const uint8_t* const* K, int n, int offset) {
+    const int R = it.rows;
+    const Q8Layout L = q8_layout(KF, it.head_dim);
+    float* S = st.S.data() + offset;
+    const int8_t* q8 = st.q8.data();
+    int r = 0;
+    for (; r + 4 <= R; r += 4)
+        qk_rows_q8<KF, 4, 4, VNNI, DC>(q8 + size_t(r) * L.row, L, K, st.q8s.data() + r, st.kc.data() + r, n, S + size_t(r) * kStride);
+    for (; r + 2 <= R; r += 2)
+        qk_rows_q8<KF, 2, 8, VNNI, DC>(q8 + size_t(r) * L.row, L, K, st.q8s.data() + r, st.kc.data() + r, n, S + size_t(r) * kStride);
+    for (; r < R; ++r)
+        qk_rows_q8<KF, 1, 16, VNNI, DC>(q8 + size_t(r) * L.row, L, K, st.q8s.data() + r, st.kc.data() + r, n, S + size_t(r) * kStride);
+}
 
 // Scores of keys K[0..n) for all rows into S + offset: s = q . k + kc[r].
 template <int KF, int DC>
@@ -353,8 +569,14 @@ void quant_tile(const Item& it, State& st, int64_t t0, int64_t t1) {
             }
         }
         if constexpr (KF != kF16) {
-            fold_q<KF>(it, st, tile);
-            scores<KF, DC>(it, st, K + off, cnt, st.qf.data(), st.kc.data(), off);
+            if (it.q8_kivi) {
+                fold_q8<KF>(it, st, tile);
+                if (st.vnni) scores_q8<KF, true, DC>(it, st, K + off, cnt, off);
+                else scores_q8<KF, false, DC>(it, st, K + off, cnt, off);
+            } else {
+                fold_q<KF>(it, st, tile);
+                scores<KF, DC>(it, st, K + off, cnt, st.qf.data(), st.kc.data(), off);
+            }
         } else {
             scores<KF, DC>(it, st, K + off, cnt, it.q, st.zero.data(), off);
         }
@@ -404,6 +626,13 @@ void run_item_t(const Item& it) {
     st.zero.assign(size_t(R), 0.0f);
     st.vsc.assign(size_t(std::max(G, 1)) * kStride, 0.0f);
     st.vmn.assign(size_t(std::max(G, 1)) * kStride, 0.0f);
+    if constexpr (KF != kF16)
+        if (it.q8_kivi) {
+            st.q8.resize(size_t(R) * size_t(q8_layout(KF, D).row));
+            st.q8s.resize(size_t(R));
+            st.vnni = cpu::avx512_vnni();
+            q8_prepare<KF>(it, st);
+        }
     const int64_t res_block = it.length / bs;  // == number of full blocks; a block >= it is partial
     const int64_t q_end = std::min(it.key_end, res_block * bs);  // keys in quantized blocks
     for (int64_t t = it.key_begin; t < q_end; t += kTileKeys) quant_tile<KF, VF, DC>(it, st, t, std::min(q_end, t + kTileKeys));
