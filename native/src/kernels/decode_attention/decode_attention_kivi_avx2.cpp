@@ -75,11 +75,8 @@ constexpr int64_t row_bytes(int F, int D) { return F == kF16 ? int64_t(D) * 2 : 
 constexpr int kStride = kTileKeys + 8;  // score row pitch (floats)
 
 // s[r][t] = q[r] . k_t + kc[r] for RT rows x KT keys (8 accumulators).
-// qs (INT8 query, Item::q8_kivi): q holds the rounded query's codes as floats (exact products and sums:
-// |code q| <= 127, code k <= 15, |sum| < 2^24), and the score is sum * qs[r] + kc[r].
 template <int F, int RT, int KT>
-__attribute__((always_inline)) inline void qk_block(const float* q, int D, const uint8_t* const* k, const float* kc, const float* qs,
-                                                    float* s, int t, int valid) {
+__attribute__((always_inline)) inline void qk_block(const float* q, int D, const uint8_t* const* k, const float* kc, float* s, int t, int valid) {
     static_assert(RT * KT == 8, "8 accumulators");
     __m256 acc[8];
     for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
@@ -107,16 +104,102 @@ __attribute__((always_inline)) inline void qk_block(const float* q, int D, const
     alignas(32) float out[8];
     _mm256_store_ps(out, reduce8(acc));
     for (int r = 0; r < RT; ++r)
-        for (int j = 0; j < valid; ++j)
-            s[size_t(r) * kStride + t + j] = qs ? out[r * KT + j] * qs[r] + kc[r] : out[r * KT + j] + kc[r];
+        for (int j = 0; j < valid; ++j) s[size_t(r) * kStride + t + j] = out[r * KT + j] + kc[r];
 }
 
 template <int F, int RT, int KT>
-inline void qk_rows(const float* q, int D, const uint8_t* const* krows, const float* kc, const float* qs, int n, float* s) {
+inline void qk_rows(const float* q, int D, const uint8_t* const* krows, const float* kc, int n, float* s) {
     for (int t = 0; t < n; t += KT) {
         const uint8_t* k[KT];
         for (int j = 0; j < KT; ++j) k[j] = krows[std::min(t + j, n - 1)];  // tail: recompute the last key
-        qk_block<F, RT, KT>(q, D, k, kc, qs, s, t, std::min(KT, n - t));
+        qk_block<F, RT, KT>(q, D, k, kc, s, t, std::min(KT, n - t));
+    }
+}
+
+// ---- INT8 query (Item::q8_kivi): integer q.k -------------------------------------------------------
+// Per 32 channels one ymm holds a key's 32 codes as bytes: INT4 [even channels | odd channels] (the 16
+// bytes and the same shifted right by 4, masked), INT2 [phase 0 | 2 | 1 | 3] (channel 4i + phase; the 8
+// bytes shifted by 0 / 4 / 2 / 6, masked): 4-5 operations, shared by the GQA rows. Per row one vpmaddubsw
+// (unsigned codes x signed query codes, pairs <= 2 x 15 x 127 = 3810, summed in int16 over at most 8
+// chunks: <= 30480) where the f32 path decodes (10 operations per 32 INT4 codes) and then needs 4 FMAs.
+// The query's codes are stored per 32 channels in the same order (q8_chunk).
+template <int KF>
+__attribute__((always_inline)) inline __m256i codes32(const uint8_t* row, int c, int D) {
+    if constexpr (KF == kI4) {
+        const __m128i x = D - c >= 32 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 2))
+                                      : _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c / 2));  // 16-channel tail
+        const __m256i y = _mm256_inserti128_si256(_mm256_castsi128_si256(x), _mm_srli_epi16(x, 4), 1);
+        return _mm256_and_si256(y, _mm256_set1_epi8(0x0F));
+    } else {
+        __m128i x;
+        if (D - c >= 32) {
+            x = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c / 4));
+        } else {  // 16-channel tail: 4 bytes
+            int32_t w;
+            std::memcpy(&w, row + c / 4, 4);
+            x = _mm_cvtsi32_si128(w);
+        }
+        const __m128i a = _mm_unpacklo_epi64(x, _mm_srli_epi16(x, 4));  // [x | x >> 4]
+        const __m256i y = _mm256_inserti128_si256(_mm256_castsi128_si256(a), _mm_srli_epi16(a, 2), 1);
+        return _mm256_and_si256(y, _mm256_set1_epi8(0x03));
+    }
+}
+
+// 32 folded query values (f32, natural order) times inv, rounded to nearest even, as bytes in codes32's
+// order: the two packs leave channels {0-3, 8-11, 16-19, 24-27} in lane 0 and {4-7, .., 28-31} in lane 1;
+// two in-lane byte shuffles around one cross-lane permute sort them.
+template <int KF>
+__attribute__((always_inline)) inline __m256i q8_chunk(const float* f, __m256 inv) {
+    const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(f), inv));
+    const __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(f + 8), inv));
+    const __m256i c = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(f + 16), inv));
+    const __m256i d = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(f + 24), inv));
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+    if constexpr (KF == kI4) {
+        const __m256i e = _mm256_shuffle_epi8(p, _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                                                  0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
+        const __m256i g = _mm256_permute4x64_epi64(e, _MM_SHUFFLE(3, 1, 2, 0));  // [E0 E1 | O0 O1]
+        return _mm256_shuffle_epi8(g, _mm256_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15,
+                                                       0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15));
+    } else {
+        const __m256i e = _mm256_shuffle_epi8(p, _mm256_setr_epi8(0, 4, 8, 12, 2, 6, 10, 14, 1, 5, 9, 13, 3, 7, 11, 15,
+                                                                  0, 4, 8, 12, 2, 6, 10, 14, 1, 5, 9, 13, 3, 7, 11, 15));
+        const __m256i g = _mm256_permutevar8x32_epi32(e, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        return _mm256_shuffle_epi8(g, _mm256_setr_epi8(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15,
+                                                       0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15));
+    }
+}
+
+// Scores of RT rows x KT keys: s = float(dot) * qs[r] + kc[r]; q8 rows of `pitch` bytes.
+template <int KF, int RT, int KT>
+__attribute__((always_inline)) inline void qk_block_q8(const int8_t* q8, int pitch, int D, const uint8_t* const* k,
+                                                       const float* qs, const float* kc, float* s, int t, int valid) {
+    static_assert(RT * KT == 8, "8 accumulators");
+    __m256i acc[8];
+    for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_si256();
+    for (int c = 0; c < D; c += 32) {
+        __m256i kv[KT];
+        for (int j = 0; j < KT; ++j) kv[j] = codes32<KF>(k[j], c, D);
+        for (int r = 0; r < RT; ++r) {
+            __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8 + size_t(r) * pitch + c));
+            __asm__("" : "+x"(qv));
+            for (int j = 0; j < KT; ++j) acc[r * KT + j] = _mm256_add_epi16(acc[r * KT + j], _mm256_maddubs_epi16(kv[j], qv));
+        }
+    }
+    for (int i = 0; i < 8; ++i) acc[i] = _mm256_madd_epi16(acc[i], _mm256_set1_epi16(1));
+    alignas(32) int32_t out[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out), reduce8_epi32(acc));
+    for (int r = 0; r < RT; ++r)
+        for (int j = 0; j < valid; ++j) s[size_t(r) * kStride + t + j] = float(out[r * KT + j]) * qs[r] + kc[r];
+}
+
+template <int KF, int RT, int KT>
+inline void qk_rows_q8(const int8_t* q8, int pitch, int D, const uint8_t* const* krows, const float* qs, const float* kc, int n,
+                       float* s) {
+    for (int t = 0; t < n; t += KT) {
+        const uint8_t* k[KT];
+        for (int j = 0; j < KT; ++j) k[j] = krows[std::min(t + j, n - 1)];  // tail: recompute the last key
+        qk_block_q8<KF, RT, KT>(q8, pitch, D, k, qs, kc, s, t, std::min(KT, n - t));
     }
 }
 
@@ -152,19 +235,33 @@ inline void pv_rows(const float* p, int64_t gstride, int group, const uint8_t* c
 
 struct State {
     std::vector<float> acc, m, l, S, P, PM, qf, kc, zero, vsc, vmn, q8s;
+    std::vector<int8_t> q8;  // INT8 query: [R][pitch] codes, 32-channel chunks in codes32's order
 };
 
-// Scores of keys K[0..n) for all rows into S + offset (row pitch kStride): s = q . k + kc[r], or with
-// qs (INT8 query) s = (codes . k) * qs[r] + kc[r].
+// Scores of keys K[0..n) for all rows into S + offset (row pitch kStride): s = q . k + kc[r].
 template <int KF>
-void scores(const Item& it, State& st, const uint8_t* const* K, int n, const float* q, const float* kc, int offset,
-            const float* qs = nullptr) {
+void scores(const Item& it, State& st, const uint8_t* const* K, int n, const float* q, const float* kc, int offset) {
     const int D = it.head_dim, R = it.rows;
     float* S = st.S.data() + offset;
     int r = 0;
-    for (; r + 4 <= R; r += 4) qk_rows<KF, 4, 2>(q + size_t(r) * D, D, K, kc + r, qs ? qs + r : nullptr, n, S + size_t(r) * kStride);
-    for (; r + 2 <= R; r += 2) qk_rows<KF, 2, 4>(q + size_t(r) * D, D, K, kc + r, qs ? qs + r : nullptr, n, S + size_t(r) * kStride);
-    for (; r < R; ++r) qk_rows<KF, 1, 8>(q + size_t(r) * D, D, K, kc + r, qs ? qs + r : nullptr, n, S + size_t(r) * kStride);
+    for (; r + 4 <= R; r += 4) qk_rows<KF, 4, 2>(q + size_t(r) * D, D, K, kc + r, n, S + size_t(r) * kStride);
+    for (; r + 2 <= R; r += 2) qk_rows<KF, 2, 4>(q + size_t(r) * D, D, K, kc + r, n, S + size_t(r) * kStride);
+    for (; r < R; ++r) qk_rows<KF, 1, 8>(q + size_t(r) * D, D, K, kc + r, n, S + size_t(r) * kStride);
+}
+
+inline int q8_pitch(int D) { return (D + 31) / 32 * 32; }
+
+// The same with the INT8 query (st.q8 / st.q8s / st.kc from fold_q8): s = float(codes . k) * qs[r] + kc[r].
+template <int KF>
+void scores_q8(const Item& it, State& st, const uint8_t* const* K, int n, int offset) {
+    const int D = it.head_dim, R = it.rows, P = q8_pitch(D);
+    float* S = st.S.data() + offset;
+    const int8_t* q8 = st.q8.data();
+    const float *qs = st.q8s.data(), *kc = st.kc.data();
+    int r = 0;
+    for (; r + 4 <= R; r += 4) qk_rows_q8<KF, 4, 2>(q8 + size_t(r) * P, P, D, K, qs + r, kc + r, n, S + size_t(r) * kStride);
+    for (; r + 2 <= R; r += 2) qk_rows_q8<KF, 2, 4>(q8 + size_t(r) * P, P, D, K, qs + r, kc + r, n, S + size_t(r) * kStride);
+    for (; r < R; ++r) qk_rows_q8<KF, 1, 8>(q8 + size_t(r) * P, P, D, K, qs + r, kc + r, n, S + size_t(r) * kStride);
 }
 
 // Softmax update and P.V for one tile of n <= kTileKeys keys [t0, t0 + n) whose scores are in st.S.
@@ -270,42 +367,38 @@ inline void fold_q(const Item& it, State& st, const uint8_t* tile) {
 }
 
 // INT8 query (Item::q8_kivi): as fold_q, then each folded row is rounded by the INT8 query rule
-// (quantize_query_row: the same products, maximum, reciprocal and round-to-nearest-even conversion) and
-// its codes are stored back as floats, scale in st.q8s. This width has no integer dot-product path: the
-// f32 q.k on the codes gives the same exact sums as the AVX-512 kernel's vpdpbusd (same semantics, no
-// speed-up on AVX2-only CPUs).
+// (quantize_query_row: the same products, maximum, reciprocal and round-to-nearest-even conversion)
+// into st.q8 (q8_chunk order), scale in st.q8s.
 template <int KF>
 inline void fold_q8(const Item& it, State& st, const uint8_t* tile) {
-    const int D = it.head_dim, R = it.rows;
+    const int D = it.head_dim, R = it.rows, P = q8_pitch(D);
     const uint16_t* aux = reinterpret_cast<const uint16_t*>(tile + it.k_aux_off);
     const __m256 sign = _mm256_set1_ps(-0.0f);
+    alignas(32) float f[256];
+    for (int d = D; d < P; ++d) f[d] = 0.0f;  // head_dim 80: the last chunk's second half
     for (int r = 0; r < R; ++r) {
         const float* qr = it.q + size_t(r) * D;
-        float* qo = st.qf.data() + size_t(r) * D;
         __m256 c = _mm256_setzero_ps(), mx = _mm256_setzero_ps();
         for (int d = 0; d < D; d += 8) {
             const __m256 sc = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(aux + d)));
             const __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(aux + D + d)));
             const __m256 qv = _mm256_loadu_ps(qr + d);
-            const __m256 f = _mm256_mul_ps(qv, sc);
-            _mm256_storeu_ps(qo + d, f);
-            mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, f));
+            const __m256 x = _mm256_mul_ps(qv, sc);
+            _mm256_store_ps(f + d, x);
+            mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, x));
             c = _mm256_fmadd_ps(qv, mn, c);
         }
         st.kc[size_t(r)] = hsum(c);
         const float amax = hmax(mx), inv = 127.0f / amax;
-        const bool zero = !(inv <= std::numeric_limits<float>::max());
-        st.q8s[size_t(r)] = zero ? 0.0f : amax / 127.0f;
-        const __m256 vi = _mm256_set1_ps(zero ? 0.0f : inv);
-        for (int d = 0; d < D; d += 8)  // cvtps_epi32 rounds to nearest even (default MXCSR)
-            _mm256_storeu_ps(qo + d, _mm256_cvtepi32_ps(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(qo + d), vi))));
-        if constexpr (KF == kI4)
-            for (int d = 0; d < D; d += 16) {
-                __m256 e, o;
-                to_pair_order(_mm256_loadu_ps(qo + d), _mm256_loadu_ps(qo + d + 8), e, o);
-                _mm256_storeu_ps(qo + d, e);
-                _mm256_storeu_ps(qo + d + 8, o);
-            }
+        int8_t* dst = st.q8.data() + size_t(r) * P;
+        if (!(inv <= std::numeric_limits<float>::max())) {
+            std::memset(dst, 0, size_t(P));
+            st.q8s[size_t(r)] = 0.0f;
+            continue;
+        }
+        const __m256 vi = _mm256_set1_ps(inv);
+        for (int d = 0; d < P; d += 32) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + d), q8_chunk<KF>(f + d, vi));
+        st.q8s[size_t(r)] = amax / 127.0f;
     }
 }
 
@@ -366,7 +459,7 @@ void quant_tile(const Item& it, State& st, int64_t t0, int64_t t1) {
         if constexpr (KF != kF16) {
             if (it.q8_kivi) {
                 fold_q8<KF>(it, st, tile);
-                scores<KF>(it, st, K + off, cnt, st.qf.data(), st.kc.data(), off, st.q8s.data());
+                scores_q8<KF>(it, st, K + off, cnt, off);
             } else {
                 fold_q<KF>(it, st, tile);
                 scores<KF>(it, st, K + off, cnt, st.qf.data(), st.kc.data(), off);
@@ -417,6 +510,7 @@ void run_item_t(const Item& it) {
     st.PM.assign(size_t(std::max(G, 1)) * R, 0.0f);
     st.qf.resize(size_t(R) * D);
     st.q8s.resize(size_t(R));
+    st.q8.resize(size_t(R) * q8_pitch(D));
     st.kc.assign(size_t(R), 0.0f);
     st.zero.assign(size_t(R), 0.0f);
     st.vsc.assign(size_t(std::max(G, 1)) * kStride, 0.0f);
