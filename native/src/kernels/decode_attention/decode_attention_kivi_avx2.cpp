@@ -374,14 +374,17 @@ inline void fold_q8(const Item& it, State& st, const uint8_t* tile) {
     const int D = it.head_dim, R = it.rows, P = q8_pitch(D);
     const uint16_t* aux = reinterpret_cast<const uint16_t*>(tile + it.k_aux_off);
     const __m256 sign = _mm256_set1_ps(-0.0f);
-    alignas(32) float f[256];
+    alignas(32) float f[256], scf[256], mnf[256];
     for (int d = D; d < P; ++d) f[d] = 0.0f;  // head_dim 80: the last chunk's second half
+    for (int d = 0; d < D; d += 8) {  // the block's scales and minimums, converted once for all rows
+        _mm256_store_ps(scf + d, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(aux + d))));
+        _mm256_store_ps(mnf + d, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(aux + D + d))));
+    }
     for (int r = 0; r < R; ++r) {
         const float* qr = it.q + size_t(r) * D;
         __m256 c = _mm256_setzero_ps(), mx = _mm256_setzero_ps();
         for (int d = 0; d < D; d += 8) {
-            const __m256 sc = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(aux + d)));
-            const __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(aux + D + d)));
+            const __m256 sc = _mm256_load_ps(scf + d), mn = _mm256_load_ps(mnf + d);
             const __m256 qv = _mm256_loadu_ps(qr + d);
             const __m256 x = _mm256_mul_ps(qv, sc);
             _mm256_store_ps(f + d, x);
