@@ -57,7 +57,7 @@ class KvCacheDesc(C.Structure):
 
 class AttentionParams(C.Structure):
     _fields_ = [("layer", C.c_int32), ("num_q_heads", C.c_int32), ("q_len", C.c_int32), ("num_splits", C.c_int32),
-                ("scale", C.c_float), ("softcap", C.c_float), ("window", C.c_int32), ("reserved", C.c_int32)]
+                ("scale", C.c_float), ("softcap", C.c_float), ("window", C.c_int32), ("flags", C.c_int32)]
 
 
 F32, F16, BF16, I32 = 0, 1, 2, 5

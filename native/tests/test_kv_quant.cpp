@@ -574,7 +574,7 @@ TEST(KvQuant, Int8QueryMatchesFloat64ReferenceOfRoundedQuery) {
                                 attention(ctx.h, f.cache, f.ids, 1, Hq, D, q_len, q, splits, LLMN_ATTN_FLAG_INT8_QUERY);
                             size_t changed = 0;
                             for (size_t i = 0; i < o.size(); ++i) changed += o[i] != exact[i];
-                            EXPECT_GT(changed, o.size() / 2) << what << ": the flag did not change the output";
+                            EXPECT_GT(changed, o.size() / 10) << what << ": the flag did not change the output";
                             double worst = 0.0;
                             for (int32_t b = 0; b < B; ++b) {
                                 const int64_t len = s.lengths[size_t(b)];
