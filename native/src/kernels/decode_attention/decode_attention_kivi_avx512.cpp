@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace llmn::attn_cpu {
@@ -516,6 +517,25 @@ inline void fold_q(const Item& it, State& st, const uint8_t* tile) {
     }
 }
 
+// The integer q.k needs compile-time head_dim (with run-time bounds the accumulators spill: 42 zmm stack
+// accesses in the loop, checked with objdump), also where the rest of the kernel runs the generic instance.
+template <int KF, int DC>
+void scores_q8_any(const Item& it, State& st, const uint8_t* const* K, int n, int offset) {
+    const int D = DC > 0 ? DC : it.head_dim;
+    auto run = [&](auto dc) {
+        if (st.vnni) scores_q8<KF, true, decltype(dc)::value>(it, st, K, n, offset);
+        else scores_q8<KF, false, decltype(dc)::value>(it, st, K, n, offset);
+    };
+    switch (D) {
+        case 64: run(std::integral_constant<int, 64>{}); break;
+        case 80: run(std::integral_constant<int, 80>{}); break;
+        case 96: run(std::integral_constant<int, 96>{}); break;
+        case 128: run(std::integral_constant<int, 128>{}); break;
+        case 256: run(std::integral_constant<int, 256>{}); break;
+        default: run(std::integral_constant<int, 0>{}); break;
+    }
+}
+
 // A tile of quantized (full) blocks: keys [t0, t1), at most kTileKeys, may straddle blocks. Scores run
 // per block segment (each with its own folded q); softmax and P.V run once over the tile.
 template <int KF, int VF, int DC>
@@ -571,8 +591,7 @@ void quant_tile(const Item& it, State& st, int64_t t0, int64_t t1) {
         if constexpr (KF != kF16) {
             if (it.q8_kivi) {
                 fold_q8<KF>(it, st, tile);
-                if (st.vnni) scores_q8<KF, true, DC>(it, st, K + off, cnt, off);
-                else scores_q8<KF, false, DC>(it, st, K + off, cnt, off);
+                scores_q8_any<KF, DC>(it, st, K + off, cnt, off);
             } else {
                 fold_q<KF>(it, st, tile);
                 scores<KF, DC>(it, st, K + off, cnt, st.qf.data(), st.kc.data(), off);
