@@ -18,6 +18,7 @@ internal static class BenchVerb
 {
     public const string Usage =
         "Usage: llmnative bench [--backend cpu|cuda|best] [--json] [--shapes small|default|<k>x<n>,...] [--quick]\n" +
+        "                       [--int8-query]\n" +
         "\n" +
         "Measures the memory bandwidth, then times:\n" +
         "  int4 gemm         W4A16, GPTQ-layout weights (symmetric, group 128), f16 activations, m = 1 and 16\n" +
@@ -37,6 +38,9 @@ internal static class BenchVerb
         "                 small: GEMM 1024x1024 and 2048x2048, contexts 512 and 2048;\n" +
         "                 <k>x<n>,...: these GEMM shapes (k a multiple of 8), default contexts\n" +
         "  --quick        fewer timing samples (a rough number in seconds)\n" +
+        "  --int8-query   also time the INT8 / INT4 / INT2 KV caches with AttentionOptions.Int8Query (rows \"... q8\";\n" +
+        "                 the CPU backend rounds the query to int8 for those keys, CUDA ignores the option); their\n" +
+        "                 max error is still against the exact-query reference, so it includes the query's rounding\n" +
         "  --json         one JSON object instead of the table\n" +
         "  -h, --help     show this help\n" +
         "\n" +
@@ -44,7 +48,7 @@ internal static class BenchVerb
 
     private const int QHeads = 32, KvHeads = 8, HeadDim = 128, GroupSize = 128;
 
-    private sealed record Options(string Backend, bool Json, bool Quick, (int K, int N)[] Shapes, int[] Contexts);
+    private sealed record Options(string Backend, bool Json, bool Quick, (int K, int N)[] Shapes, int[] Contexts, bool Int8Query);
 
     internal sealed record Row(string Kernel, string Shape, string Status, double Seconds, double Bytes, double MaxError, string Detail)
     {
@@ -90,7 +94,9 @@ internal static class BenchVerb
             foreach (KvFormat f in new[] { KvFormat.F16, KvFormat.Int8, KvFormat.Fp8E4M3, KvFormat.Int4, KvFormat.Int2 })
             {
                 int cc = c;
-                plan.Add(($"decode attention ctx {c} kv {f.ToString().ToLowerInvariant()}", () => new List<Row> { Attention(ctx, cc, f, target, opt.Quick) }));
+                plan.Add(($"decode attention ctx {c} kv {f.ToString().ToLowerInvariant()}", () => new List<Row> { Attention(ctx, cc, f, target, opt.Quick, false) }));
+                if (opt.Int8Query && f is KvFormat.Int8 or KvFormat.Int4 or KvFormat.Int2)
+                    plan.Add(($"decode attention ctx {c} kv {f.ToString().ToLowerInvariant()} q8", () => new List<Row> { Attention(ctx, cc, f, target, opt.Quick, true) }));
             }
         }
 
@@ -114,7 +120,7 @@ internal static class BenchVerb
     private static Options Parse(string[] args)
     {
         string backend = "best";
-        bool json = false, quick = false;
+        bool json = false, quick = false, int8Query = false;
         (int, int)[] shapes = { (4096, 4096), (8192, 8192) };
         int[] contexts = { 4096, 32768 };
         for (int i = 0; i < args.Length; i++)
@@ -124,6 +130,7 @@ internal static class BenchVerb
             {
                 case "--json": json = true; break;
                 case "--quick": quick = true; break;
+                case "--int8-query": int8Query = true; break;
                 case "--shapes":
                     if (++i >= args.Length) throw new UsageException("bench: --shapes needs a value (small, default or <k>x<n>,...)");
                     if (args[i] == "small")
@@ -136,7 +143,7 @@ internal static class BenchVerb
                 default: throw new UsageException($"bench: unknown argument '{args[i]}'");
             }
         }
-        return new Options(backend, json, quick, shapes, contexts);
+        return new Options(backend, json, quick, shapes, contexts, int8Query);
     }
 
     internal static (int K, int N)[] ParseShapes(string value)
@@ -364,10 +371,10 @@ internal static class BenchVerb
 
     // ---- decode attention ---------------------------------------------------------------------------------------
 
-    private static Row Attention(LlmContext ctx, int context, KvFormat format, long target, bool quick)
+    private static Row Attention(LlmContext ctx, int context, KvFormat format, long target, bool quick, bool int8Query)
     {
         string shape = $"ctx {context}, heads {QHeads}/{KvHeads}x{HeadDim}, batch 1";
-        string kernel = $"decode attention kv {format.ToString().ToLowerInvariant()}";
+        string kernel = $"decode attention kv {format.ToString().ToLowerInvariant()}" + (int8Query ? " q8" : "");
         var options = new KvCacheOptions
         {
             NumLayers = 1, NumKvHeads = KvHeads, HeadDim = HeadDim, BlockSize = 16, KFormat = format, VFormat = format,
@@ -402,7 +409,7 @@ internal static class BenchVerb
                 foreach (long id in ids) cache.Append(id, 0, kb, vb, n); // same contents, different memory
             }
 
-            var ao = new AttentionOptions { Layer = 0, NumQHeads = QHeads };
+            var ao = new AttentionOptions { Layer = 0, NumQHeads = QHeads, Int8Query = int8Query };
             float[] q = Data.Array(QHeads * HeadDim, i => (float)(Half)Data.Uniform(33, i));
             using LlmBuffer qb = Numeric.Buffer(ctx, DType.F16, q);
             using LlmBuffer ob = LlmBuffer.Allocate(ctx, DType.F16, q.Length);

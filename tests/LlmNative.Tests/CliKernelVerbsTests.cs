@@ -117,14 +117,15 @@ public class CliKernelVerbsTests
     [Fact]
     public void Bench_small_quick_reports_every_configuration()
     {
-        var (code, output, error) = Run("bench", "--backend", "cpu", "--shapes", "small", "--quick", "--json");
+        var (code, output, error) = Run("bench", "--backend", "cpu", "--shapes", "small", "--quick", "--json", "--int8-query");
         Assert.True(code == 0, output + error);
-        Assert.Contains("bench: [1/14]", error);
+        Assert.Contains("bench: [1/20]", error);
         using JsonDocument doc = JsonDocument.Parse(output);
         JsonElement root = doc.RootElement;
         Assert.True(root.GetProperty("bandwidth").GetProperty("bytesPerSecond").GetDouble() > 0);
         JsonElement[] results = root.GetProperty("results").EnumerateArray().ToArray();
-        Assert.Equal(8 + 2 * 5, results.Length);
+        Assert.Equal(8 + 2 * (5 + 3), results.Length); // --int8-query: one more row for INT8, INT4 and INT2 per context
+        Assert.Equal(2 * 3, results.Count(r => r.GetProperty("kernel").GetString()!.EndsWith(" q8")));
         foreach (JsonElement r in results)
         {
             string kernel = r.GetProperty("kernel").GetString()!, status = r.GetProperty("status").GetString()!;
