@@ -723,7 +723,7 @@ TEST(KvKivi, Int8QueryMatchesFloat64ReferenceOfRoundedQuery) {
                     s.D = D;
                     s.q_len = q_len;
                     s.outliers = outliers;
-                    s.G = q_len == 1 ? 4 : 2;
+                    s.G = q_len == 1 ? (outliers ? 7 : 4) : 2;  // 7 rows: the 4-, 2- and 1-row tiles
                     s.bs = D == 64 ? 8 : 16;
                     s.group = D == 64 ? 64 : 32;
                     const uint64_t seed = test_seed() + uint64_t(D * 41 + q_len * 3 + outliers) + 5000;

@@ -541,7 +541,7 @@ TEST(KvQuant, Int8QueryMatchesFloat64ReferenceOfRoundedQuery) {
                     s.D = D;
                     s.q_len = q_len;
                     s.outliers = outliers;
-                    s.G = q_len == 1 ? 4 : 2;
+                    s.G = q_len == 1 ? (outliers ? 7 : 4) : 2;  // 7 rows: the 4-, 2- and 1-row tiles
                     const uint64_t seed = test_seed() + uint64_t(D * 37 + q_len * 5 + outliers) + 4000;
                     Filled f;
                     fill(ctx.h, s, f2[0], f2[1], seed, f);
