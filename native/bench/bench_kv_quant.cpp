@@ -28,6 +28,7 @@
 // (decode_attention_quant_avx2.cpp, zmm loops under AVX-512).
 // BM_KiviIsa: f16 (detected ISA's kernel) vs the KIVI INT4 / INT2 kernels at AVX2 and at AVX-512 width
 // (llmn_set_cpu_isa before each format's calls), same rounds, as BM_KvQuantFormats; needs AVX-512.
+// BM_Int8QueryHeadDim: the INT8 query (LLMN_ATTN_FLAG_INT8_QUERY) against the f32 query per head_dim (below).
 // LLMNATIVE_BENCH_ROTATE_MIB=0: one copy (cache-resident for small sizes: the compute-bound rate).
 // Run: build/<dir>/native/bench/llmnative_bench --benchmark_filter='KvQuantFormats|AttentionQuantVsF16'
 #include <benchmark/benchmark.h>
@@ -37,6 +38,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -212,7 +214,84 @@ void BM_KiviIsa(benchmark::State& state) {
     llmn_set_cpu_isa(info.detected_isa);
 }
 
+// BM_Int8QueryHeadDim: one format (INT8, or KIVI INT4 / INT2 with value groups of 32; K and V alike) at
+// head_dim 64 / 80 / 96 / 128 / 256, 8 kv heads x GQA 4, batch 1, context 8k, block 16: the same cache
+// attended without and with LLMN_ATTN_FLAG_INT8_QUERY, alternating in the same rounds, rotating over
+// >= LLMNATIVE_BENCH_ROTATE_MIB (default 64) MiB. Counters: f32_us / q8_us (medians per call) and x =
+// median of the per-round ratios f32 time / int8-query time. Args: head_dim, format.
+void BM_Int8QueryHeadDim(benchmark::State& state) {
+    const int32_t D = int32_t(state.range(0)), fmt = int32_t(state.range(1));
+    const bool kivi = fmt == LLMN_KV_INT4 || fmt == LLMN_KV_INT2;
+    const int64_t context = 8192;
+    if (kivi && D % 32 != 0) {
+        state.SkipWithError("no KIVI value group (32 / 64 / 128) divides this head_dim");
+        return;
+    }
+    Bench s;
+    if (llmn_context_create(LLMN_BACKEND_CPU, 0, &s.ctx) != LLMN_STATUS_OK) {
+        state.SkipWithError("context creation failed");
+        return;
+    }
+    llmn_kv_cache_desc d = bench_desc(fmt, kivi ? 32 : 0);
+    d.head_dim = D;
+    int64_t per_token = 0;
+    llmn_kv_cache_bytes_per_token(&d, &per_token);
+    const int64_t call_bytes = context * per_token, rot = rotate_bytes(64);
+    const int64_t copies = rot > 0 ? std::max<int64_t>(2, (rot + call_bytes - 1) / call_bytes) : 1;
+    d.max_batch = int32_t(copies);
+    d.capacity_tokens = copies * (context + kBlock);
+    s.f.resize(1);
+    if (llmn_kv_cache_create(s.ctx, &d, &s.f[0].cache) != LLMN_STATUS_OK) {
+        state.SkipWithError("KV cache allocation failed");
+        return;
+    }
+    std::mt19937 g(13);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    llmn_buffer kb = random_buffer(s.ctx, g, nd, int64_t(kChunk) * kKvHeads * D);
+    s.f[0].sets = fill_rotated(s.f[0].cache, copies, 1, context, kb);
+    llmn_buffer_destroy(kb);
+    const int64_t qn = int64_t(kKvHeads) * 4 * D;
+    s.q = random_buffer(s.ctx, g, nd, qn);
+    llmn_buffer_create(s.ctx, LLMN_DTYPE_F32, qn, LLMN_MEMORY_DEVICE, &s.out);
+    llmn_attention_params p{};
+    p.layer = 0;
+    p.num_q_heads = kKvHeads * 4;
+    p.q_len = 1;
+    p.scale = 1.0f / std::sqrt(float(D));
+    const int64_t calls = std::max<int64_t>(16, ((int64_t(64) << 20) + call_bytes - 1) / call_bytes);
+    std::vector<double> us[2], ratio;
+    size_t next = 0;
+    for (auto _ : state) {
+        double secs[2];
+        for (int f = 0; f < 2; ++f) {
+            p.flags = f ? LLMN_ATTN_FLAG_INT8_QUERY : 0;
+            const auto t0 = std::chrono::steady_clock::now();
+            for (int64_t c = 0; c < calls; ++c) {
+                const auto& ids = s.f[0].sets[next++ % s.f[0].sets.size()];
+                if (llmn_decode_attention(s.ctx, s.f[0].cache, ids.data(), 1, s.q, nullptr, s.out, &p) != LLMN_STATUS_OK) {
+                    state.SkipWithError("llmn_decode_attention failed");
+                    return;
+                }
+            }
+            secs[f] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            us[f].push_back(secs[f] / double(calls) * 1e6);
+        }
+        ratio.push_back(secs[0] / secs[1]);
+        state.SetIterationTime(secs[0] + secs[1]);
+    }
+    state.counters["f32_us"] = median(us[0]);
+    state.counters["q8_us"] = median(us[1]);
+    state.counters["x"] = median(ratio);
+}
+
 }  // namespace
+
+BENCHMARK(BM_Int8QueryHeadDim)
+    ->ArgNames({"head_dim", "kv"})
+    ->ArgsProduct({{64, 80, 96, 128, 256}, {LLMN_KV_INT8, LLMN_KV_INT4, LLMN_KV_INT2}})
+    ->Iterations(7)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
 
 BENCHMARK(BM_KvQuantFormats)
     ->ArgNames({"batch", "ctx"})

@@ -201,14 +201,17 @@ struct State {
 // empty; they are "doubled" instead: one zmm = [row | row >> 4], so a phase covers two phases of the
 // plain layout (INT4: even channels below, odd above; INT2: k below, k + 2 above), and the query's
 // codes are stored in that order (half the vpdpbusd of the plain layout).
+// INT2 rows of at most 16 bytes (head_dim 64) are "quadrupled" the same way: [row | >> 2 | >> 4 | >> 6] is one
+// phase covering all four (one 16-byte broadcast and a per-word variable shift); with the doubled layout
+// INT2 at head_dim 64 ran 13 % slower with the INT8 query than without it (BM_Int8QueryHeadDim).
 struct Q8Layout {
     int bits, per, rb, chunks, row;  // row: bytes of one row's codes in st.q8
-    bool dbl;
+    bool dbl, quad;
 };
 inline constexpr Q8Layout q8_layout(int KF, int D) {
     const int bits = KF == kI4 ? 4 : 2, per = 8 / bits, rb = D * bits / 8, chunks = (rb + 63) / 64;
-    const bool dbl = rb <= 32;
-    return Q8Layout{bits, per, rb, chunks, dbl ? per / 2 * 64 : chunks * per * 64, dbl};
+    const bool quad = per == 4 && rb <= 16, dbl = !quad && rb <= 32;
+    return Q8Layout{bits, per, rb, chunks, quad ? 64 : dbl ? per / 2 * 64 : chunks * per * 64, dbl, quad};
 }
 
 // vpdpbusd through inline asm (as gemm_int4_avx512.cpp): this file has no -mavx512vnni, and the caller
@@ -225,7 +228,10 @@ inline __attribute__((always_inline)) __m512i dpbusd(__m512i acc, __m512i u8, __
 inline void q8_order(int KF, int D, std::vector<int16_t>& F) {
     const Q8Layout L = q8_layout(KF, D);
     std::vector<int16_t> T(size_t(L.row), int16_t(-1));
-    if (L.dbl) {
+    if (L.quad) {
+        for (int k = 0; k < 4; ++k)
+            for (int i = 0; i < L.rb; ++i) T[size_t(16 * k + i)] = int16_t(4 * i + k);
+    } else if (L.dbl) {
         for (int ph = 0; ph < L.per / 2; ++ph)
             for (int i = 0; i < L.rb; ++i) {
                 T[size_t(64 * ph + i)] = int16_t(L.per * i + ph);
@@ -330,10 +336,26 @@ inline void qk_block_q8(const int8_t* q8, const Q8Layout& Lr, const uint8_t* con
     constexpr int bits = KF == kI4 ? 4 : 2, per = 8 / bits;
     constexpr Q8Layout CL = q8_layout(KF, DC);
     const int rb = DC > 0 ? CL.rb : Lr.rb, chunks = DC > 0 ? CL.chunks : Lr.chunks, row = DC > 0 ? CL.row : Lr.row;
-    const bool dbl = DC > 0 ? CL.dbl : Lr.dbl;
+    const bool dbl = DC > 0 ? CL.dbl : Lr.dbl, quad = DC > 0 ? CL.quad : Lr.quad;
     const __m512i cm = _mm512_set1_epi8(int8_t((1 << bits) - 1));
     __m512i acc[16];
     for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_si512();
+    if (quad) {
+        const __mmask16 m = rb == 16 ? __mmask16(0xFFFF) : __mmask16((1u << rb) - 1);
+        const __m512i sh = _mm512_set_epi64(0x0006000600060006LL, 0x0006000600060006LL, 0x0004000400040004LL, 0x0004000400040004LL,
+                                            0x0002000200020002LL, 0x0002000200020002LL, 0, 0);
+        __m512i raw[KT];
+        for (int j = 0; j < KT; ++j)
+            raw[j] = _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i32x4(_mm_maskz_loadu_epi8(m, k[j])), sh), cm);
+        for (int r = 0; r < RT; ++r) {
+            __m512i qv = _mm512_loadu_si512(q8 + size_t(r) * row);
+            __asm__("" : "+v"(qv));
+            for (int j = 0; j < KT; ++j) {
+                if constexpr (VNNI) acc[r * KT + j] = dpbusd(acc[r * KT + j], raw[j], qv);
+                else acc[r * KT + j] = _mm512_add_epi16(acc[r * KT + j], _mm512_maddubs_epi16(raw[j], qv));
+            }
+        }
+    }
     if (dbl) {
         const __mmask32 m = rb == 32 ? ~__mmask32(0) : (__mmask32(1) << rb) - 1;
         __m512i raw[KT];
@@ -352,7 +374,7 @@ inline void qk_block_q8(const int8_t* q8, const Q8Layout& Lr, const uint8_t* con
                 }
             }
     }
-    for (int ch = 0; ch < (dbl ? 0 : chunks); ++ch) {
+    for (int ch = 0; ch < (dbl || quad ? 0 : chunks); ++ch) {
         const int bytes = std::min(64, rb - 64 * ch);
         const __mmask64 m = bytes == 64 ? ~__mmask64(0) : (__mmask64(1) << bytes) - 1;
         __m512i raw[KT];
