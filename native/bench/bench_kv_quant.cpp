@@ -217,7 +217,7 @@ void BM_KiviIsa(benchmark::State& state) {
 // BM_Int8QueryHeadDim: one format (INT8, or KIVI INT4 / INT2 with value groups of 32; K and V alike) at
 // head_dim 64 / 80 / 96 / 128 / 256, 8 kv heads x GQA 4, batch 1, context 8k, block 16: the same cache
 // attended without and with LLMN_ATTN_FLAG_INT8_QUERY, alternating in the same rounds, rotating over
-// >= LLMNATIVE_BENCH_ROTATE_MIB (default 64) MiB. Counters: f32_us / q8_us (medians per call) and x =
+// >= LLMNATIVE_BENCH_ROTATE_MIB (default 64) MiB; LLMNATIVE_BENCH_ISA caps the kernels. Counters: f32_us / q8_us (medians per call) and x =
 // median of the per-round ratios f32 time / int8-query time. Args: head_dim, format.
 void BM_Int8QueryHeadDim(benchmark::State& state) {
     const int32_t D = int32_t(state.range(0)), fmt = int32_t(state.range(1));
@@ -226,6 +226,14 @@ void BM_Int8QueryHeadDim(benchmark::State& state) {
     if (kivi && D % 32 != 0) {
         state.SkipWithError("no KIVI value group (32 / 64 / 128) divides this head_dim");
         return;
+    }
+    if (const char* isa = std::getenv("LLMNATIVE_BENCH_ISA")) {  // as run_formats: e.g. avx2 on an AVX-512 machine
+        const int32_t v = std::strcmp(isa, "scalar") == 0 ? LLMN_CPU_ISA_SCALAR
+                          : std::strcmp(isa, "avx2") == 0 ? LLMN_CPU_ISA_AVX2 : LLMN_CPU_ISA_AVX512;
+        if (llmn_set_cpu_isa(v) != LLMN_STATUS_OK) {
+            state.SkipWithError("LLMNATIVE_BENCH_ISA: not available on this CPU");
+            return;
+        }
     }
     Bench s;
     if (llmn_context_create(LLMN_BACKEND_CPU, 0, &s.ctx) != LLMN_STATUS_OK) {
