@@ -3,7 +3,8 @@
 // counters as bench_gemm_int4.cpp (GPTQ g128 symmetric weights rotated through >= 96 MiB, f16
 // activations; W_bytes/s to compare with BM_GemmStreamRead, *_best = fastest single call).
 // Args: M, shape (4096x4096, 4096x14336, 14336x4096, 8192x8192), isa (1 AVX2, 2 AVX-512), inner
-// loop (0 int8 dot, 1 exact f32), vnni (AVX-512 Int8 only: 1 vpdpbusd, 0 vpmaddubsw). Cases the CPU
+// loop (0 int8 dot, 1 exact f32), vnni (Int8 only: 1 vpdpbusd — AVX512-VNNI, or AVX-VNNI on AVX2 —, 0
+// vpmaddubsw). Cases the CPU
 // cannot run are skipped. Example:
 //   build/g512/native/bench/llmnative_bench --benchmark_filter='GemmStreamRead|Int4GemmIsa/M:(1|16)/shape:0/'
 #include "cpu/cpu_runtime.hpp"
@@ -72,6 +73,30 @@ const std::vector<llmn_int4_weight>& isa_weights(int shape, int64_t* bytes_each)
     return it->second.first;
 }
 
+// vnni: 1 = the ISA's vpdpbusd loop (AVX512-VNNI, or AVX-VNNI for AVX2), 0 = forced vpmaddubsw.
+bool use_vnni(benchmark::State& st, int32_t isa, bool vnni) {
+#if defined(__x86_64__)
+    const bool has = isa == LLMN_CPU_ISA_AVX512 ? llmn::cpu::avx512_vnni() : llmn::cpu::avx_vnni();
+    if (vnni && !has) {
+        st.SkipWithError(isa == LLMN_CPU_ISA_AVX512 ? "no AVX512-VNNI" : "no AVX-VNNI");
+        return false;
+    }
+    llmn::cpu::set_avx512_vnni(vnni);
+    llmn::cpu::set_avx_vnni(vnni);
+    return true;
+#else
+    (void)isa;
+    if (vnni) st.SkipWithError("no VNNI");
+    return !vnni;
+#endif
+}
+void restore_vnni() {
+#if defined(__x86_64__)
+    llmn::cpu::set_avx512_vnni(true);
+    llmn::cpu::set_avx_vnni(true);
+#endif
+}
+
 void BM_Int4GemmIsa(benchmark::State& st) {
     const int64_t m = st.range(0);
     const int shape = int(st.range(1));
@@ -83,13 +108,7 @@ void BM_Int4GemmIsa(benchmark::State& st) {
         st.SkipWithError("ISA not available on this CPU");
         return;
     }
-#if defined(__x86_64__)
-    if (isa == LLMN_CPU_ISA_AVX512 && vnni && !llmn::cpu::avx512_vnni()) {
-        st.SkipWithError("no AVX512-VNNI");
-        return;
-    }
-    llmn::cpu::set_avx512_vnni(vnni);
-#endif
+    if (!use_vnni(st, isa, vnni)) return;
     if (llmn_set_cpu_isa(isa) != LLMN_STATUS_OK) isa_die("llmn_set_cpu_isa");
     llmn::int4cpu::set_compute_mode(f32path ? llmn::int4cpu::Compute::F32 : llmn::int4cpu::Compute::Int8);
     const IsaShape s = kIsaShapes[shape];
@@ -120,9 +139,7 @@ void BM_Int4GemmIsa(benchmark::State& st) {
     llmn_buffer_destroy(y);
     llmn_set_cpu_isa(info.detected_isa);
     llmn::int4cpu::set_compute_mode(llmn::int4cpu::Compute::Int8);
-#if defined(__x86_64__)
-    llmn::cpu::set_avx512_vnni(true);
-#endif
+    restore_vnni();
 }
 
 // Compute ceiling per ISA: one small weight (K 4096, N 256 x threads, about 512 KiB per thread,
@@ -138,13 +155,7 @@ void BM_Int4GemmIsaHot(benchmark::State& st) {
         st.SkipWithError("ISA not available on this CPU");
         return;
     }
-#if defined(__x86_64__)
-    if (isa == LLMN_CPU_ISA_AVX512 && vnni && !llmn::cpu::avx512_vnni()) {
-        st.SkipWithError("no AVX512-VNNI");
-        return;
-    }
-    llmn::cpu::set_avx512_vnni(vnni);
-#endif
+    if (!use_vnni(st, isa, vnni)) return;
     if (llmn_set_cpu_isa(isa) != LLMN_STATUS_OK) isa_die("llmn_set_cpu_isa");
     const int64_t K = 4096, N = 256 * int64_t(llmn::cpu::thread_count());
     std::vector<int32_t> qweight(static_cast<size_t>(K / 8 * N));
@@ -178,9 +189,7 @@ void BM_Int4GemmIsaHot(benchmark::State& st) {
     llmn_buffer_destroy(y);
     llmn_int4_weight_destroy(w);
     llmn_set_cpu_isa(info.detected_isa);
-#if defined(__x86_64__)
-    llmn::cpu::set_avx512_vnni(true);
-#endif
+    restore_vnni();
 }
 
 void isa_args(benchmark::internal::Benchmark* b) {
@@ -190,6 +199,7 @@ void isa_args(benchmark::internal::Benchmark* b) {
             for (int64_t f32 : {0, 1}) {
                 if (f32 && shape != 0) continue;
                 b->Args({m, shape, LLMN_CPU_ISA_AVX2, f32, 0});
+                if (!f32) b->Args({m, shape, LLMN_CPU_ISA_AVX2, 0, 1});
                 b->Args({m, shape, LLMN_CPU_ISA_AVX512, f32, f32 ? 0 : 1});
                 if (!f32) b->Args({m, shape, LLMN_CPU_ISA_AVX512, 0, 0});
             }
@@ -201,6 +211,8 @@ void isa_args(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_Int4GemmIsa)->Apply(isa_args);
 BENCHMARK(BM_Int4GemmIsaHot)
     ->ArgNames({"M", "isa", "vnni"})
-    ->Args({1, LLMN_CPU_ISA_AVX2, 0})->Args({1, LLMN_CPU_ISA_AVX512, 1})->Args({1, LLMN_CPU_ISA_AVX512, 0})
-    ->Args({16, LLMN_CPU_ISA_AVX2, 0})->Args({16, LLMN_CPU_ISA_AVX512, 1})->Args({16, LLMN_CPU_ISA_AVX512, 0})
+    ->Args({1, LLMN_CPU_ISA_AVX2, 0})->Args({1, LLMN_CPU_ISA_AVX2, 1})
+    ->Args({1, LLMN_CPU_ISA_AVX512, 1})->Args({1, LLMN_CPU_ISA_AVX512, 0})
+    ->Args({16, LLMN_CPU_ISA_AVX2, 0})->Args({16, LLMN_CPU_ISA_AVX2, 1})
+    ->Args({16, LLMN_CPU_ISA_AVX512, 1})->Args({16, LLMN_CPU_ISA_AVX512, 0})
     ->UseRealTime()->Unit(benchmark::kMicrosecond);

@@ -35,6 +35,7 @@
 #include <llmnative/llmnative.h>
 
 #include "bench_util.hpp"
+#include "cpu/cpu_runtime.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -218,7 +219,9 @@ void BM_KiviIsa(benchmark::State& state) {
 // head_dim 64 / 80 / 96 / 128 / 256, 8 kv heads x GQA 4, batch 1, context 8k, block 16: the same cache
 // attended without and with LLMN_ATTN_FLAG_INT8_QUERY, alternating in the same rounds, rotating over
 // >= LLMNATIVE_BENCH_ROTATE_MIB (default 64) MiB; LLMNATIVE_BENCH_ISA caps the kernels. Counters: f32_us / q8_us (medians per call) and x =
-// median of the per-round ratios f32 time / int8-query time. Args: head_dim, format.
+// median of the per-round ratios f32 time / int8-query time; where the active ISA has VNNI
+// (AVX512-VNNI, or AVX-VNNI under AVX2) also q8novnni_us (the int8 query with it off, same rounds) and
+// vnni_x = median of novnni time / VNNI time. Args: head_dim, format.
 void BM_Int8QueryHeadDim(benchmark::State& state) {
     const int32_t D = int32_t(state.range(0)), fmt = int32_t(state.range(1));
     const bool kivi = fmt == LLMN_KV_INT4 || fmt == LLMN_KV_INT2;
@@ -267,12 +270,22 @@ void BM_Int8QueryHeadDim(benchmark::State& state) {
     p.q_len = 1;
     p.scale = 1.0f / std::sqrt(float(D));
     const int64_t calls = std::max<int64_t>(16, ((int64_t(64) << 20) + call_bytes - 1) / call_bytes);
-    std::vector<double> us[2], ratio;
+    // Third column where the CPU has the ISA's VNNI (AVX512-VNNI, or AVX-VNNI under AVX2): the int8 query
+    // with it turned off (vpmaddubsw), same rounds.
+    llmn_cpu_info info{};
+    llmn_get_cpu_info(&info);
+    const bool has_vnni = info.active_isa == LLMN_CPU_ISA_AVX512 ? llmn::cpu::avx512_vnni()
+                          : info.active_isa == LLMN_CPU_ISA_AVX2 ? llmn::cpu::avx_vnni()
+                                                                 : false;
+    const int nf = has_vnni ? 3 : 2;
+    std::vector<double> us[3], ratio, ratio_nv;
     size_t next = 0;
     for (auto _ : state) {
-        double secs[2];
-        for (int f = 0; f < 2; ++f) {
+        double secs[3];
+        for (int f = 0; f < nf; ++f) {
             p.flags = f ? LLMN_ATTN_FLAG_INT8_QUERY : 0;
+            llmn::cpu::set_avx512_vnni(f != 2);
+            llmn::cpu::set_avx_vnni(f != 2);
             const auto t0 = std::chrono::steady_clock::now();
             for (int64_t c = 0; c < calls; ++c) {
                 const auto& ids = s.f[0].sets[next++ % s.f[0].sets.size()];
@@ -284,12 +297,19 @@ void BM_Int8QueryHeadDim(benchmark::State& state) {
             secs[f] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
             us[f].push_back(secs[f] / double(calls) * 1e6);
         }
+        llmn::cpu::set_avx512_vnni(true);
+        llmn::cpu::set_avx_vnni(true);
         ratio.push_back(secs[0] / secs[1]);
-        state.SetIterationTime(secs[0] + secs[1]);
+        if (nf == 3) ratio_nv.push_back(secs[2] / secs[1]);
+        state.SetIterationTime(secs[0] + secs[1] + (nf == 3 ? secs[2] : 0.0));
     }
     state.counters["f32_us"] = median(us[0]);
     state.counters["q8_us"] = median(us[1]);
     state.counters["x"] = median(ratio);
+    if (nf == 3) {
+        state.counters["q8novnni_us"] = median(us[2]);
+        state.counters["vnni_x"] = median(ratio_nv);
+    }
 }
 
 }  // namespace

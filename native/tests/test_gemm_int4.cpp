@@ -195,6 +195,16 @@ struct NoVnniScope {
         if (on) llmn::cpu::set_avx512_vnni(true);
     }
 };
+// Forces the AVX2 Int8 kernel without AVX-VNNI (vpmaddubsw) for its lifetime.
+struct NoAvxVnniScope {
+    bool on;
+    explicit NoAvxVnniScope(bool disable) : on(disable) {
+        if (on) llmn::cpu::set_avx_vnni(false);
+    }
+    ~NoAvxVnniScope() {
+        if (on) llmn::cpu::set_avx_vnni(true);
+    }
+};
 #endif
 
 // Heavy-tailed data: mostly N(0, sigma), ~2% outliers 30-100x larger, some exact zeros.
@@ -664,18 +674,22 @@ TEST(Int4Import, RejectsBadTensorsAndCreatesNothing) {
 
 namespace {
 
-enum class Path { Scalar, Avx2Int8, Avx2F32, Avx512Int8, Avx512Int8NoVnni, Avx512F32 };
+// Avx2Int8 uses AVX-VNNI where the CPU has it; Avx2Int8NoVnni forces vpmaddubsw (run only where they differ).
+enum class Path { Scalar, Avx2Int8, Avx2Int8NoVnni, Avx2F32, Avx512Int8, Avx512Int8NoVnni, Avx512F32 };
 const char* path_name(Path p) {
     switch (p) {
         case Path::Scalar: return "scalar";
         case Path::Avx2Int8: return "avx2-int8";
+        case Path::Avx2Int8NoVnni: return "avx2-int8-novnni";
         case Path::Avx2F32: return "avx2-f32";
         case Path::Avx512Int8: return "avx512-int8";
         case Path::Avx512Int8NoVnni: return "avx512-int8-novnni";
         default: return "avx512-f32";
     }
 }
-bool is_int8(Path p) { return p == Path::Avx2Int8 || p == Path::Avx512Int8 || p == Path::Avx512Int8NoVnni; }
+bool is_int8(Path p) {
+    return p == Path::Avx2Int8 || p == Path::Avx2Int8NoVnni || p == Path::Avx512Int8 || p == Path::Avx512Int8NoVnni;
+}
 
 struct GemmCase {
     int64_t m, k, n;
@@ -775,6 +789,9 @@ void run_case(llmn_context ctx, const GemmCase& c, std::mt19937_64& g) {
     std::vector<Path> paths = {Path::Scalar};
     if (have_avx2()) {
         paths.push_back(Path::Avx2Int8);
+#if defined(__x86_64__) || defined(_M_X64)
+        if (llmn::cpu::avx_vnni()) paths.push_back(Path::Avx2Int8NoVnni);
+#endif
         paths.push_back(Path::Avx2F32);
     }
     if (have_avx512()) {
@@ -792,6 +809,7 @@ void run_case(llmn_context ctx, const GemmCase& c, std::mt19937_64& g) {
                                                                     : llmn::int4cpu::Compute::Int8);
 #if defined(__x86_64__) || defined(_M_X64)
         NoVnniScope nv(p == Path::Avx512Int8NoVnni);
+        NoAvxVnniScope nav(p == Path::Avx2Int8NoVnni);
 #endif
         yb.poison();
         LLMN_ASSERT_OK(llmn_gemm_int4(ctx, xb.h, W.h, c.bias ? bb.h : nullptr, yb.h, M));
@@ -800,7 +818,8 @@ void run_case(llmn_context ctx, const GemmCase& c, std::mt19937_64& g) {
         // then the same f32 operations in the same order): bitwise identical results.
         if (p == Path::Avx2Int8) avx2_int8 = yb.raw();
         if (p == Path::Avx2F32) avx2_f32 = yb.raw();
-        if (p == Path::Avx512Int8 || p == Path::Avx512Int8NoVnni) EXPECT_TRUE(yb.raw() == avx2_int8) << "differs from avx2-int8";
+        if (p == Path::Avx2Int8NoVnni || p == Path::Avx512Int8 || p == Path::Avx512Int8NoVnni)
+            EXPECT_TRUE(yb.raw() == avx2_int8) << "differs from avx2-int8";
         if (p == Path::Avx512F32) EXPECT_TRUE(yb.raw() == avx2_f32) << "differs from avx2-f32";
         int bad = 0;
         double worst = 0;

@@ -700,7 +700,8 @@ TEST(KvKivi, FusedMatchesFloat64Reference) {
 // kernels' f32 sum of q'_d min_d and the two roundings of qs * dot + kc; the integer dot is exact). Also
 // asserted: the flag changed more than a tenth of the outputs (not all: rows whose keys are all in the
 // residual block keep f32, and with outlier keys a peaked softmax can return one V row bit for bit; ~46 %
-// changed in the lowest case seen). Every ISA; AVX-512 with and without VNNI.
+// changed in the lowest case seen). Every ISA; AVX-512 with and without VNNI, AVX2 with and without
+// AVX-VNNI (bitwise the same output).
 TEST(KvKivi, Int8QueryMatchesFloat64ReferenceOfRoundedQuery) {
     CpuStateGuard guard;
     Ctx ctx;
@@ -710,8 +711,12 @@ TEST(KvKivi, Int8QueryMatchesFloat64ReferenceOfRoundedQuery) {
     std::vector<Variant> variants;
     for (int32_t isa : kivi_isas()) {
         if (isa == LLMN_CPU_ISA_AVX512 && llmn::cpu::avx512_vnni()) variants.push_back({isa, true});
+        if (isa == LLMN_CPU_ISA_AVX2 && llmn::cpu::avx_vnni()) variants.push_back({isa, true});  // AVX-VNNI
         variants.push_back({isa, false});
     }
+    // The integer q.k is exact: with and without VNNI an ISA gives the same bits (outputs by splits).
+    std::vector<float> same_isa[2];
+    int32_t same_isa_of = -1;
     const int32_t fm[][2] = {{LLMN_KV_INT4, LLMN_KV_INT4}, {LLMN_KV_INT2, LLMN_KV_INT2}, {LLMN_KV_INT4, LLMN_KV_F16},
                              {LLMN_KV_INT2, LLMN_KV_INT8}};
     for (int32_t D : {64, 80, 96, 128, 256})
@@ -813,6 +818,7 @@ TEST(KvKivi, Int8QueryMatchesFloat64ReferenceOfRoundedQuery) {
                     for (const Variant& var : variants) {
                         LLMN_ASSERT_OK(llmn_set_cpu_isa(var.isa));
                         llmn::cpu::set_avx512_vnni(var.vnni);
+                        llmn::cpu::set_avx_vnni(var.vnni);
                         const std::string what = std::string(fmt_name(f2[0])) + "/" + fmt_name(f2[1]) + " " + isa_name(var.isa) +
                                                  (var.vnni ? "+vnni" : "") + " D " + std::to_string(D) + " q_len " +
                                                  std::to_string(q_len) + " outliers " + std::to_string(int(outliers));
@@ -820,6 +826,11 @@ TEST(KvKivi, Int8QueryMatchesFloat64ReferenceOfRoundedQuery) {
                         for (int32_t splits : {1, 3}) {
                             const std::vector<float> o =
                                 attention(ctx.h, f.cache, f.ids, 0, Hq, D, q_len, q, splits, LLMN_ATTN_FLAG_INT8_QUERY);
+                            std::vector<float>& twin = same_isa[splits == 1 ? 0 : 1];
+                            if (same_isa_of == var.isa)
+                                EXPECT_TRUE(std::memcmp(twin.data(), o.data(), o.size() * sizeof(float)) == 0)
+                                    << what << " splits " << splits << ": differs from the same ISA with VNNI";
+                            twin = o;
                             size_t changed = 0, checked = 0;
                             double worst = 0.0;
                             for (size_t e = 0; e < o.size(); ++e) {
@@ -836,8 +847,11 @@ TEST(KvKivi, Int8QueryMatchesFloat64ReferenceOfRoundedQuery) {
                             if (D == 128 && q_len == 1 && f2[0] == f2[1])
                                 std::printf("  int8 query, %s splits %d: max error %.3g of bound\n", what.c_str(), splits, worst);
                         }
+                        same_isa_of = var.isa;
                     }
+                    same_isa_of = -1;
                     llmn::cpu::set_avx512_vnni(true);
+                    llmn::cpu::set_avx_vnni(true);
                 }
 }
 

@@ -521,7 +521,8 @@ TEST(KvQuant, FusedMatchesFloat64Reference) {
 // is fl(float(dot) * fl(q_scale * k_scale)): two roundings where the f32 path has D + 2, so the same eta
 // holds. The query's own rounding (up to max|q| / 254 per element) is not in the bound; the test also
 // asserts that the flag changed the output (a kernel ignoring it would miss this reference by far more
-// than the bound on most rows). Every ISA; AVX-512 with and without VNNI (its ymm integer loop).
+// than the bound on most rows). Every ISA; AVX-512 with and without VNNI (its ymm integer loop), AVX2 with and without AVX-VNNI
+// (bitwise the same output).
 TEST(KvQuant, Int8QueryMatchesFloat64ReferenceOfRoundedQuery) {
     CpuStateGuard guard;
     Ctx ctx;
@@ -531,8 +532,12 @@ TEST(KvQuant, Int8QueryMatchesFloat64ReferenceOfRoundedQuery) {
     std::vector<Variant> variants;
     for (int32_t isa : isas_to_test()) {
         if (isa == LLMN_CPU_ISA_AVX512 && llmn::cpu::avx512_vnni()) variants.push_back({isa, true});
+        if (isa == LLMN_CPU_ISA_AVX2 && llmn::cpu::avx_vnni()) variants.push_back({isa, true});  // AVX-VNNI
         variants.push_back({isa, false});
     }
+    // The integer q.k is exact: with and without VNNI an ISA gives the same bits (outputs by splits).
+    std::vector<float> same_isa[2];
+    int32_t same_isa_of = -1;
     const int32_t fm[][2] = {{LLMN_KV_INT8, LLMN_KV_INT8}, {LLMN_KV_INT8, LLMN_KV_F16}, {LLMN_KV_INT8, LLMN_KV_FP8_E4M3}};
     for (int32_t D : {64, 80, 96, 128})
         for (int32_t q_len : {1, 3})
@@ -565,6 +570,7 @@ TEST(KvQuant, Int8QueryMatchesFloat64ReferenceOfRoundedQuery) {
                     for (const Variant& var : variants) {
                         LLMN_ASSERT_OK(llmn_set_cpu_isa(var.isa));
                         llmn::cpu::set_avx512_vnni(var.vnni);
+                        llmn::cpu::set_avx_vnni(var.vnni);
                         const std::string what = std::string(fmt_name(f2[0])) + "/" + fmt_name(f2[1]) + " " + isa_name(var.isa) +
                                                  (var.vnni ? "+vnni" : "") + " D " + std::to_string(D) + " q_len " +
                                                  std::to_string(q_len) + " outliers " + std::to_string(int(outliers));
@@ -572,6 +578,11 @@ TEST(KvQuant, Int8QueryMatchesFloat64ReferenceOfRoundedQuery) {
                         for (int32_t splits : {1, 3}) {
                             const std::vector<float> o =
                                 attention(ctx.h, f.cache, f.ids, 1, Hq, D, q_len, q, splits, LLMN_ATTN_FLAG_INT8_QUERY);
+                            std::vector<float>& twin = same_isa[splits == 1 ? 0 : 1];
+                            if (same_isa_of == var.isa)
+                                EXPECT_TRUE(std::memcmp(twin.data(), o.data(), o.size() * sizeof(float)) == 0)
+                                    << what << " splits " << splits << ": differs from the same ISA with VNNI";
+                            twin = o;
                             size_t changed = 0;
                             for (size_t i = 0; i < o.size(); ++i) changed += o[i] != exact[i];
                             EXPECT_GT(changed, o.size() / 10) << what << ": the flag did not change the output";
@@ -603,8 +614,11 @@ TEST(KvQuant, Int8QueryMatchesFloat64ReferenceOfRoundedQuery) {
                             if (D == 128 && q_len == 1 && f2[1] == LLMN_KV_INT8)
                                 std::printf("  int8 query, %s splits %d: max error %.3g of bound\n", what.c_str(), splits, worst);
                         }
+                        same_isa_of = var.isa;
                     }
+                    same_isa_of = -1;
                     llmn::cpu::set_avx512_vnni(true);
+                    llmn::cpu::set_avx_vnni(true);
                 }
 }
 

@@ -278,6 +278,19 @@ bool avx512_vnni() {
 }
 void set_avx512_vnni(bool allowed) { g_vnni_allowed.store(allowed); }
 
+namespace {
+std::atomic<bool> g_avx_vnni_allowed{true};
+}
+bool avx_vnni() {
+#if defined(__x86_64__) || defined(_M_X64)
+    static const bool has = __builtin_cpu_supports("avxvnni");
+    return has && g_avx_vnni_allowed.load(std::memory_order_relaxed);
+#else
+    return false;
+#endif
+}
+void set_avx_vnni(bool allowed) { g_avx_vnni_allowed.store(allowed); }
+
 void advise_huge_pages(void* p, size_t bytes) {
 #if defined(__linux__)
     if (!p || bytes < kHugePageMinBytes) return;

@@ -20,6 +20,11 @@ void set_active_isa(llmn_cpu_isa isa);  // validated by the caller
 // loops (tests, benchmarks); process-wide.
 bool avx512_vnni();
 void set_avx512_vnni(bool allowed);
+// AVX-VNNI (the VEX-encoded ymm vpdpbusd of Alder Lake and later Intel cores without AVX-512, and of
+// Zen 5) present (CPUID) and not disabled; the same int8 loops use it when active_isa() is AVX2.
+// set_avx_vnni(false) forces their vpmaddubsw loops (tests, benchmarks); process-wide.
+bool avx_vnni();
+void set_avx_vnni(bool allowed);
 int64_t l3_cache_bytes();
 std::string model_name();
 int logical_cores();

@@ -17,6 +17,8 @@
 #include "decode_attention_cpu.hpp"
 
 #include "../../core/numeric.hpp"
+#include "../../cpu/avx_vnni.hpp"
+#include "../../cpu/cpu_runtime.hpp"
 #include "../kv_cache/kv_layout.hpp"
 
 #include <immintrin.h>
@@ -121,7 +123,8 @@ inline void qk_rows(const float* q, int D, const uint8_t* const* krows, const fl
 // bytes and the same shifted right by 4, masked), INT2 [phase 0 | 2 | 1 | 3] (channel 4i + phase; the 8
 // bytes shifted by 0 / 4 / 2 / 6, masked): 4-5 operations, shared by the GQA rows. Per row one vpmaddubsw
 // (unsigned codes x signed query codes, pairs <= 2 x 15 x 127 = 3810, summed in int16 over at most 8
-// chunks: <= 30480) where the f32 path decodes (10 operations per 32 INT4 codes) and then needs 4 FMAs.
+// chunks: <= 30480) where the f32 path decodes (10 operations per 32 INT4 codes) and then needs 4 FMAs;
+// with AVX-VNNI one vpdpbusd straight into int32 (the codes are unsigned already: no bias to correct).
 // The query's codes are stored per 32 channels in the same order (q8_chunk).
 template <int KF>
 __attribute__((always_inline)) inline __m256i codes32(const uint8_t* row, int c, int D) {
@@ -171,7 +174,7 @@ __attribute__((always_inline)) inline __m256i q8_chunk(const float* f, __m256 in
 }
 
 // Scores of RT rows x KT keys: s = float(dot) * qs[r] + kc[r]; q8 rows of `pitch` bytes.
-template <int KF, int RT, int KT>
+template <int KF, int RT, int KT, bool VNNI>
 __attribute__((always_inline)) inline void qk_block_q8(const int8_t* q8, int pitch, int D, const uint8_t* const* k,
                                                        const float* qs, const float* kc, float* s, int t, int valid) {
     static_assert(RT * KT == 8, "8 accumulators");
@@ -183,23 +186,26 @@ __attribute__((always_inline)) inline void qk_block_q8(const int8_t* q8, int pit
         for (int r = 0; r < RT; ++r) {
             __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8 + size_t(r) * pitch + c));
             __asm__("" : "+x"(qv));
-            for (int j = 0; j < KT; ++j) acc[r * KT + j] = _mm256_add_epi16(acc[r * KT + j], _mm256_maddubs_epi16(kv[j], qv));
+            for (int j = 0; j < KT; ++j)
+                acc[r * KT + j] = VNNI ? cpu::dpbusd_vex(acc[r * KT + j], kv[j], qv)
+                                       : _mm256_add_epi16(acc[r * KT + j], _mm256_maddubs_epi16(kv[j], qv));
         }
     }
-    for (int i = 0; i < 8; ++i) acc[i] = _mm256_madd_epi16(acc[i], _mm256_set1_epi16(1));
+    if constexpr (!VNNI)
+        for (int i = 0; i < 8; ++i) acc[i] = _mm256_madd_epi16(acc[i], _mm256_set1_epi16(1));
     alignas(32) int32_t out[8];
     _mm256_store_si256(reinterpret_cast<__m256i*>(out), reduce8_epi32(acc));
     for (int r = 0; r < RT; ++r)
         for (int j = 0; j < valid; ++j) s[size_t(r) * kStride + t + j] = float(out[r * KT + j]) * qs[r] + kc[r];
 }
 
-template <int KF, int RT, int KT>
+template <int KF, int RT, int KT, bool VNNI>
 inline void qk_rows_q8(const int8_t* q8, int pitch, int D, const uint8_t* const* krows, const float* qs, const float* kc, int n,
                        float* s) {
     for (int t = 0; t < n; t += KT) {
         const uint8_t* k[KT];
         for (int j = 0; j < KT; ++j) k[j] = krows[std::min(t + j, n - 1)];  // tail: recompute the last key
-        qk_block_q8<KF, RT, KT>(q8, pitch, D, k, qs, kc, s, t, std::min(KT, n - t));
+        qk_block_q8<KF, RT, KT, VNNI>(q8, pitch, D, k, qs, kc, s, t, std::min(KT, n - t));
     }
 }
 
@@ -252,16 +258,21 @@ void scores(const Item& it, State& st, const uint8_t* const* K, int n, const flo
 inline int q8_pitch(int D) { return (D + 31) / 32 * 32; }
 
 // The same with the INT8 query (st.q8 / st.q8s / st.kc from fold_q8): s = float(codes . k) * qs[r] + kc[r].
-template <int KF>
-void scores_q8(const Item& it, State& st, const uint8_t* const* K, int n, int offset) {
+template <int KF, bool VNNI>
+void scores_q8_t(const Item& it, State& st, const uint8_t* const* K, int n, int offset) {
     const int D = it.head_dim, R = it.rows, P = q8_pitch(D);
     float* S = st.S.data() + offset;
     const int8_t* q8 = st.q8.data();
     const float *qs = st.q8s.data(), *kc = st.kc.data();
     int r = 0;
-    for (; r + 4 <= R; r += 4) qk_rows_q8<KF, 4, 2>(q8 + size_t(r) * P, P, D, K, qs + r, kc + r, n, S + size_t(r) * kStride);
-    for (; r + 2 <= R; r += 2) qk_rows_q8<KF, 2, 4>(q8 + size_t(r) * P, P, D, K, qs + r, kc + r, n, S + size_t(r) * kStride);
-    for (; r < R; ++r) qk_rows_q8<KF, 1, 8>(q8 + size_t(r) * P, P, D, K, qs + r, kc + r, n, S + size_t(r) * kStride);
+    for (; r + 4 <= R; r += 4) qk_rows_q8<KF, 4, 2, VNNI>(q8 + size_t(r) * P, P, D, K, qs + r, kc + r, n, S + size_t(r) * kStride);
+    for (; r + 2 <= R; r += 2) qk_rows_q8<KF, 2, 4, VNNI>(q8 + size_t(r) * P, P, D, K, qs + r, kc + r, n, S + size_t(r) * kStride);
+    for (; r < R; ++r) qk_rows_q8<KF, 1, 8, VNNI>(q8 + size_t(r) * P, P, D, K, qs + r, kc + r, n, S + size_t(r) * kStride);
+}
+template <int KF>
+void scores_q8(const Item& it, State& st, const uint8_t* const* K, int n, int offset) {
+    if (cpu::avx_vnni()) scores_q8_t<KF, true>(it, st, K, n, offset);
+    else scores_q8_t<KF, false>(it, st, K, n, offset);
 }
 
 // Softmax update and P.V for one tile of n <= kTileKeys keys [t0, t0 + n) whose scores are in st.S.

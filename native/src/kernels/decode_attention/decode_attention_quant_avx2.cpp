@@ -30,6 +30,7 @@
 #include "decode_attention_avx2_math.hpp"
 #include "decode_attention_cpu.hpp"
 
+#include "../../cpu/avx_vnni.hpp"
 #include "../../cpu/cpu_runtime.hpp"
 #include "../kv_cache/kv_quant.hpp"
 
@@ -111,38 +112,48 @@ inline void qk_rows(const float* q, int D, const uint8_t* const* krows, const fl
 
 // INT8 query against INT8 keys (Item::q8): per 32 channels and key one vpabsb, per row vpsignb +
 // vpmaddubsw (|k| <= 128 times |q| <= 127, pairs <= 32512: no saturation) + vpmaddwd + add, against
-// 2 converts and 4 FMAs per row in f32. Exact integers; the score is the scalar kernel's
+// 2 converts and 4 FMAs per row in f32. With AVX-VNNI (VNNI): per key one vpxor (k + 128 as unsigned
+// bytes), per row one vpdpbusd; dot(k + 128, q) = dot(k, q) + 128 * sum(q) is corrected once per score,
+// as in the AVX512-VNNI loop below. Exact integers either way; the score is the scalar kernel's
 // float(dot) * (q_scale * k_scale).
-template <int RT, int KT>
-inline void qk_block_q8(const Item& it, const int8_t* q8, const float* qs, int D, const uint8_t* const* k, const float* ks,
-                        float* s, int t, int valid) {
+template <int RT, int KT, bool VNNI>
+inline void qk_block_q8(const Item& it, int r0, int D, const uint8_t* const* k, const float* ks, float* s, int t,
+                        int valid) {
     static_assert(RT * KT == 8, "8 accumulators");
-    const __m256i ones = _mm256_set1_epi16(1);
+    const int8_t* q8 = it.q8 + size_t(r0) * it.q8_pitch;
+    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(int8_t(0x80));
     __m256i acc[8];
     for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_si256();
     for (int c = 0; c < D; c += 32) {
         __m256i kk[KT], ka[KT];
-        for (int j = 0; j < KT; ++j) {  // head_dim % 32 == 16: the last 16 bytes, zero-extended
+        for (int j = 0; j < KT; ++j) {  // head_dim % 32 == 16: the last 16 bytes, zero-extended (-> 128
+                                        // with VNNI, against zero query codes)
             kk[j] = c + 32 <= D ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k[j] + c))
                                 : _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(k[j] + c)));
-            ka[j] = _mm256_abs_epi8(kk[j]);
+            ka[j] = VNNI ? _mm256_xor_si256(kk[j], flip) : _mm256_abs_epi8(kk[j]);
         }
         for (int r = 0; r < RT; ++r) {
             __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8 + size_t(r) * it.q8_pitch + c));
             __asm__("" : "+x"(qv));
-            for (int j = 0; j < KT; ++j)
-                acc[r * KT + j] = _mm256_add_epi32(acc[r * KT + j],
-                                                   _mm256_madd_epi16(_mm256_maddubs_epi16(ka[j], _mm256_sign_epi8(qv, kk[j])), ones));
+            for (int j = 0; j < KT; ++j) {
+                if constexpr (VNNI) acc[r * KT + j] = cpu::dpbusd_vex(acc[r * KT + j], ka[j], qv);
+                else
+                    acc[r * KT + j] = _mm256_add_epi32(
+                        acc[r * KT + j], _mm256_madd_epi16(_mm256_maddubs_epi16(ka[j], _mm256_sign_epi8(qv, kk[j])), ones));
+            }
         }
     }
     alignas(32) int32_t out[8];
     _mm256_store_si256(reinterpret_cast<__m256i*>(out), reduce8_epi32(acc));
-    for (int r = 0; r < RT; ++r)
-        for (int j = 0; j < valid; ++j) s[size_t(r) * kStride + t + j] = float(out[r * KT + j]) * (qs[r] * ks[t + j]);
+    const float* qs = it.q8_scale + r0;
+    for (int r = 0; r < RT; ++r) {
+        const int32_t bias = VNNI ? 128 * it.q8_sum[r0 + r] : 0;
+        for (int j = 0; j < valid; ++j) s[size_t(r) * kStride + t + j] = float(out[r * KT + j] - bias) * (qs[r] * ks[t + j]);
+    }
 }
 
 // Rows [r0, r0 + RT) of the INT8-query q.k for one tile (prefetching like qk_rows).
-template <int RT, int KT>
+template <int RT, int KT, bool VNNI>
 inline void qk_rows_q8(const Item& it, int r0, int D, const uint8_t* const* krows, const float* ks, int n, float* s,
                        const uint8_t* const* pf, int npf) {
     for (int t = 0; t < n; t += KT) {
@@ -150,17 +161,18 @@ inline void qk_rows_q8(const Item& it, int r0, int D, const uint8_t* const* krow
             for (int b = 0; b < D; b += 64) _mm_prefetch(reinterpret_cast<const char*>(pf[j] + b), _MM_HINT_T1);
         const uint8_t* k[KT];
         for (int j = 0; j < KT; ++j) k[j] = krows[std::min(t + j, n - 1)];
-        qk_block_q8<RT, KT>(it, it.q8 + size_t(r0) * it.q8_pitch, it.q8_scale + r0, D, k, ks, s, t, std::min(KT, n - t));
+        qk_block_q8<RT, KT, VNNI>(it, r0, D, k, ks, s, t, std::min(KT, n - t));
     }
 }
 
 // All rows of one tile's INT8-query q.k (ymm).
-inline void qk_tile_q8(const Item& it, int R, int D, const uint8_t* const* K, const float* KS, int n, float* S,
-                       const uint8_t* const* KN, int n_next) {
+template <bool VNNI>
+void qk_tile_q8(const Item& it, int R, int D, const uint8_t* const* K, const float* KS, int n, float* S,
+                const uint8_t* const* KN, int n_next) {
     int r = 0;
-    for (; r + 4 <= R; r += 4) qk_rows_q8<4, 2>(it, r, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_next : 0);
-    for (; r + 2 <= R; r += 2) qk_rows_q8<2, 4>(it, r, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_next : 0);
-    for (; r < R; ++r) qk_rows_q8<1, 8>(it, r, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_next : 0);
+    for (; r + 4 <= R; r += 4) qk_rows_q8<4, 2, VNNI>(it, r, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_next : 0);
+    for (; r + 2 <= R; r += 2) qk_rows_q8<2, 4, VNNI>(it, r, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_next : 0);
+    for (; r < R; ++r) qk_rows_q8<1, 8, VNNI>(it, r, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_next : 0);
 }
 
 // acc[r][c..c+16) += sum_t p[r][t] * v[t][c..c+16) (p already carries V's per-token scale).
@@ -443,6 +455,7 @@ void run_item_t(const Item& it) {
     float* S = sbuf.data();
     float* P = VF == kF16 ? S : pbuf.data();
     const bool vnni = Z && cpu::avx512_vnni();
+    const bool avx_vnni = !Z && cpu::avx_vnni();  // AVX-512 CPUs without AVX512-VNNI lack AVX-VNNI too
     const uint8_t* kr[2][kTileKeys];
     const uint8_t* vr[2][kTileKeys];
     alignas(32) float ks[2][kTileKeys + 8], vs[2][kTileKeys + 8];
@@ -511,7 +524,8 @@ void run_item_t(const Item& it) {
         int r = 0;
         if (KF == kI8 && it.q8) {  // INT8 query: zmm with VNNI, else the ymm integer loop
             if (Z && vnni) qk_tile16_q8_any<DC>(it, R, D, K, KS, n, S, KN, n_cur);
-            else qk_tile_q8(it, R, D, K, KS, n, S, KN, n_cur);
+            else if (avx_vnni) qk_tile_q8<true>(it, R, D, K, KS, n, S, KN, n_cur);
+            else qk_tile_q8<false>(it, R, D, K, KS, n, S, KN, n_cur);
         } else if constexpr (Z) {
             for (; r + 4 <= R; r += 4)
                 qk_rows16<KF, 4, 4, DC>(it.q + size_t(r) * D, D, K, KS, n, S + size_t(r) * kStride, KN, r == 0 ? n_cur : 0);

@@ -31,6 +31,7 @@
 // Non-finite activations: the block's int8 scale becomes NaN, so the affected outputs are NaN.
 #include "gemm_int4_cpu.hpp"
 
+#include "../../cpu/avx_vnni.hpp"
 #include "../../cpu/cpu_runtime.hpp"
 
 #include <immintrin.h>
@@ -162,13 +163,24 @@ inline void pin(__m256i (&a)[N]) {
     for (int i = 0; i < N; ++i) __asm__("" : "+x"(a[i]));
 }
 
-// One block's int16 partial sums (8 columns) -> f32 dot(q - zero, xq), the epilogue of both kernels.
+// One step of a block's dot product: 4 rows x 8 columns of codes (lo) and the next 4 rows (hi)
+// against 4 broadcast activations each. VNNI: straight into the int32 accumulator. Otherwise int16
+// partial sums (vpmaddubsw), widened once per block by block_dot.
+template <bool VNNI>
+__attribute__((always_inline)) inline __m256i dot_step(__m256i a, __m256i lo, __m256i x0, __m256i hi, __m256i x1) {
+    if constexpr (VNNI) return cpu::dpbusd_vex(cpu::dpbusd_vex(a, lo, x0), hi, x1);
+    a = _mm256_add_epi16(a, _mm256_maddubs_epi16(lo, x0));
+    return _mm256_add_epi16(a, _mm256_maddubs_epi16(hi, x1));
+}
+
+// One block's partial sums (8 columns; int16 pairs, or int32 with VNNI) -> f32 dot(q - zero, xq), the
+// epilogue of both kernels. The integer dot is exact either way, so both give the same bits.
 // SYM: xsum already holds 8 * sum(xq), subtracted in int32. Otherwise zf holds the 8 zero points as
 // f32 and dot - zero * sum(xq) is one fnmadd, exact: |dot| <= 32 * 15 * 127 and |zero * sum| <=
 // 15 * 32 * 127 are integers far below 2^24.
-template <bool SYM>
+template <bool SYM, bool VNNI>
 __attribute__((always_inline)) inline __m256 block_dot(__m256i a, __m256 zf, int32_t xsum) {
-    const __m256i dot = _mm256_madd_epi16(a, _mm256_set1_epi16(1));
+    const __m256i dot = VNNI ? a : _mm256_madd_epi16(a, _mm256_set1_epi16(1));
     if constexpr (SYM) return _mm256_cvtepi32_ps(_mm256_sub_epi32(dot, _mm256_set1_epi32(xsum)));
     return _mm256_fnmadd_ps(zf, _mm256_set1_ps(float(xsum)), _mm256_cvtepi32_ps(dot));
 }
@@ -184,7 +196,7 @@ __attribute__((always_inline)) inline __m256 block_dot(__m256i a, __m256 zf, int
 // codes, scales in registers): +16-19 % at M = 4, 16, 64 and +12 % at M = 256 (native bench, best of
 // 4-6 interleaved runs); ~12.7 int8 MACs per cycle and thread at M = 16, ~89 % of what that pipe
 // allows with one vpmaddwd per 8 vpmaddubsw.
-template <int MR, bool SYM, bool PRE>
+template <int MR, bool SYM, bool PRE, bool VNNI>
 __attribute__((noinline)) void kernel_int8(const Packed& P, int64_t p, int64_t b0, int64_t b1, const void* xg,
                                            const float* xs, const int32_t* xsum, float* acc) {
     const int tp = P.tiles_in_panel(p);
@@ -214,8 +226,7 @@ __attribute__((noinline)) void kernel_int8(const Packed& P, int64_t p, int64_t b
                     const int j0 = 2 * L * MR + r, j1 = j0 + MR;
                     const __m256i x0 = PRE ? _mm256_load_si256(xb + j0) : _mm256_set1_epi32(xi[j0]);
                     const __m256i x1 = PRE ? _mm256_load_si256(xb + j1) : _mm256_set1_epi32(xi[j1]);
-                    a[r] = _mm256_add_epi16(a[r], _mm256_maddubs_epi16(lo, x0));
-                    a[r] = _mm256_add_epi16(a[r], _mm256_maddubs_epi16(hi, x1));
+                    a[r] = dot_step<VNNI>(a[r], lo, x0, hi, x1);
                 }
                 pin(a);
             }
@@ -225,7 +236,7 @@ __attribute__((noinline)) void kernel_int8(const Packed& P, int64_t p, int64_t b
             if (!SYM)
                 zf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(zpanel + o))));
             for (int r = 0; r < MR; ++r) {
-                const __m256 d = block_dot<SYM>(a[r], zf, xsum[r * nb + b]);
+                const __m256 d = block_dot<SYM, VNNI>(a[r], zf, xsum[r * nb + b]);
                 const __m256 sc = _mm256_mul_ps(sv, _mm256_set1_ps(xs[r * nb + b]));
                 float* ap = acc + r * kPanelN + t * kTileN;
                 _mm256_store_ps(ap, _mm256_fmadd_ps(d, sc, _mm256_load_ps(ap)));
@@ -239,7 +250,7 @@ __attribute__((noinline)) void kernel_int8(const Packed& P, int64_t p, int64_t b
 // kernel_int8: a function of its own, the group's scales (and zero points) converted to f32 once per
 // group into a stack array that the epilogue reads as a folded memory operand, the int16 accumulators
 // pinned: 16 ymm registers hold the loop without spills.
-template <int MR, int TP, bool SYM>
+template <int MR, int TP, bool SYM, bool VNNI>
 __attribute__((noinline)) void kernel_int8_wide(const Packed& P, int64_t p, int64_t b0, int64_t b1, const int8_t* xq,
                                                 const float* xs, const int32_t* xsum, float* acc) {
     const int64_t kp = P.kp(), nb = P.nblocks;
@@ -284,8 +295,7 @@ __attribute__((noinline)) void kernel_int8_wide(const Packed& P, int64_t p, int6
                 const __m256i lo = _mm256_and_si256(v, m4);
                 const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
                 for (int r = 0; r < MR; ++r) {
-                    a[r * TP + t] = _mm256_add_epi16(a[r * TP + t], _mm256_maddubs_epi16(lo, x0[r]));
-                    a[r * TP + t] = _mm256_add_epi16(a[r * TP + t], _mm256_maddubs_epi16(hi, x1[r]));
+                    a[r * TP + t] = dot_step<VNNI>(a[r * TP + t], lo, x0[r], hi, x1[r]);
                 }
             }
             pin(a);
@@ -294,7 +304,7 @@ __attribute__((noinline)) void kernel_int8_wide(const Packed& P, int64_t p, int6
             const __m256 xsc = _mm256_set1_ps(xs[r * nb + b]);
             for (int t = 0; t < TP; ++t) {
                 const __m256 zt = SYM ? _mm256_setzero_ps() : _mm256_load_ps(zf + t * kTileN);
-                const __m256 d = block_dot<SYM>(a[r * TP + t], zt, xsum[r * nb + b]);
+                const __m256 d = block_dot<SYM, VNNI>(a[r * TP + t], zt, xsum[r * nb + b]);
                 const __m256 sc = _mm256_mul_ps(xsc, _mm256_load_ps(sf + t * kTileN));
                 if (MR == 1) {
                     f[t] = _mm256_fmadd_ps(d, sc, f[t]);
@@ -309,18 +319,18 @@ __attribute__((noinline)) void kernel_int8_wide(const Packed& P, int64_t p, int6
         for (int t = 0; t < TP; ++t) _mm256_store_ps(acc + t * kTileN, f[t]);
 }
 
-template <int MR, bool SYM>
+template <int MR, bool SYM, bool VNNI>
 void wide_dispatch(int tp, const Packed& P, int64_t p, int64_t b0, int64_t b1, const int8_t* xq, const float* xs,
                    const int32_t* xsum, float* acc) {
     switch (tp) {
-        case 1: kernel_int8_wide<MR, 1, SYM>(P, p, b0, b1, xq, xs, xsum, acc); break;
-        case 2: kernel_int8_wide<MR, 2, SYM>(P, p, b0, b1, xq, xs, xsum, acc); break;
-        case 3: kernel_int8_wide<MR, 3, SYM>(P, p, b0, b1, xq, xs, xsum, acc); break;
-        default: kernel_int8_wide<MR, 4, SYM>(P, p, b0, b1, xq, xs, xsum, acc); break;
+        case 1: kernel_int8_wide<MR, 1, SYM, VNNI>(P, p, b0, b1, xq, xs, xsum, acc); break;
+        case 2: kernel_int8_wide<MR, 2, SYM, VNNI>(P, p, b0, b1, xq, xs, xsum, acc); break;
+        case 3: kernel_int8_wide<MR, 3, SYM, VNNI>(P, p, b0, b1, xq, xs, xsum, acc); break;
+        default: kernel_int8_wide<MR, 4, SYM, VNNI>(P, p, b0, b1, xq, xs, xsum, acc); break;
     }
 }
 
-template <bool SYM>
+template <bool SYM, bool VNNI>
 void run_int8(const Packed& P, int64_t p, int64_t b0, int64_t b1, int64_t rows, const ActInt8& A, float* acc) {
     const int64_t kp = P.kp(), nb = P.nblocks;
     const bool pre = !A.qv.empty();
@@ -334,15 +344,15 @@ void run_int8(const Packed& P, int64_t p, int64_t b0, int64_t b1, int64_t rows, 
         const void* xg = pre ? static_cast<const void*>(A.qv.data() + r0 * nb * 8)
                              : static_cast<const void*>(A.qi.data() + r0 * nb * 8);
         switch (mr) {
-            case 1: wide_dispatch<1, SYM>(P.tiles_in_panel(p), P, p, b0, b1, xq, xs, xsum, a); break;
-            case 2: wide_dispatch<2, SYM>(P.tiles_in_panel(p), P, p, b0, b1, xq, xs, xsum, a); break;
+            case 1: wide_dispatch<1, SYM, VNNI>(P.tiles_in_panel(p), P, p, b0, b1, xq, xs, xsum, a); break;
+            case 2: wide_dispatch<2, SYM, VNNI>(P.tiles_in_panel(p), P, p, b0, b1, xq, xs, xsum, a); break;
             case 3:
-                if (pre) kernel_int8<3, SYM, true>(P, p, b0, b1, xg, xs, xsum, a);
-                else kernel_int8<3, SYM, false>(P, p, b0, b1, xg, xs, xsum, a);
+                if (pre) kernel_int8<3, SYM, true, VNNI>(P, p, b0, b1, xg, xs, xsum, a);
+                else kernel_int8<3, SYM, false, VNNI>(P, p, b0, b1, xg, xs, xsum, a);
                 break;
             default:
-                if (pre) kernel_int8<4, SYM, true>(P, p, b0, b1, xg, xs, xsum, a);
-                else kernel_int8<4, SYM, false>(P, p, b0, b1, xg, xs, xsum, a);
+                if (pre) kernel_int8<4, SYM, true, VNNI>(P, p, b0, b1, xg, xs, xsum, a);
+                else kernel_int8<4, SYM, false, VNNI>(P, p, b0, b1, xg, xs, xsum, a);
                 break;
         }
     }
@@ -428,7 +438,7 @@ float* scratch(int64_t floats) {
 
 }  // namespace
 
-void gemm_avx2(const Call& c, Compute mode) {
+void gemm_avx2(const Call& c, Compute mode, bool avx_vnni) {
     const Packed& P = *c.w;
     const int64_t kp = P.kp(), nb = P.nblocks, N = P.n;
     for (int64_t m0 = 0; m0 < c.m; m0 += kMaxRowsPerPass) {
@@ -483,8 +493,13 @@ void gemm_avx2(const Call& c, Compute mode) {
                 for (int64_t b0 = 0; b0 < nb; b0 += kChunkBlocks) {
                     const int64_t b1 = std::min(nb, b0 + kChunkBlocks);
                     if (mode == Compute::Int8) {
-                        if (P.symmetric) run_int8<true>(P, p, b0, b1, rows, A, acc);
-                        else run_int8<false>(P, p, b0, b1, rows, A, acc);
+                        if (avx_vnni) {
+                            if (P.symmetric) run_int8<true, true>(P, p, b0, b1, rows, A, acc);
+                            else run_int8<false, true>(P, p, b0, b1, rows, A, acc);
+                        } else {
+                            if (P.symmetric) run_int8<true, false>(P, p, b0, b1, rows, A, acc);
+                            else run_int8<false, false>(P, p, b0, b1, rows, A, acc);
+                        }
                     } else {
                         run_f32(P, p, b0, b1, rows, xf.data(), acc);
                     }

@@ -266,7 +266,7 @@ void gemm_int4_cpu(const Context&, const Int4Weight& w, const GemmInt4Args& a) {
         return;
     }
     if (isa == LLMN_CPU_ISA_AVX2) {
-        gemm_avx2(c, compute_mode());
+        gemm_avx2(c, compute_mode(), cpu::avx_vnni());
         return;
     }
 #endif

@@ -99,7 +99,7 @@ void gemm_scalar(const Call& c);
 // The scalar f32_to_f16 cost ~1.6 ns per output, 9 % of an M = 16 call at 4096^2. Same halves for every
 // non-NaN value (test Numeric.HalfConversionMatchesF16C); a NaN keeps its top payload bits here.
 void store_panel_f16c(const Call& c, int64_t r0, int64_t r1, int64_t n0, int cols, const float* acc);
-void gemm_avx2(const Call& c, Compute mode);
+void gemm_avx2(const Call& c, Compute mode, bool avx_vnni);
 // gemm_int4_avx512.cpp: requires active_isa() == AVX512; vnni: the CPU has AVX512-VNNI.
 void gemm_avx512(const Call& c, Compute mode, bool vnni);
 #endif
