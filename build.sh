@@ -16,6 +16,8 @@
 #   ./build.sh sanitize       native build + ctest with AddressSanitizer and UBSan (CUDA off)
 #   ./build.sh cross-arm64    linux-arm64 library cross-compiled (g++-aarch64-linux-gnu), native tests under
 #                             qemu-aarch64-static, staged in artifacts/native/linux-arm64/ for the next pack
+#   ./build.sh cross-win-x64  win-x64 llmnative.dll cross-compiled with MinGW-w64 (same AVX2/AVX-512 kernels),
+#                             native tests and the C ABI smoke test under Wine, staged in artifacts/native/win-x64/
 #   ./build.sh clean          remove build/ and artifacts/
 #
 # Environment: LLMNATIVE_CUDA=AUTO|ON|OFF (default AUTO), LLMNATIVE_BUILD_DIR (default build/native),
@@ -227,6 +229,27 @@ case "$verb" in
     mkdir -p "$root/artifacts/native/linux-arm64"
     cp -f "$arm_dir/lib/libllmnative.so" "$root/artifacts/native/linux-arm64/"
     say "cross-arm64: staged artifacts/native/linux-arm64/libllmnative.so (packed by the next ./build.sh pack)"
+    ;;
+  cross-win-x64)
+    # win-x64 from this x86-64 host: MinGW-w64 (GCC, so the SIMD kernels and their inline asm build as on
+    # Linux; libstdc++/winpthread linked statically: the DLL needs only KERNEL32 and msvcrt), tests under Wine.
+    check_native_prereqs
+    need x86_64-w64-mingw32-g++-posix "Install MinGW-w64 (Debian/Ubuntu: apt-get install g++-mingw-w64-x86-64-posix)."
+    command -v wine64 >/dev/null 2>&1 || command -v wine >/dev/null 2>&1 ||
+      die "'wine' was not found. Install it (Debian/Ubuntu: apt-get install wine64)."
+    [ -d /usr/src/googletest ] || die "GoogleTest sources not found in /usr/src/googletest (apt-get install googletest)"
+    win_dir="$root/build/win-x64"
+    say "cross-win-x64: configure ($win_dir, $config)"
+    # shellcheck disable=SC2046
+    cmake -S "$root" -B "$win_dir" $(generator_args) -DCMAKE_BUILD_TYPE="$config" \
+      -DCMAKE_TOOLCHAIN_FILE="$root/cmake/toolchains/x86_64-w64-mingw32.cmake" -DLLMNATIVE_CUDA=OFF \
+      -DLLMNATIVE_BUILD_BENCHMARKS=OFF -DLLMNATIVE_GTEST_SOURCE_DIR=/usr/src/googletest >/dev/null
+    cmake --build "$win_dir" --parallel "$jobs"
+    say "cross-win-x64: native tests and the C ABI smoke test under Wine"
+    (cd "$win_dir" && WINEDEBUG="${WINEDEBUG:--all}" ctest --output-on-failure --timeout 1800 -j "$jobs")
+    mkdir -p "$root/artifacts/native/win-x64"
+    cp -f "$win_dir/lib/llmnative.dll" "$root/artifacts/native/win-x64/"
+    say "cross-win-x64: staged artifacts/native/win-x64/llmnative.dll (packed by the next ./build.sh pack)"
     ;;
   bindings)
     check_dotnet

@@ -78,8 +78,8 @@ std::vector<float> model_side(int32_t fmt, bool value, const std::vector<float>&
 TEST(KvKivi, CodeRoundingIsRoundHalfAwayClamped) {
     auto reference = [](float x, float scale, float mn, int32_t qmax) -> int {
         if (scale == 0.0f) return 0;
-        const float c = std::round((x - mn) / scale);
-        return c < 0.0f ? 0 : c > float(qmax) ? qmax : int(c);
+        const double c = round_half_away_ref((x - mn) / scale);
+        return c < 0.0 ? 0 : c > double(qmax) ? qmax : int(c);
     };
     std::mt19937_64 g(test_seed());
     std::uniform_real_distribution<float> u(-3.0f, 20.0f);

@@ -115,8 +115,8 @@ TEST(KvQuant, Int8CodeRoundsHalfAwayFromZeroAndClamps) {
     EXPECT_EQ(llmn::f32_to_int8_code(127.4f), 127);
     EXPECT_EQ(llmn::f32_to_int8_code(127.0001f), 127);
     EXPECT_EQ(llmn::f32_to_int8_code(-300.0f), -127);
-    // Against clamp(std::round(y)): every half-integer in range and its f32 neighbours, random values.
-    auto ref = [](float y) { return int(std::min(127.0f, std::max(-127.0f, std::round(y)))); };
+    // Against clamp(round half away(y)): every half-integer in range and its f32 neighbours, random values.
+    auto ref = [](float y) { return int(std::min(127.0, std::max(-127.0, round_half_away_ref(y)))); };
     for (int k = -130; k <= 130; ++k)
         for (float y : {float(k) + 0.5f, std::nextafter(float(k) + 0.5f, -1e9f), std::nextafter(float(k) + 0.5f, 1e9f), float(k),
                         std::nextafter(float(k), -1e9f), std::nextafter(float(k), 1e9f)})

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <llmnative/llmnative.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <random>
@@ -40,6 +41,10 @@ inline uint64_t test_seed() {
     }();
     return seed;
 }
+
+// The tests' round-half-away-from-zero reference, in double (exact for every float below 2^52). Not
+// std::round: MinGW-w64's returns 1 for the largest float below 0.5 (win-x64 tests run under Wine).
+inline double round_half_away_ref(double y) { return std::copysign(std::floor(std::fabs(y) + 0.5), y); }
 
 inline std::mt19937_64 rng(uint64_t salt = 0) { return std::mt19937_64(test_seed() * 0x9E3779B97F4A7C15ull + salt); }
 

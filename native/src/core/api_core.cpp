@@ -9,7 +9,13 @@
 #include <cstring>
 #include <string>
 
-#if !defined(_WIN32)
+#if defined(_WIN32)
+#define WIN32_LEAN_AND_MEAN
+#ifndef NOMINMAX
+#define NOMINMAX
+#endif
+#include <windows.h>
+#else
 #include <dlfcn.h>
 #endif
 
@@ -35,7 +41,22 @@ LLMN_API llmn_status llmn_get_version(char* buffer, int32_t capacity, int32_t* l
 LLMN_API llmn_status llmn_get_library_path(char* buffer, int32_t capacity, int32_t* length) {
     return guard([&] {
         std::string path;
-#if !defined(_WIN32)
+#if defined(_WIN32)
+        // The module (DLL, or the executable when linked statically) holding this function, as UTF-8.
+        HMODULE mod = nullptr;
+        if (GetModuleHandleExW(GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS | GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT,
+                               reinterpret_cast<LPCWSTR>(&llmn_get_library_path), &mod)) {
+            std::wstring w(32768, L'\0');
+            const DWORD n = GetModuleFileNameW(mod, &w[0], DWORD(w.size()));
+            if (n > 0 && n < w.size()) {
+                const int u = WideCharToMultiByte(CP_UTF8, 0, w.data(), int(n), nullptr, 0, nullptr, nullptr);
+                if (u > 0) {
+                    path.resize(size_t(u));
+                    WideCharToMultiByte(CP_UTF8, 0, w.data(), int(n), &path[0], u, nullptr, nullptr);
+                }
+            }
+        }
+#else
         Dl_info info{};
         if (dladdr(reinterpret_cast<void*>(&llmn_get_library_path), &info) && info.dli_fname) path = info.dli_fname;
 #endif

@@ -1,6 +1,7 @@
 #include "context.hpp"
 
 #include "../cuda/cuda_runtime.hpp"
+#include "aligned.hpp"
 #include "log.hpp"
 
 #include <atomic>
@@ -64,7 +65,7 @@ void* alloc_bytes(const Context& ctx, llmn_memory memory, size_t bytes) {
     if (!ctx.is_cuda()) {
         // 64-byte alignment: full cache lines and aligned AVX-512 loads.
         size_t rounded = (bytes + 63) & ~size_t(63);
-        void* p = std::aligned_alloc(64, rounded);
+        void* p = aligned_malloc(64, rounded);
         if (!p) fail(LLMN_STATUS_OUT_OF_MEMORY, "host allocation of %zu bytes failed", bytes);
         return p;
     }
@@ -73,7 +74,7 @@ void* alloc_bytes(const Context& ctx, llmn_memory memory, size_t bytes) {
 
 void free_bytes(const Context& ctx, llmn_memory memory, void* p) {
     if (!p) return;
-    if (!ctx.is_cuda()) std::free(p);
+    if (!ctx.is_cuda()) aligned_free(p);
     else if (memory == LLMN_MEMORY_HOST) cuda::free_pinned(p);
     else cuda::free_device(ctx.device(), p);
 }

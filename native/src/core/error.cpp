@@ -1,4 +1,5 @@
 #include "error.hpp"
+#include "per_thread.hpp"
 
 #include <cstdio>
 #include <cstring>
@@ -8,7 +9,10 @@
 namespace llmn {
 
 namespace {
-thread_local std::string t_last_error;
+struct LastError {
+    std::string message;
+};
+std::string& last_error() { return per_thread<LastError>().message; }  // per thread (per_thread.hpp)
 }
 
 std::string vformat(const char* fmt, va_list args) {
@@ -38,8 +42,8 @@ void fail(llmn_status status, const char* fmt, ...) {
     throw Error(status, std::move(s));
 }
 
-void set_last_error(const std::string& message) { t_last_error = message; }
-void clear_last_error() { t_last_error.clear(); }
+void set_last_error(const std::string& message) { last_error() = message; }
+void clear_last_error() { last_error().clear(); }
 
 void copy_out_string(const std::string& s, char* buffer, int32_t capacity, int32_t* length) {
     LLMN_CHECK_ARG(capacity >= 0, "capacity must be >= 0 (got %d)", capacity);
@@ -64,7 +68,7 @@ int64_t checked_mul(int64_t a, int64_t b, const char* what) {
 extern "C" LLMN_API llmn_status llmn_get_last_error(char* buffer, int32_t capacity, int32_t* length) {
     // Deliberately not run through guard(): it must not clear the message it reports.
     if (capacity < 0 || (buffer == nullptr && capacity > 0)) return LLMN_STATUS_INVALID_ARGUMENT;
-    const std::string& s = llmn::t_last_error;
+    const std::string& s = llmn::last_error();
     if (length) *length = static_cast<int32_t>(s.size());
     if (capacity > 0) {
         size_t n = std::min(s.size(), static_cast<size_t>(capacity - 1));

@@ -21,14 +21,18 @@ private:
 };
 
 std::string format(const char* fmt, ...)
-#if defined(__GNUC__)
+#if defined(__MINGW32__)  // MinGW: C99 printf (__USE_MINGW_ANSI_STDIO), not msvcrt's
+    __attribute__((format(gnu_printf, 1, 2)))
+#elif defined(__GNUC__)
     __attribute__((format(printf, 1, 2)))
 #endif
     ;
 std::string vformat(const char* fmt, va_list args);
 
 [[noreturn]] void fail(llmn_status status, const char* fmt, ...)
-#if defined(__GNUC__)
+#if defined(__MINGW32__)  // MinGW: C99 printf (__USE_MINGW_ANSI_STDIO), not msvcrt's
+    __attribute__((format(gnu_printf, 2, 3)))
+#elif defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))
 #endif
     ;

@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <fstream>
 #include <mutex>
@@ -16,6 +17,13 @@
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#endif
+#if defined(_WIN32)
+#define WIN32_LEAN_AND_MEAN
+#ifndef NOMINMAX
+#define NOMINMAX
+#endif
+#include <windows.h>
 #endif
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
@@ -323,6 +331,16 @@ int64_t l3_cache_bytes() {
         if (unit == 'M') v *= 1024 * 1024;
         return v;
     }
+#elif defined(_WIN32)
+    DWORD len = 0;
+    GetLogicalProcessorInformation(nullptr, &len);
+    if (len > 0) {
+        std::vector<SYSTEM_LOGICAL_PROCESSOR_INFORMATION> info(len / sizeof(SYSTEM_LOGICAL_PROCESSOR_INFORMATION) + 1);
+        len = DWORD(info.size() * sizeof(SYSTEM_LOGICAL_PROCESSOR_INFORMATION));
+        if (GetLogicalProcessorInformation(info.data(), &len))
+            for (size_t i = 0; i < len / sizeof(SYSTEM_LOGICAL_PROCESSOR_INFORMATION); ++i)
+                if (info[i].Relationship == RelationCache && info[i].Cache.Level == 3) return int64_t(info[i].Cache.Size);
+    }
 #endif
     return 0;
 }
@@ -337,6 +355,20 @@ std::string model_name() {
             if (p != std::string::npos) return line.substr(p + 2);
         }
     }
+#elif LLMN_X86
+    // Elsewhere (Windows, macOS on x86): the CPUID brand string, leaves 0x80000002..4.
+    unsigned a, b, c, d;
+    if (__get_cpuid(0x80000000u, &a, &b, &c, &d) && a >= 0x80000004u) {
+        char brand[49] = {};
+        for (unsigned leaf = 0; leaf < 3; ++leaf) {
+            __get_cpuid(0x80000002u + leaf, &a, &b, &c, &d);
+            const unsigned r[4] = {a, b, c, d};
+            std::memcpy(brand + 16 * leaf, r, 16);
+        }
+        std::string s(brand);
+        const size_t first = s.find_first_not_of(' '), last = s.find_last_not_of(' ');
+        return first == std::string::npos ? std::string() : s.substr(first, last - first + 1);
+    }
 #endif
     return std::string();
 }
@@ -350,5 +382,6 @@ void set_thread_count(int threads) {
 }
 
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) { pool().run(n, fn); }
+
 
 }  // namespace llmn::cpu

@@ -18,6 +18,7 @@
 //    box running this kernel (one thread, cache-resident KV, four alternating rounds) the change was
 //    within noise (1 x 4k 985-1138 -> 941-1140 us); never measured on an AVX2-only CPU.
 #include "decode_attention_avx2_math.hpp"
+#include "../../core/per_thread.hpp"
 #include "decode_attention_cpu.hpp"
 
 #include <immintrin.h>
@@ -155,7 +156,11 @@ template <int DC>
 void run_item_impl(const Item& it) {
     const int D = DC > 0 ? DC : it.head_dim, R = it.rows, bs = it.block_size;
     const float NEG_INF = -std::numeric_limits<float>::infinity();
-    thread_local std::vector<float> acc, m, l, sbuf;
+    struct Scratch {
+        std::vector<float> acc, m, l, sbuf;
+    };  // per thread (core/per_thread.hpp)
+    Scratch& w_ = per_thread<Scratch>();
+    auto &acc = w_.acc, &m = w_.m, &l = w_.l, &sbuf = w_.sbuf;
     acc.assign(size_t(R) * D, 0.0f);
     m.assign(size_t(R), NEG_INF);
     l.assign(size_t(R), 0.0f);

@@ -21,6 +21,7 @@
 // Only this file's functions are compiled with AVX-512 flags, and all of them have internal linkage
 // (no inline function shared with the AVX2 files, which would let the linker pick a zmm copy).
 #include "decode_attention_cpu.hpp"
+#include "../../core/per_thread.hpp"
 
 #include "decode_attention_avx512_math.hpp"
 
@@ -138,7 +139,11 @@ template <int DC>
 void run_item_impl(const Item& it) {
     const int D = DC > 0 ? DC : it.head_dim, R = it.rows, bs = it.block_size;
     const float NEG_INF = -std::numeric_limits<float>::infinity();
-    thread_local std::vector<float> acc, m, l, sbuf;
+    struct Scratch {
+        std::vector<float> acc, m, l, sbuf;
+    };  // per thread (core/per_thread.hpp)
+    Scratch& w_ = per_thread<Scratch>();
+    auto &acc = w_.acc, &m = w_.m, &l = w_.l, &sbuf = w_.sbuf;
     acc.assign(size_t(R) * D, 0.0f);
     m.assign(size_t(R), NEG_INF);
     l.assign(size_t(R), 0.0f);

@@ -7,6 +7,7 @@
 // workspace slot, and the merge walks splits in order. Scheduling therefore never changes a bit;
 // a different thread count changes results only through the automatic split count (num_splits = 0).
 #include "decode_attention.hpp"
+#include "../../core/per_thread.hpp"
 #include "decode_attention_cpu.hpp"
 
 #include "../../core/numeric.hpp"
@@ -84,7 +85,17 @@ float quantize_query_row(const float* x, int32_t n, int8_t* codes) {
 void run_item_scalar(const Item& it) {
     const int32_t D = it.head_dim, R = it.rows;
     const float NEG_INF = -std::numeric_limits<float>::infinity();
-    thread_local std::vector<float> kf, vf, acc, m, l, s, ksc, vsc;
+    struct Scratch {  // per thread (core/per_thread.hpp)
+        std::vector<float> kf, vf, acc, m, l, s, ksc, vsc;
+        std::vector<int8_t> kq_codes;  // INT8 query on KIVI keys: per row, the rounded folded query of
+        std::vector<float> kq_fold, kq_scale, kq_kc;  // the block last used
+        std::vector<int64_t> kq_block;
+    };
+    Scratch& w_ = per_thread<Scratch>();
+    auto &kf = w_.kf, &vf = w_.vf, &acc = w_.acc, &m = w_.m, &l = w_.l, &s = w_.s, &ksc = w_.ksc, &vsc = w_.vsc;
+    auto &kq_codes = w_.kq_codes;
+    auto &kq_fold = w_.kq_fold, &kq_scale = w_.kq_scale, &kq_kc = w_.kq_kc;
+    auto &kq_block = w_.kq_block;
     ksc.resize(size_t(kTileKeys));
     vsc.resize(size_t(kTileKeys));
     kf.resize(size_t(kTileKeys) * D);
@@ -93,11 +104,7 @@ void run_item_scalar(const Item& it) {
     m.assign(size_t(R), NEG_INF);
     l.assign(size_t(R), 0.0f);
     s.resize(size_t(kTileKeys));
-    // INT8 query on KIVI keys: per row, the rounded folded query of the block last used
     const bool kq8 = it.q8_kivi && kv_format_is_kivi(it.k_format);
-    thread_local std::vector<int8_t> kq_codes;
-    thread_local std::vector<float> kq_fold, kq_scale, kq_kc;
-    thread_local std::vector<int64_t> kq_block;
     if (kq8) {
         kq_codes.resize(size_t(R) * D);
         kq_fold.resize(size_t(D));

@@ -14,6 +14,7 @@
 //    added to the group's channels once per tile (so acc += p (s code + m) without a dequantized row);
 //  - the partial (residual) block reads f16 rows from the residual tile with F16C.
 #include "decode_attention_avx2_math.hpp"
+#include "../../core/per_thread.hpp"
 #include "decode_attention_cpu.hpp"
 
 #include "../../core/numeric.hpp"
@@ -514,7 +515,7 @@ template <int KF, int VF>
 void run_item_t(const Item& it) {
     const int D = it.head_dim, R = it.rows, bs = it.block_size;
     const float NEG_INF = -std::numeric_limits<float>::infinity();
-    thread_local State st;
+    State& st = per_thread<State>();  // per thread (core/per_thread.hpp)
     const int G = D / (it.value_group > 0 ? it.value_group : D);
     st.acc.assign(size_t(R) * D, 0.0f);
     st.m.assign(size_t(R), NEG_INF);

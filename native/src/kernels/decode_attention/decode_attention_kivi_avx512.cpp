@@ -22,6 +22,7 @@
 // Only this file's functions are compiled with AVX-512 flags, and all of them have internal linkage
 // (no inline function shared with the AVX2 files, which would let the linker pick a zmm copy).
 #include "decode_attention_avx512_math.hpp"
+#include "../../core/per_thread.hpp"
 #include "decode_attention_cpu.hpp"
 
 #include "../../cpu/cpu_runtime.hpp"
@@ -654,7 +655,7 @@ template <int KF, int VF, int DC>
 void run_item_t(const Item& it) {
     const int D = it.head_dim, R = it.rows, bs = it.block_size;
     const float NEG_INF = -std::numeric_limits<float>::infinity();
-    thread_local State st;
+    State& st = per_thread<State>();  // per thread (core/per_thread.hpp)
     const int G = D / (it.value_group > 0 ? it.value_group : D);
     st.acc.assign(size_t(R) * D, 0.0f);
     st.m.assign(size_t(R), NEG_INF);

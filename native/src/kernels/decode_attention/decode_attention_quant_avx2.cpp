@@ -28,6 +28,7 @@
 // DRAM, three alternating rounds of BM_AttentionQuantVsF16): INT8 now 1.41-1.50x the f16 kernel's
 // speed in the same rounds (was 1.06-1.20x), FP8 1.18-1.28x (was 0.95-1.06x).
 #include "decode_attention_avx2_math.hpp"
+#include "../../core/per_thread.hpp"
 #include "decode_attention_cpu.hpp"
 
 #include "../../cpu/avx_vnni.hpp"
@@ -446,7 +447,11 @@ template <int KF, int VF, bool Z, int DC>
 void run_item_t(const Item& it) {
     const int D = DC > 0 ? DC : it.head_dim, R = it.rows, bs = it.block_size;
     const float NEG_INF = -std::numeric_limits<float>::infinity();
-    thread_local std::vector<float> acc, m, l, sbuf, pbuf;
+    struct Scratch {
+        std::vector<float> acc, m, l, sbuf, pbuf;
+    };  // per thread (core/per_thread.hpp)
+    Scratch& w_ = per_thread<Scratch>();
+    auto &acc = w_.acc, &m = w_.m, &l = w_.l, &sbuf = w_.sbuf, &pbuf = w_.pbuf;
     acc.assign(size_t(R) * D, 0.0f);
     m.assign(size_t(R), NEG_INF);
     l.assign(size_t(R), 0.0f);

@@ -17,6 +17,7 @@
 //    little at a time meanwhile so its rows arrive while this one is computed (with the packing
 //    loop's own prefetch 8 rows ahead: 30-36 GFLOP/s single-threaded at M = 16, 22 without either).
 #include "gemm_dense_cpu.hpp"
+#include "../../core/per_thread.hpp"
 
 #include "../../cpu/cpu_runtime.hpp"
 
@@ -208,7 +209,11 @@ void gemm_avx2(const Call& c) {
 
         cpu::parallel_for(slabs, [&](int64_t s) {
             const int64_t n0 = s * slab, cols = std::min(slab, N - n0);
-            thread_local std::vector<float> acc_buf, pack_buf;
+            struct Scratch {
+                std::vector<float> acc_buf, pack_buf;
+            };  // per thread (core/per_thread.hpp)
+            Scratch& w_ = per_thread<Scratch>();
+            auto &acc_buf = w_.acc_buf, &pack_buf = w_.pack_buf;
             float* acc = aligned_scratch(acc_buf, static_cast<size_t>(rows * slab));
             std::memset(acc, 0, static_cast<size_t>(rows * slab) * sizeof(float));
             if (axpy) {

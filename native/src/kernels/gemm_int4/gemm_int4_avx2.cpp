@@ -30,6 +30,7 @@
 // Int8 is within the error bound stated above and 2.7-2.9x faster, so it is the default.
 // Non-finite activations: the block's int8 scale becomes NaN, so the affected outputs are NaN.
 #include "gemm_int4_cpu.hpp"
+#include "../../core/per_thread.hpp"
 
 #include "../../cpu/avx_vnni.hpp"
 #include "../../cpu/cpu_runtime.hpp"
@@ -426,7 +427,10 @@ void run_f32(const Packed& P, int64_t p, int64_t b0, int64_t b1, int64_t rows, c
 }
 
 float* scratch(int64_t floats) {
-    thread_local std::vector<float, std::allocator<float>> buf;
+    struct Scratch {
+        std::vector<float> buf;
+    };  // per thread (core/per_thread.hpp)
+    std::vector<float>& buf = per_thread<Scratch>().buf;
     // 32-byte alignment for _mm256_load_ps: over-allocate and align by hand.
     const size_t need = static_cast<size_t>(floats) + 8;
     if (buf.size() < need) buf.assign(need, 0.0f);

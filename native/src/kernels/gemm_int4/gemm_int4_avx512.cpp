@@ -62,6 +62,7 @@
 // *_avx512.cpp F/BW/VL/DQ only) and the non-VNNI kernel cannot contain it; the caller decides with
 // CPUID (int4cpu::avx512_vnni()).
 #include "gemm_int4_cpu.hpp"
+#include "../../core/per_thread.hpp"
 
 #include "../../cpu/cpu_runtime.hpp"
 
@@ -113,12 +114,12 @@ struct Mem {
     Mem() = default;
     Mem(const Mem&) = delete;
     Mem& operator=(const Mem&) = delete;
-    ~Mem() { std::free(p); }
+    ~Mem() { aligned_free(p); }
     void* get(size_t bytes) {
         if (bytes > cap) {
-            std::free(p);
+            aligned_free(p);
             cap = (bytes + 63) / 64 * 64;
-            p = std::aligned_alloc(64, cap);
+            p = aligned_malloc(64, cap);
             if (!p) {
                 cap = 0;
                 throw std::bad_alloc();
@@ -129,7 +130,7 @@ struct Mem {
 };
 
 float* scratch(int64_t floats) {
-    thread_local Mem buf;
+    Mem& buf = per_thread<Mem>();  // per thread (core/per_thread.hpp)
     float* p = static_cast<float*>(buf.get(static_cast<size_t>(floats) * sizeof(float)));
     std::memset(p, 0, static_cast<size_t>(floats) * sizeof(float));
     return p;

@@ -168,7 +168,7 @@ std::unique_ptr<Int4Packed> int4_pack_cpu(const Int4Canonical& c) {
         // BM_Int4Gemm at M = 1 on a Zen 5 VM, mean weight bytes/s: 54-58 -> 62-69 GB/s).
         const size_t align = size_t(P->data_bytes) >= cpu::kHugePageMinBytes ? cpu::kHugePageBytes : 64;
         const size_t bytes = (static_cast<size_t>(P->data_bytes) + align - 1) / align * align;
-        P->data.reset(static_cast<uint8_t*>(std::aligned_alloc(align, bytes)));
+        P->data.reset(static_cast<uint8_t*>(aligned_malloc(align, bytes)));
         cpu::advise_huge_pages(P->data.get(), bytes);
     }
     if (!P->data) fail(LLMN_STATUS_OUT_OF_MEMORY, "allocating %lld bytes for the packed INT4 weight failed",

@@ -19,6 +19,7 @@
 //   scales: [panel][group][tile in panel][8] fp16 bits
 //   zeros:  [panel][group][tile in panel][8] uint8 (asymmetric weights only)
 #pragma once
+#include "../../core/aligned.hpp"
 #include "int4_weight.hpp"
 
 #include <algorithm>
@@ -36,7 +37,7 @@ constexpr int kPanelN = kTileN * kPanelTiles;
 constexpr int kTileBlockBytes = kBlockK * kTileN / 2;  // 128
 
 struct FreeDeleter {
-    void operator()(void* p) const { std::free(p); }
+    void operator()(void* p) const { aligned_free(p); }
 };
 
 struct Packed final : Int4Packed {

@@ -14,7 +14,7 @@
 //     exactly (the scale formula then recovers s exactly);
 //   * asymmetric (AWQ, GPTQ sym=False): lo = min(min, 0), hi = max(max, 0), scale = (hi - lo) / 15,
 //     zero = clamp(round(-lo / scale), 0, 15), q = clamp(round(w / scale) + zero, 0, 15);
-//   * round() is half away from zero (std::round); an all-zero group gets scale 0 (dequantizes to 0);
+//   * round() is half away from zero (round_half_away: std::round's definition, not MinGW's libm); an all-zero group gets scale 0 (dequantizes to 0);
 //   * NaN/Inf weights, and groups whose scale would exceed the fp16 maximum, are rejected.
 //
 // GPTQ checkpoints (AutoGPTQ / GPTQModel / Transformers, tensors exactly as in safetensors):
@@ -205,7 +205,7 @@ Int4Canonical int4_quantize(const llmn_int4_weight_desc& desc, int32_t src_dtype
                 c.zeros[i] = 8;
             } else {
                 double s = f16_to_f32(h);
-                c.zeros[i] = s == 0 ? 0 : static_cast<uint8_t>(clamp15(std::round(-lo / s)));
+                c.zeros[i] = s == 0 ? 0 : static_cast<uint8_t>(clamp15(round_half_away(-lo / s)));
             }
         }
     }
@@ -222,7 +222,7 @@ Int4Canonical int4_quantize(const llmn_int4_weight_desc& desc, int32_t src_dtype
                 int z = c.zeros[gi];
                 double w = load_float(weights, src_dtype, k * N + n);
                 c.q[static_cast<size_t>(k * N + n)] = s == 0 ? static_cast<uint8_t>(z)
-                                                             : static_cast<uint8_t>(clamp15(std::round(w / s) + z));
+                                                             : static_cast<uint8_t>(clamp15(round_half_away(w / s) + z));
             }
         }
     });

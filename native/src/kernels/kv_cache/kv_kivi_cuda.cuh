@@ -88,10 +88,13 @@ LLMN_HD uint16_t kivi_scale_bits(float lo, float hi, int32_t qmax) {
 // kivi_code: clamp(round_half_away((x - mn) / scale), 0, qmax); scale 0 -> 0.
 LLMN_HD uint32_t kivi_code(float x, float scale, float mn, int32_t qmax) {
     if (scale == 0.0f) return 0;
-    const float c = roundf(div_rn(x - mn, scale));
-    if (!(c > 0.0f)) return 0;  // also NaN (never from validated input): no float->uint UB
-    if (c >= float(qmax)) return uint32_t(qmax);
-    return uint32_t(c);
+    // as kv_kivi.hpp's kivi_code (not roundf: MinGW-w64's host roundf returns 1 for 0.49999997f, and the
+    // tests run this codec on the host): for v in (0, qmax) truncation and fraction are exact
+    const float v = div_rn(x - mn, scale);
+    if (!(v > 0.0f)) return 0;  // also NaN (never from validated input): no float->uint UB
+    if (v >= float(qmax)) return uint32_t(qmax);
+    const uint32_t i = uint32_t(v);
+    return i + uint32_t(v - float(i) >= 0.5f);
 }
 
 // One group's statistics: the stored f16 scale and minimum, and the f32 values the codes use.

@@ -177,12 +177,18 @@ LLMN_HD uint8_t f32_to_e4m3_bits(float x) {
     return uint8_t(sign | code);
 }
 
-// y = x / scale -> INT8 code: round half away from zero, clamp to +-127 (as f32_to_int8_code).
+// y = x / scale -> INT8 code: round half away from zero, clamp to +-127. The CPU codec's formulation
+// (kv_quant.hpp f32_to_int8_code: exact truncation and fraction), not roundf, whose MinGW-w64 host
+// version returns 1 for 0.49999997f (the tests run this codec on the host).
 LLMN_HD uint8_t f32_to_int8_bits(float y) {
-    float r = roundf(y);
-    if (r > kInt8Max) r = kInt8Max;
-    if (r < -kInt8Max) r = -kInt8Max;
-    return uint8_t(int8_t(int(r)));
+    if (!(y < kInt8Max + 1.0f)) return uint8_t(int8_t(127));
+    if (!(y > -kInt8Max - 1.0f)) return uint8_t(int8_t(-127));
+    int t = int(y);
+    const float frac = y - float(t);
+    t += int(frac >= 0.5f) - int(frac <= -0.5f);
+    t = t > 127 ? 127 : t;
+    t = t < -127 ? -127 : t;
+    return uint8_t(int8_t(t));
 }
 
 // Scale of a row from its max |x| (kv_quantize_row): 0 means "all codes 0".
