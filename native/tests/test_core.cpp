@@ -321,3 +321,22 @@ TEST(Numeric, Bf16RoundsToNearestEven) {
     EXPECT_EQ(llmn::f32_to_bf16(llmn::f32_from_bits(0x3f808001u)), 0x3f81);
     EXPECT_EQ(llmn::bf16_to_f32(0x3f80), 1.0f);
 }
+
+// round_half_away (the INT4 quantizer's rounding) at every half-integer k + 0.5 in [-300, 300] and its two
+// neighbours, where MinGW-w64's round() fails; the expected values follow from k alone (no libm involved).
+TEST(Numeric, RoundHalfAwayNextToHalfIntegers) {
+    for (int k = -300; k <= 300; ++k) {
+        const double h = double(k) + 0.5;  // exact
+        const double away = k >= 0 ? double(k) + 1.0 : double(k);  // round-half-away of h
+        EXPECT_EQ(llmn::round_half_away(h), away) << h;
+        EXPECT_EQ(llmn::round_half_away(std::nextafter(h, 0.0)), k >= 0 ? double(k) : double(k) + 1.0) << h;
+        EXPECT_EQ(llmn::round_half_away(std::nextafter(h, h > 0 ? 1e9 : -1e9)), away) << h;
+        EXPECT_EQ(llmn::round_half_away(double(k)), double(k));
+    }
+    EXPECT_EQ(llmn::round_half_away(0.49999999999999994), 0.0);  // MinGW's round() gives 1
+    EXPECT_EQ(llmn::round_half_away(-0.49999999999999994), 0.0);
+    EXPECT_EQ(llmn::round_half_away(4503599627370497.0), 4503599627370497.0);  // >= 2^52: already an integer
+    EXPECT_EQ(llmn::round_half_away(1e300), 1e300);
+    EXPECT_TRUE(std::isinf(llmn::round_half_away(HUGE_VAL)));
+    EXPECT_TRUE(std::isnan(llmn::round_half_away(std::nan(""))));
+}

@@ -8,17 +8,17 @@
 namespace llmn {
 
 inline uint32_t f32_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+inline float f32_from_bits(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 
-// Round half away from zero (what std::round specifies), without libm: MinGW-w64's round() returns 1 for
-// the largest double below 0.5 (it adds 0.5 and truncates), so the same weights would quantize
-// differently in the win-x64 build. The truncation and the fraction x - t are exact. |x| >= 2^52,
-// inf and NaN come back unchanged.
+// Round half away from zero (std::round's definition, up to the sign of a zero result), without libm:
+// MinGW-w64's round() returns 1 for the largest double below 0.5 (it adds 0.5 and truncates), so the
+// same weights would quantize differently in the win-x64 build. The truncation and the fraction x - t
+// are exact. |x| >= 2^52, inf and NaN come back unchanged.
 inline double round_half_away(double x) {
     if (!(x < 4503599627370496.0 && x > -4503599627370496.0)) return x;
     const double t = double(int64_t(x)), f = x - t;
     return f >= 0.5 ? t + 1.0 : f <= -0.5 ? t - 1.0 : t;
 }
-inline float f32_from_bits(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 
 inline float f16_to_f32(uint16_t h) {
     uint32_t sign = uint32_t(h & 0x8000) << 16;
