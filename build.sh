@@ -239,13 +239,17 @@ case "$verb" in
       die "'wine' was not found. Install it (Debian/Ubuntu: apt-get install wine64)."
     [ -d /usr/src/googletest ] || die "GoogleTest sources not found in /usr/src/googletest (apt-get install googletest)"
     win_dir="$root/build/win-x64"
-    # One persistent Wine server for the whole verb: with a server that exits when idle, a test process that
-    # connects while it is shutting down dies with "recvmsg: Connection reset by peer" (seen under ctest -j).
+    # One persistent Wine server for the whole verb (with a server that exits when idle, a test process that
+    # connects while it is shutting down dies with "recvmsg: Connection reset by peer"), started once, alone
+    # and detached from our output: the first start also starts Wine's services (and sets up the prefix),
+    # which inherit the starting process's stdout; started by the build's test discovery they kept its pipe
+    # open, and two tests starting Wine at once could hang.
     wine_server="$(command -v wineserver || true)"
     if [ -n "$wine_server" ]; then
       "$wine_server" -p </dev/null >/dev/null 2>&1 || true
       trap '"$wine_server" -k </dev/null >/dev/null 2>&1 || true' EXIT
     fi
+    WINEDEBUG=-all "$(command -v wine64 || command -v wine)" cmd /c exit </dev/null >/dev/null 2>&1 || true
     say "cross-win-x64: configure ($win_dir, $config)"
     # shellcheck disable=SC2046
     cmake -S "$root" -B "$win_dir" $(generator_args) -DCMAKE_BUILD_TYPE="$config" \
@@ -253,9 +257,6 @@ case "$verb" in
       -DLLMNATIVE_BUILD_BENCHMARKS=OFF -DLLMNATIVE_GTEST_SOURCE_DIR=/usr/src/googletest >/dev/null
     cmake --build "$win_dir" --parallel "$jobs"
     say "cross-win-x64: native tests and the C ABI smoke test under Wine"
-    # Start Wine once, alone: two test processes that both start it (prefix set-up on the first run, a server
-    # that has just exited) can hang or lose their server connection.
-    WINEDEBUG=-all "$(command -v wine64 || command -v wine)" cmd /c exit </dev/null >/dev/null 2>&1 || true
     (cd "$win_dir" && WINEDEBUG="${WINEDEBUG:--all}" ctest --output-on-failure --timeout 1800 -j "$jobs")
     mkdir -p "$root/artifacts/native/win-x64"
     cp -f "$win_dir/lib/llmnative.dll" "$root/artifacts/native/win-x64/"
