@@ -59,6 +59,26 @@ check_dotnet() {
   need dotnet "Install the .NET SDK 10 (https://dot.net; see global.json)."
 }
 
+# cross_build <verb> <rid> <toolchain file> <library file> <what the tests run under>: configures and builds
+# build/<rid> with cmake/toolchains/<toolchain file> (CPU backend, no benchmarks, GoogleTest from source), runs
+# ctest there (through the toolchain's CMAKE_CROSSCOMPILING_EMULATOR), and stages the library in
+# artifacts/native/<rid>/ for the next pack.
+cross_build() {
+  local verb="$1" rid="$2" toolchain="$3" lib="$4" tests="$5" dir="$root/build/$2"
+  [ -d /usr/src/googletest ] || die "GoogleTest sources not found in /usr/src/googletest (apt-get install googletest)"
+  say "$verb: configure ($dir, $config)"
+  # shellcheck disable=SC2046
+  cmake -S "$root" -B "$dir" $(generator_args) -DCMAKE_BUILD_TYPE="$config" \
+    -DCMAKE_TOOLCHAIN_FILE="$root/cmake/toolchains/$toolchain" -DLLMNATIVE_CUDA=OFF \
+    -DLLMNATIVE_BUILD_BENCHMARKS=OFF -DLLMNATIVE_GTEST_SOURCE_DIR=/usr/src/googletest >/dev/null
+  cmake --build "$dir" --parallel "$jobs"
+  say "$verb: $tests"
+  (cd "$dir" && ctest --output-on-failure --timeout 1800 -j "$jobs")
+  mkdir -p "$root/artifacts/native/$rid"
+  cp -f "$dir/lib/$lib" "$root/artifacts/native/$rid/"
+  say "$verb: staged artifacts/native/$rid/$lib (packed by the next ./build.sh pack)"
+}
+
 generator_args() {
   if command -v ninja >/dev/null 2>&1; then echo "-G Ninja"; fi
 }
@@ -216,19 +236,7 @@ case "$verb" in
     check_native_prereqs
     need aarch64-linux-gnu-g++ "Install the cross compiler (Debian/Ubuntu: apt-get install g++-aarch64-linux-gnu)."
     need qemu-aarch64-static "Install qemu-user (Debian/Ubuntu: apt-get install qemu-user-static)."
-    [ -d /usr/src/googletest ] || die "GoogleTest sources not found in /usr/src/googletest (apt-get install googletest)"
-    arm_dir="$root/build/linux-arm64"
-    say "cross-arm64: configure ($arm_dir, $config)"
-    # shellcheck disable=SC2046
-    cmake -S "$root" -B "$arm_dir" $(generator_args) -DCMAKE_BUILD_TYPE="$config" \
-      -DCMAKE_TOOLCHAIN_FILE="$root/cmake/toolchains/aarch64-linux-gnu.cmake" -DLLMNATIVE_CUDA=OFF \
-      -DLLMNATIVE_BUILD_BENCHMARKS=OFF -DLLMNATIVE_GTEST_SOURCE_DIR=/usr/src/googletest >/dev/null
-    cmake --build "$arm_dir" --parallel "$jobs"
-    say "cross-arm64: native tests under qemu-aarch64"
-    (cd "$arm_dir" && ctest --output-on-failure --timeout 1800 -j "$jobs")
-    mkdir -p "$root/artifacts/native/linux-arm64"
-    cp -f "$arm_dir/lib/libllmnative.so" "$root/artifacts/native/linux-arm64/"
-    say "cross-arm64: staged artifacts/native/linux-arm64/libllmnative.so (packed by the next ./build.sh pack)"
+    cross_build cross-arm64 linux-arm64 aarch64-linux-gnu.cmake libllmnative.so "native tests under qemu-aarch64"
     ;;
   cross-win-x64)
     # win-x64 from this x86-64 host: MinGW-w64 (GCC, so the SIMD kernels and their inline asm build as on
@@ -237,8 +245,6 @@ case "$verb" in
     need x86_64-w64-mingw32-g++-posix "Install MinGW-w64 (Debian/Ubuntu: apt-get install g++-mingw-w64-x86-64-posix)."
     command -v wine64 >/dev/null 2>&1 || command -v wine >/dev/null 2>&1 ||
       die "'wine' was not found. Install it (Debian/Ubuntu: apt-get install wine64)."
-    [ -d /usr/src/googletest ] || die "GoogleTest sources not found in /usr/src/googletest (apt-get install googletest)"
-    win_dir="$root/build/win-x64"
     # One persistent Wine server for the whole verb (with a server that exits when idle, a test process that
     # connects while it is shutting down dies with "recvmsg: Connection reset by peer"), started once, alone
     # and detached from our output: the first start also starts Wine's services (and sets up the prefix),
@@ -250,17 +256,8 @@ case "$verb" in
       trap '"$wine_server" -k </dev/null >/dev/null 2>&1 || true' EXIT
     fi
     WINEDEBUG=-all "$(command -v wine64 || command -v wine)" cmd /c exit </dev/null >/dev/null 2>&1 || true
-    say "cross-win-x64: configure ($win_dir, $config)"
-    # shellcheck disable=SC2046
-    cmake -S "$root" -B "$win_dir" $(generator_args) -DCMAKE_BUILD_TYPE="$config" \
-      -DCMAKE_TOOLCHAIN_FILE="$root/cmake/toolchains/x86_64-w64-mingw32.cmake" -DLLMNATIVE_CUDA=OFF \
-      -DLLMNATIVE_BUILD_BENCHMARKS=OFF -DLLMNATIVE_GTEST_SOURCE_DIR=/usr/src/googletest >/dev/null
-    cmake --build "$win_dir" --parallel "$jobs"
-    say "cross-win-x64: native tests and the C ABI smoke test under Wine"
-    (cd "$win_dir" && WINEDEBUG="${WINEDEBUG:--all}" ctest --output-on-failure --timeout 1800 -j "$jobs")
-    mkdir -p "$root/artifacts/native/win-x64"
-    cp -f "$win_dir/lib/llmnative.dll" "$root/artifacts/native/win-x64/"
-    say "cross-win-x64: staged artifacts/native/win-x64/llmnative.dll (packed by the next ./build.sh pack)"
+    export WINEDEBUG="${WINEDEBUG:--all}"
+    cross_build cross-win-x64 win-x64 x86_64-w64-mingw32.cmake llmnative.dll "native tests and the C ABI smoke test under Wine"
     ;;
   bindings)
     check_dotnet

@@ -185,24 +185,16 @@ std::vector<int32_t> simd_isas() {
 }
 
 #if defined(__x86_64__) || defined(_M_X64)
-// Forces the AVX-512 Int8 kernel without VNNI (vpmaddubsw) for its lifetime.
+// Switches one VNNI flag (cpu::set_avx512_vnni or cpu::set_avx_vnni) off for its lifetime when asked:
+// the AVX-512 or AVX2 Int8 kernel then runs its vpmaddubsw loop.
 struct NoVnniScope {
+    void (*set)(bool);
     bool on;
-    explicit NoVnniScope(bool disable) : on(disable) {
-        if (on) llmn::cpu::set_avx512_vnni(false);
+    NoVnniScope(void (*setter)(bool), bool disable) : set(setter), on(disable) {
+        if (on) set(false);
     }
     ~NoVnniScope() {
-        if (on) llmn::cpu::set_avx512_vnni(true);
-    }
-};
-// Forces the AVX2 Int8 kernel without AVX-VNNI (vpmaddubsw) for its lifetime.
-struct NoAvxVnniScope {
-    bool on;
-    explicit NoAvxVnniScope(bool disable) : on(disable) {
-        if (on) llmn::cpu::set_avx_vnni(false);
-    }
-    ~NoAvxVnniScope() {
-        if (on) llmn::cpu::set_avx_vnni(true);
+        if (on) set(true);
     }
 };
 #endif
@@ -808,8 +800,8 @@ void run_case(llmn_context ctx, const GemmCase& c, std::mt19937_64& g) {
         ComputeScope cm(p == Path::Avx2F32 || p == Path::Avx512F32 ? llmn::int4cpu::Compute::F32
                                                                     : llmn::int4cpu::Compute::Int8);
 #if defined(__x86_64__) || defined(_M_X64)
-        NoVnniScope nv(p == Path::Avx512Int8NoVnni);
-        NoAvxVnniScope nav(p == Path::Avx2Int8NoVnni);
+        NoVnniScope nv(llmn::cpu::set_avx512_vnni, p == Path::Avx512Int8NoVnni);
+        NoVnniScope nav(llmn::cpu::set_avx_vnni, p == Path::Avx2Int8NoVnni);
 #endif
         yb.poison();
         LLMN_ASSERT_OK(llmn_gemm_int4(ctx, xb.h, W.h, c.bias ? bb.h : nullptr, yb.h, M));

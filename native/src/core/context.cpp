@@ -63,9 +63,8 @@ void check_dtype(int32_t dtype, const char* param) {
 void* alloc_bytes(const Context& ctx, llmn_memory memory, size_t bytes) {
     if (bytes == 0) bytes = 1;
     if (!ctx.is_cuda()) {
-        // 64-byte alignment: full cache lines and aligned AVX-512 loads.
-        size_t rounded = (bytes + 63) & ~size_t(63);
-        void* p = aligned_malloc(64, rounded);
+        // 64-byte alignment (the size rounded up to it): full cache lines and aligned AVX-512 loads.
+        void* p = aligned_malloc(64, bytes);
         if (!p) fail(LLMN_STATUS_OUT_OF_MEMORY, "host allocation of %zu bytes failed", bytes);
         return p;
     }

@@ -3,6 +3,8 @@
 #pragma once
 #include <llmnative/llmnative.h>
 
+#include "log.hpp"  // LLMN_PRINTF_FORMAT
+
 #include <cstdarg>
 #include <exception>
 #include <string>
@@ -20,22 +22,10 @@ private:
     std::string message_;
 };
 
-std::string format(const char* fmt, ...)
-#if defined(__MINGW32__)  // MinGW: C99 printf (__USE_MINGW_ANSI_STDIO), not msvcrt's
-    __attribute__((format(gnu_printf, 1, 2)))
-#elif defined(__GNUC__)
-    __attribute__((format(printf, 1, 2)))
-#endif
-    ;
+std::string format(const char* fmt, ...) LLMN_PRINTF_FORMAT(1, 2);
 std::string vformat(const char* fmt, va_list args);
 
-[[noreturn]] void fail(llmn_status status, const char* fmt, ...)
-#if defined(__MINGW32__)  // MinGW: C99 printf (__USE_MINGW_ANSI_STDIO), not msvcrt's
-    __attribute__((format(gnu_printf, 2, 3)))
-#elif defined(__GNUC__)
-    __attribute__((format(printf, 2, 3)))
-#endif
-    ;
+[[noreturn]] void fail(llmn_status status, const char* fmt, ...) LLMN_PRINTF_FORMAT(2, 3);
 
 // Shorthand for the most common failure: an argument with a bad value.
 #define LLMN_CHECK_ARG(cond, ...)                                   \

@@ -3,11 +3,7 @@
 #if defined(__MINGW32__)
 #include "error.hpp"
 
-#define WIN32_LEAN_AND_MEAN
-#ifndef NOMINMAX
-#define NOMINMAX
-#endif
-#include <windows.h>
+#include "win32.hpp"
 
 namespace llmn::detail {
 

@@ -19,11 +19,7 @@
 #include <sys/mman.h>
 #endif
 #if defined(_WIN32)
-#define WIN32_LEAN_AND_MEAN
-#ifndef NOMINMAX
-#define NOMINMAX
-#endif
-#include <windows.h>
+#include "../core/win32.hpp"
 #endif
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>

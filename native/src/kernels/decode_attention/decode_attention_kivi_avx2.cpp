@@ -243,6 +243,7 @@ inline void pv_rows(const float* p, int64_t gstride, int group, const uint8_t* c
 struct State {
     std::vector<float> acc, m, l, S, P, PM, qf, kc, zero, vsc, vmn, q8s;
     std::vector<int8_t> q8;  // INT8 query: [R][pitch] codes, 32-channel chunks in codes32's order
+    bool avx_vnni = false;   // the INT8 query's q.k uses AVX-VNNI (cpu::avx_vnni(), read once per item)
 };
 
 // Scores of keys K[0..n) for all rows into S + offset (row pitch kStride): s = q . k + kc[r].
@@ -272,7 +273,7 @@ void scores_q8_t(const Item& it, State& st, const uint8_t* const* K, int n, int 
 }
 template <int KF>
 void scores_q8(const Item& it, State& st, const uint8_t* const* K, int n, int offset) {
-    if (cpu::avx_vnni()) scores_q8_t<KF, true>(it, st, K, n, offset);
+    if (st.avx_vnni) scores_q8_t<KF, true>(it, st, K, n, offset);
     else scores_q8_t<KF, false>(it, st, K, n, offset);
 }
 
@@ -516,6 +517,7 @@ void run_item_t(const Item& it) {
     const int D = it.head_dim, R = it.rows, bs = it.block_size;
     const float NEG_INF = -std::numeric_limits<float>::infinity();
     State& st = per_thread<State>();  // per thread (core/per_thread.hpp)
+    st.avx_vnni = cpu::avx_vnni();
     const int G = D / (it.value_group > 0 ? it.value_group : D);
     st.acc.assign(size_t(R) * D, 0.0f);
     st.m.assign(size_t(R), NEG_INF);
