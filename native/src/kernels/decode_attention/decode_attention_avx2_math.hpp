@@ -75,6 +75,54 @@ inline __m256i reduce8_epi32(const __m256i* a) {
     return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
 }
 
+// Lane order of a q.k block of RT rows x KT keys (RT * KT = 8) after reduce8: lane r * KT + j is row r,
+// key j. The helpers below put per-key and per-row factors in that order and store whole rows from the
+// register, so the epilogue of a block is a few vector ops instead of 8 scalar ones per block (the AVX2
+// twins of key_lanes / row_lanes / store_score_rows in decode_attention_avx512_math.hpp).
+
+// x[j] in lane r * KT + j, for a block whose KT keys are all valid (x[0, KT) is read).
+template <int KT>
+inline __m256 key_lanes8(const float* x) {
+    static_assert(KT == 2 || KT == 4 || KT == 8, "RT * KT = 8");
+    if constexpr (KT == 8) return _mm256_loadu_ps(x);
+    else if constexpr (KT == 4) return _mm256_broadcast_ps(reinterpret_cast<const __m128*>(x));
+    else return _mm256_castpd_ps(_mm256_broadcast_sd(reinterpret_cast<const double*>(x)));
+}
+
+// x[r] in lane r * KT + j for every key j (x[0, RT) is read); bits are moved, never converted.
+template <int RT, int KT>
+inline __m256 row_lanes8(const float* x) {
+    static_assert(RT * KT == 8, "RT * KT = 8");
+    if constexpr (RT == 1) return _mm256_broadcast_ss(x);
+    else if constexpr (RT == 2) return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(x)), _mm_broadcast_ss(x + 1), 1);
+    else return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(x)), _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+}
+
+// Scores in reduce8's lane order to s[r * stride + t + j], j < valid: whole rows straight from the
+// register; a tile's last block may be partial and goes through a copy.
+template <int RT, int KT>
+inline void store_score_rows8(float* s, int64_t stride, int t, int valid, __m256 sc) {
+    if (valid == KT) {
+        if constexpr (KT == 8) {
+            _mm256_storeu_ps(s + t, sc);
+        } else if constexpr (KT == 4) {
+            _mm_storeu_ps(s + t, _mm256_castps256_ps128(sc));
+            _mm_storeu_ps(s + stride + t, _mm256_extractf128_ps(sc, 1));
+        } else {
+            const __m128 lo = _mm256_castps256_ps128(sc), hi = _mm256_extractf128_ps(sc, 1);
+            _mm_storel_pi(reinterpret_cast<__m64*>(s + t), lo);
+            _mm_storeh_pi(reinterpret_cast<__m64*>(s + stride + t), lo);
+            _mm_storel_pi(reinterpret_cast<__m64*>(s + 2 * stride + t), hi);
+            _mm_storeh_pi(reinterpret_cast<__m64*>(s + 3 * stride + t), hi);
+        }
+        return;
+    }
+    alignas(32) float out[8];
+    _mm256_store_ps(out, sc);
+    for (int r = 0; r < RT; ++r)
+        for (int j = 0; j < valid; ++j) s[r * stride + t + j] = out[r * KT + j];
+}
+
 // Online-softmax step 1 for one query row over a tile: scores s[0, nv) of keys t0 + j get the soft-cap
 // (softcap > 0) and the ALiBi bias slope * (key - qpos) (slope non-null), and -inf outside the visible
 // [lo, hi) (tile-relative, lo < hi); written back, and their maximum returned. Shared by the f16,

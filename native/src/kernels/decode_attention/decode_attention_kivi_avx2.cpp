@@ -104,10 +104,7 @@ __attribute__((always_inline)) inline void qk_block(const float* q, int D, const
             }
         }
     }
-    alignas(32) float out[8];
-    _mm256_store_ps(out, reduce8(acc));
-    for (int r = 0; r < RT; ++r)
-        for (int j = 0; j < valid; ++j) s[size_t(r) * kStride + t + j] = out[r * KT + j] + kc[r];
+    store_score_rows8<RT, KT>(s, kStride, t, valid, _mm256_add_ps(reduce8(acc), row_lanes8<RT, KT>(kc)));
 }
 
 template <int F, int RT, int KT>
@@ -194,10 +191,10 @@ __attribute__((always_inline)) inline void qk_block_q8(const int8_t* q8, int pit
     }
     if constexpr (!VNNI)
         for (int i = 0; i < 8; ++i) acc[i] = _mm256_madd_epi16(acc[i], _mm256_set1_epi16(1));
-    alignas(32) int32_t out[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(out), reduce8_epi32(acc));
-    for (int r = 0; r < RT; ++r)
-        for (int j = 0; j < valid; ++j) s[size_t(r) * kStride + t + j] = float(out[r * KT + j]) * qs[r] + kc[r];
+    // One FMA per score, as GCC's default contraction made of the former scalar float(dot) * qs + kc
+    // (the AVX-512 kernel rounds the product first).
+    store_score_rows8<RT, KT>(s, kStride, t, valid,
+                              _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8_epi32(acc)), row_lanes8<RT, KT>(qs), row_lanes8<RT, KT>(kc)));
 }
 
 template <int KF, int RT, int KT, bool VNNI>

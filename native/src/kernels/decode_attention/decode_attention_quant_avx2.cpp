@@ -27,6 +27,13 @@
 // 3.85-4.04 -> 3.25-3.44 ms, FP8 570-604 -> 501-514 us / 4.40-4.62 -> 3.78-3.98 ms (2 threads, KV from
 // DRAM, three alternating rounds of BM_AttentionQuantVsF16): INT8 now 1.41-1.50x the f16 kernel's
 // speed in the same rounds (was 1.06-1.20x), FP8 1.18-1.28x (was 0.95-1.06x).
+// Since 2026-12-07 (fifth session) the ymm q.k blocks scale and store their 8 scores from the register
+// (store_score_rows8 etc., as the f16 kernel) instead of 8 scalar expressions, and qk_block_q8 is
+// forced inline (GCC had left the non-VNNI instance out of line: a call per block). AVX2 forced on the
+// Zen 5 box, BM_Int8QueryHeadDim (INT8 K/V, 4k keys, GQA 4), old/new binaries alternated twice: the
+// INT8 query with AVX-VNNI 1.19-1.29x faster at head_dim 64, ~1.09x at 128-256; without VNNI 1.17-1.23x
+// at 64; f32 query 1.02-1.09x; the INT8 query is now faster than the f32 one at every head_dim
+// (1.10-1.41x; it was 0.95-0.99x at 64-80).
 #include "decode_attention_avx2_math.hpp"
 #include "../../core/per_thread.hpp"
 #include "decode_attention_cpu.hpp"
@@ -79,7 +86,7 @@ constexpr int row_bytes_per_elem(int F) { return F == kF16 ? 2 : 1; }
 constexpr int kStride = kTileKeys + 8;  // score row pitch (floats)
 
 template <int F, int RT, int KT>
-inline void qk_block(const float* q, int D, const uint8_t* const* k, const float* ks, float* s, int t, int valid) {
+__attribute__((always_inline)) inline void qk_block(const float* q, int D, const uint8_t* const* k, const float* ks, float* s, int t, int valid) {
     static_assert(RT * KT == 8, "8 accumulators");
     __m256 acc[8];
     for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
@@ -92,8 +99,13 @@ inline void qk_block(const float* q, int D, const uint8_t* const* k, const float
             for (int j = 0; j < KT; ++j) acc[r * KT + j] = _mm256_fmadd_ps(qv, kv[j], acc[r * KT + j]);
         }
     }
+    const __m256 dot = reduce8(acc);  // lane r * KT + j = row r, key j
+    if (valid == KT) {
+        store_score_rows8<RT, KT>(s, kStride, t, KT, _mm256_mul_ps(dot, key_lanes8<KT>(ks + t)));
+        return;
+    }
     alignas(32) float out[8];
-    _mm256_store_ps(out, reduce8(acc));
+    _mm256_store_ps(out, dot);
     for (int r = 0; r < RT; ++r)
         for (int j = 0; j < valid; ++j) s[size_t(r) * kStride + t + j] = out[r * KT + j] * ks[t + j];
 }
@@ -118,7 +130,7 @@ inline void qk_rows(const float* q, int D, const uint8_t* const* krows, const fl
 // as in the AVX512-VNNI loop below. Exact integers either way; the score is the scalar kernel's
 // float(dot) * (q_scale * k_scale).
 template <int RT, int KT, bool VNNI>
-inline void qk_block_q8(const Item& it, int r0, int D, const uint8_t* const* k, const float* ks, float* s, int t,
+__attribute__((always_inline)) inline void qk_block_q8(const Item& it, int r0, int D, const uint8_t* const* k, const float* ks, float* s, int t,
                         int valid) {
     static_assert(RT * KT == 8, "8 accumulators");
     const int8_t* q8 = it.q8 + size_t(r0) * it.q8_pitch;
@@ -144,13 +156,20 @@ inline void qk_block_q8(const Item& it, int r0, int D, const uint8_t* const* k, 
             }
         }
     }
-    alignas(32) int32_t out[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(out), reduce8_epi32(acc));
+    __m256i dot = reduce8_epi32(acc);  // lane r * KT + j = row r, key j
+    if constexpr (VNNI)  // 128 * sum(q) of the row in its lanes
+        dot = _mm256_sub_epi32(dot, _mm256_slli_epi32(_mm256_castps_si256(row_lanes8<RT, KT>(
+                                                          reinterpret_cast<const float*>(it.q8_sum + r0))), 7));
     const float* qs = it.q8_scale + r0;
-    for (int r = 0; r < RT; ++r) {
-        const int32_t bias = VNNI ? 128 * it.q8_sum[r0 + r] : 0;
-        for (int j = 0; j < valid; ++j) s[size_t(r) * kStride + t + j] = float(out[r * KT + j] - bias) * (qs[r] * ks[t + j]);
+    if (valid == KT) {  // the scalar expression below, lane by lane
+        const __m256 sc = _mm256_mul_ps(row_lanes8<RT, KT>(qs), key_lanes8<KT>(ks + t));
+        store_score_rows8<RT, KT>(s, kStride, t, KT, _mm256_mul_ps(_mm256_cvtepi32_ps(dot), sc));
+        return;
     }
+    alignas(32) int32_t out[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out), dot);
+    for (int r = 0; r < RT; ++r)
+        for (int j = 0; j < valid; ++j) s[size_t(r) * kStride + t + j] = float(out[r * KT + j]) * (qs[r] * ks[t + j]);
 }
 
 // Rows [r0, r0 + RT) of the INT8-query q.k for one tile (prefetching like qk_rows).
