@@ -90,6 +90,53 @@ public sealed class GptqTensors
         ScalesF32 = scales;
     }
 
+    /// <summary>
+    /// Reads one GPTQ layer from a safetensors checkpoint: <c>{prefix}.qweight</c> (I32 [K/8, N]), <c>{prefix}.scales</c>
+    /// (F16 or F32 [G, N]), <c>{prefix}.qzeros</c> (I32 [G, N/8]; optional when <paramref name="symmetric"/>) and, when
+    /// present, <c>{prefix}.g_idx</c> (I32 or I64 [K]). K and N come from the shapes. The arrays are copies: the file
+    /// may be closed afterwards.
+    /// </summary>
+    /// <param name="source">A <see cref="SafetensorsFile"/> or <see cref="SafetensorsCheckpoint"/>.</param>
+    /// <param name="prefix">The layer's name, e.g. <c>model.layers.0.self_attn.q_proj</c> (a trailing '.' is ignored).</param>
+    /// <param name="symmetric"><c>quantize_config.json</c> "sym".</param>
+    /// <param name="format"><c>quantize_config.json</c> "checkpoint_format": "gptq" or absent → <see cref="GptqFormat.V1"/>, "gptq_v2" → <see cref="GptqFormat.V2"/>.</param>
+    /// <param name="groupSize"><c>quantize_config.json</c> "group_size" (−1: per column); null infers it from the shapes:
+    /// one scale row is per-column, otherwise the one of 32 / 64 / 128 with ceil(K / group) = G.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="source"/> or <paramref name="prefix"/> is null.</exception>
+    /// <exception cref="ArgumentException">A tensor is missing, has the wrong dtype or shape, the group size cannot be
+    /// inferred, or a value fails the constructor's checks (the message names the tensor).</exception>
+    /// <example>
+    /// <code>
+    /// using var ckpt = SafetensorsCheckpoint.Open("/models/Llama-3-8B-Instruct-GPTQ");
+    /// var t = GptqTensors.FromSafetensors(ckpt, "model.layers.0.mlp.down_proj", symmetric: true, GptqFormat.V1);
+    /// using Int4Weight w = Int4Weight.ImportGptq(ctx, t);
+    /// </code>
+    /// </example>
+    public static GptqTensors FromSafetensors(ISafetensors source, string prefix, bool symmetric, GptqFormat format,
+        int? groupSize = null)
+    {
+        string p = Int4Checkpoint.Prefix(source, prefix);
+        SafetensorsTensorInfo qw = Int4Checkpoint.Need(source, p, "qweight", nameof(prefix));
+        SafetensorsTensorInfo sc = Int4Checkpoint.Need(source, p, "scales", nameof(prefix));
+        (long rows8, long nCols) = Safetensors.Matrix(qw, "qweight", nameof(prefix));
+        int k = Safetensors.Dim(rows8 * 8, $"K (8 x {qw.Name} rows)", nameof(prefix));
+        int n = Safetensors.Dim(nCols, $"N ({qw.Name} columns)", nameof(prefix));
+        (long g, long scCols) = Safetensors.Matrix(sc, "scales", nameof(prefix));
+        if (scCols != n)
+            throw new ArgumentException($"{sc.Name} has shape {sc.ShapeText}; GPTQ scales are [G, N] with N = {n} from {qw.Name} {qw.ShapeText}", nameof(prefix));
+        int gs = Int4Checkpoint.GroupSize(groupSize, k, g, sc, nameof(prefix), nameof(groupSize));
+        int[] qweight = Int4Checkpoint.ReadI32(source, qw, nameof(prefix));
+        int[] qzeros = source.Contains(p + ".qzeros") ? Int4Checkpoint.ReadI32(source, source.GetTensor(p + ".qzeros"), nameof(prefix))
+            : symmetric ? Array.Empty<int>()
+            : throw new ArgumentException($"no tensor '{p}.qzeros': an asymmetric GPTQ layer needs its zero points", nameof(prefix));
+        int[] gIdx = source.Contains(p + ".g_idx") ? Int4Checkpoint.ReadIndex(source, source.GetTensor(p + ".g_idx"), nameof(prefix)) : Array.Empty<int>();
+        return Int4Checkpoint.Build(p, nameof(prefix), sc, () => sc.DType switch
+        {
+            "F16" => new GptqTensors(k, n, gs, symmetric, format, qweight, qzeros, source.Read<ushort>(sc.Name), gIdx),
+            _ => new GptqTensors(k, n, gs, symmetric, format, qweight, qzeros, source.Read<float>(sc.Name), gIdx),
+        });
+    }
+
     private GptqTensors(int k, int n, int groupSize, bool symmetric, GptqFormat format, ReadOnlyMemory<int> qWeight,
         ReadOnlyMemory<int> qZeros, ReadOnlyMemory<int> gIdx)
     {
@@ -209,6 +256,41 @@ public sealed class AwqTensors
         ScalesF32 = scales;
     }
 
+    /// <summary>
+    /// Reads one AWQ (GEMM version) layer from a safetensors checkpoint: <c>{prefix}.qweight</c> (I32 [K, N/8]),
+    /// <c>{prefix}.qzeros</c> (I32 [G, N/8]) and <c>{prefix}.scales</c> (F16 or F32 [G, N]). K and N come from the
+    /// shapes. The arrays are copies: the file may be closed afterwards.
+    /// </summary>
+    /// <param name="source">A <see cref="SafetensorsFile"/> or <see cref="SafetensorsCheckpoint"/>.</param>
+    /// <param name="prefix">The layer's name, e.g. <c>model.layers.0.self_attn.q_proj</c> (a trailing '.' is ignored).</param>
+    /// <param name="groupSize">The checkpoint's "q_group_size" / "group_size"; null infers it from the shapes as
+    /// <see cref="GptqTensors.FromSafetensors"/> does.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="source"/> or <paramref name="prefix"/> is null.</exception>
+    /// <exception cref="ArgumentException">A tensor is missing, has the wrong dtype or shape, the group size cannot be
+    /// inferred, or a value fails the constructor's checks (the message names the tensor).</exception>
+    public static AwqTensors FromSafetensors(ISafetensors source, string prefix, int? groupSize = null)
+    {
+        string p = Int4Checkpoint.Prefix(source, prefix);
+        SafetensorsTensorInfo qw = Int4Checkpoint.Need(source, p, "qweight", nameof(prefix));
+        SafetensorsTensorInfo qz = Int4Checkpoint.Need(source, p, "qzeros", nameof(prefix));
+        SafetensorsTensorInfo sc = Int4Checkpoint.Need(source, p, "scales", nameof(prefix));
+        (long kRows, long packedCols) = Safetensors.Matrix(qw, "qweight", nameof(prefix));
+        (long g, long nCols) = Safetensors.Matrix(sc, "scales", nameof(prefix));
+        int k = Safetensors.Dim(kRows, $"K ({qw.Name} rows)", nameof(prefix));
+        int n = Safetensors.Dim(nCols, $"N ({sc.Name} columns)", nameof(prefix));
+        if (packedCols * 8 != n)
+            throw new ArgumentException(
+                $"{qw.Name} has shape {qw.ShapeText}; AWQ qweight is [K, N/8] with N = {n} from {sc.Name} {sc.ShapeText} (a GPTQ layer? its qweight is [K/8, N])",
+                nameof(prefix));
+        int gs = Int4Checkpoint.GroupSize(groupSize, k, g, sc, nameof(prefix), nameof(groupSize));
+        int[] qweight = Int4Checkpoint.ReadI32(source, qw, nameof(prefix)), qzeros = Int4Checkpoint.ReadI32(source, qz, nameof(prefix));
+        return Int4Checkpoint.Build(p, nameof(prefix), sc, () => sc.DType switch
+        {
+            "F16" => new AwqTensors(k, n, gs, qweight, qzeros, source.Read<ushort>(sc.Name)),
+            _ => new AwqTensors(k, n, gs, qweight, qzeros, source.Read<float>(sc.Name)),
+        });
+    }
+
     private AwqTensors(int k, int n, int groupSize, ReadOnlyMemory<int> qWeight, ReadOnlyMemory<int> qZeros)
     {
         Int4Checks.Dimension(k, nameof(k));
@@ -250,6 +332,85 @@ public sealed class AwqTensors
 
     /// <summary>f32 scales [G, N], or empty when the scales are fp16.</summary>
     public ReadOnlyMemory<float> ScalesF32 { get; }
+}
+
+/// <summary>Tensor lookup for the checkpoint importers (GptqTensors / AwqTensors.FromSafetensors).</summary>
+internal static class Int4Checkpoint
+{
+    public static string Prefix(ISafetensors source, string prefix)
+    {
+        Argument.NotNull(source, nameof(source));
+        Argument.NotNull(prefix, nameof(prefix));
+        string p = prefix.EndsWith(".", StringComparison.Ordinal) ? prefix.Substring(0, prefix.Length - 1) : prefix;
+        if (p.Length == 0) throw new ArgumentException("prefix must name a layer, e.g. model.layers.0.mlp.down_proj", nameof(prefix));
+        return p;
+    }
+
+    public static SafetensorsTensorInfo Need(ISafetensors source, string prefix, string suffix, string paramName)
+    {
+        string name = prefix + "." + suffix;
+        if (!source.Contains(name))
+            throw new ArgumentException($"no tensor '{name}' (prefix '{prefix}'){Safetensors.Suggest(name, source.Names)}", paramName);
+        return source.GetTensor(name);
+    }
+
+    public static int[] ReadI32(ISafetensors source, SafetensorsTensorInfo t, string paramName)
+    {
+        if (t.DType != "I32") throw new ArgumentException($"{t.Name} has dtype {t.DType}; expected I32 (packed nibbles)", paramName);
+        return source.Read<int>(t.Name);
+    }
+
+    // g_idx: I32 as written by AutoGPTQ / GPTQModel; I64 (a torch.long saved as is) converted, range-checked.
+    public static int[] ReadIndex(ISafetensors source, SafetensorsTensorInfo t, string paramName)
+    {
+        if (t.Shape.Count != 1) throw new ArgumentException($"{t.Name} has shape {t.ShapeText}; g_idx is 1-D [K]", paramName);
+        if (t.DType == "I32") return source.Read<int>(t.Name);
+        if (t.DType != "I64") throw new ArgumentException($"{t.Name} has dtype {t.DType}; g_idx must be I32 or I64", paramName);
+        long[] wide = source.Read<long>(t.Name);
+        var r = new int[wide.Length];
+        for (int i = 0; i < wide.Length; i++)
+            r[i] = wide[i] is >= int.MinValue and <= int.MaxValue ? (int)wide[i]
+                : throw new ArgumentOutOfRangeException(paramName, wide[i], $"{t.Name}[{i}] = {wide[i]} is not a group index");
+        return r;
+    }
+
+    // The group size given (checked against the scales' G) or inferred from G.
+    public static int GroupSize(int? given, int k, long groups, SafetensorsTensorInfo scales, string prefixParam, string groupParam)
+    {
+        if (given is not int gs) return InferGroupSize(k, groups, scales, prefixParam);
+        if (gs == -1) gs = 0;
+        Int4Checks.GroupSize(gs, groupParam);
+        if (Int4Checks.Groups(k, gs) != groups)
+            throw new ArgumentException(
+                $"{groupParam} {given} gives {Int4Checks.Groups(k, gs)} groups for K = {k}, but {scales.Name} {scales.ShapeText} has {groups}",
+                groupParam);
+        return gs;
+    }
+
+    // The bundle's constructor, its value checks (finite scales, zero points, g_idx range) reported with the layer.
+    public static T Build<T>(string prefix, string paramName, SafetensorsTensorInfo scales, Func<T> make)
+    {
+        if (scales.DType is not ("F16" or "F32"))
+            throw new ArgumentException($"{scales.Name} has dtype {scales.DType}; scales must be F16 or F32", paramName);
+        try
+        {
+            return make();
+        }
+        catch (ArgumentException e)
+        {
+            throw new ArgumentException($"layer '{prefix}': {e.Message}", paramName, e);
+        }
+    }
+
+    public static int InferGroupSize(int k, long groups, SafetensorsTensorInfo scales, string paramName)
+    {
+        if (groups == 1) return 0;
+        foreach (int gs in new[] { 32, 64, 128 })
+            if ((k + gs - 1) / gs == groups) return gs;
+        throw new ArgumentException(
+            $"{scales.Name} has {groups} rows; no group size of 32 / 64 / 128 gives ceil(K / group) = {groups} for K = {k} (pass groupSize)",
+            paramName);
+    }
 }
 
 /// <summary>The C#-side shape and value checks of the INT4 weight builders (each names its parameter).</summary>
