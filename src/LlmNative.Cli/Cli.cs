@@ -85,7 +85,7 @@ internal static class Cli
             return UsageError;
         }
         catch (Exception e) when (e is LlmNativeException or DllNotFoundException or InvalidOperationException
-                                      or ArgumentException or IOException or NotSupportedException)
+                                      or ArgumentException or IOException or InvalidDataException or NotSupportedException)
         {
             stderr.WriteLine($"llmnative: {e.Message}");
             if (options.Verbose) stderr.WriteLine(e);
