@@ -146,6 +146,77 @@ public sealed class Int4Weight : IDisposable
         Quantize(context, System.Runtime.InteropServices.MemoryMarshal.Cast<Half, ushort>(weights), k, n, groupSize, symmetric);
 #endif
 
+    /// <summary>
+    /// Quantizes a linear layer's weight read from a safetensors checkpoint, stored as PyTorch's <c>nn.Linear</c> keeps it:
+    /// [out_features N, in_features K], dtype F32, F16 or BF16. It is transposed to the [K, N] this library uses
+    /// (F16 kept as fp16 bits, BF16 widened to f32 exactly), then quantized as by
+    /// <see cref="Quantize(LlmContext, ReadOnlySpan{float}, int, int, int, bool)"/>.
+    /// </summary>
+    /// <param name="context">The context whose memory receives the weight.</param>
+    /// <param name="source">A <see cref="SafetensorsFile"/> or <see cref="SafetensorsCheckpoint"/>.</param>
+    /// <param name="name">The weight tensor, e.g. <c>model.layers.0.mlp.down_proj.weight</c>.</param>
+    /// <param name="groupSize">32, 64 or 128 rows (input features) per group; 0 for one group per column.</param>
+    /// <param name="symmetric">Implicit zero point 8 (true) or a zero point per group and column (false).</param>
+    /// <returns>The weight; dispose it.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="context"/>, <paramref name="source"/> or <paramref name="name"/> is null.</exception>
+    /// <exception cref="ArgumentException">No such tensor, not 2-D, a dtype other than F32 / F16 / BF16, a NaN/Inf value
+    /// (named by its [k][n] position after the transpose), or <paramref name="groupSize"/> is not 0/32/64/128.</exception>
+    /// <exception cref="NotSupportedException">The tensor has more than <see cref="int.MaxValue"/> elements.</exception>
+    /// <example>
+    /// <code>
+    /// using var ckpt = SafetensorsCheckpoint.Open("/models/Llama-3-8B-Instruct");           // an fp16 / bf16 model
+    /// using var w = Int4Weight.QuantizeLinear(ctx, ckpt, "model.layers.0.mlp.down_proj.weight", 128, symmetric: false);
+    /// </code>
+    /// </example>
+    public static Int4Weight QuantizeLinear(LlmContext context, ISafetensors source, string name, int groupSize, bool symmetric)
+    {
+        Argument.NotNull(context, nameof(context));
+        Argument.NotNull(source, nameof(source));
+        Argument.NotNull(name, nameof(name));
+        SafetensorsTensorInfo t = source.GetTensor(name);
+        (long rows, long cols) = Safetensors.Matrix(t, "weight", nameof(name));
+        int n = Safetensors.Dim(rows, $"N ({name} rows: out_features)", nameof(name));
+        int k = Safetensors.Dim(cols, $"K ({name} columns: in_features)", nameof(name));
+        Int4Checks.GroupSize(groupSize, nameof(groupSize));
+        if (t.DType is not ("F32" or "F16" or "BF16"))
+            throw new ArgumentException($"tensor '{name}' has dtype {t.DType}; a linear weight to quantize is F32, F16 or BF16", nameof(name));
+        try
+        {
+            switch (t.DType)
+            {
+                case "F16":
+                    return Quantize(context, Transpose(source.Read<ushort>(name), n, k, h => h), k, n, groupSize, symmetric);
+                case "BF16":
+                    return Quantize(context, Transpose(source.Read<ushort>(name), n, k, Bf16ToSingle), k, n, groupSize, symmetric);
+                default:
+                    return Quantize(context, Transpose(source.Read<float>(name), n, k, f => f), k, n, groupSize, symmetric);
+            }
+        }
+        catch (ArgumentException e) when (e.ParamName == "weights")
+        {
+            throw new ArgumentException($"tensor '{name}' (transposed to [K, N] = [{k}, {n}]): {e.Message}", nameof(name), e);
+        }
+    }
+
+    private static unsafe float Bf16ToSingle(ushort bits)
+    {
+        uint w = (uint)bits << 16;
+        return *(float*)&w;
+    }
+
+    // [rows, cols] -> [cols, rows] in 32 x 32 tiles (both sides stay in cache), converting each element.
+    private static TOut[] Transpose<TIn, TOut>(TIn[] a, int rows, int cols, Func<TIn, TOut> convert)
+    {
+        var r = new TOut[(long)rows * cols];
+        const int B = 32;
+        for (int i0 = 0; i0 < rows; i0 += B)
+            for (int j0 = 0; j0 < cols; j0 += B)
+                for (int i = i0, ie = Math.Min(rows, i0 + B); i < ie; i++)
+                    for (int j = j0, je = Math.Min(cols, j0 + B); j < je; j++)
+                        r[(long)j * rows + i] = convert(a[(long)i * cols + j]);
+        return r;
+    }
+
     /// <summary>Imports a GPTQ-quantized layer (see <see cref="GptqTensors"/> for the layouts and the v1/v2 zero-point conventions).</summary>
     /// <param name="context">The context whose memory receives the weight.</param>
     /// <param name="tensors">The checkpoint's tensors (checked when the bundle was created).</param>

@@ -261,6 +261,48 @@ public sealed class SafetensorsTests : IDisposable
         Assert.Throws<ArgumentException>(() => AwqTensors.FromSafetensors(file, "."));
     }
 
+    [Theory]
+    [InlineData("F32", true)]
+    [InlineData("F16", false)]
+    [InlineData("BF16", false)]
+    public void Linear_weights_quantize_like_their_transpose(string dtype, bool symmetric)
+    {
+        var r = TestSetup.Random(out int seed);
+        const int N = 40, K = 96; // stored [out_features, in_features] as nn.Linear keeps it
+        float[] w = Enumerable.Range(0, N * K).Select(i => (float)(r.NextDouble() - 0.5) * (i % 37 == 0 ? 4 : 1)).ToArray();
+        ushort[] bits = dtype == "F16" ? w.Select(x => Bits((Half)x)).ToArray()
+            : w.Select(x => (ushort)(BitConverter.SingleToUInt32Bits(x) >> 16)).ToArray(); // BF16 by truncation
+        float[] stored = dtype == "F32" ? w : dtype == "F16" ? bits.Select(F16).ToArray()
+            : bits.Select(b => BitConverter.UInt32BitsToSingle((uint)b << 16)).ToArray();
+        Entry e = dtype == "F32" ? E("fc.weight", "F32", new long[] { N, K }, w) : E("fc.weight", dtype, new long[] { N, K }, bits);
+        using var file = SafetensorsFile.Open(Write("linear.safetensors", Build(new[]
+        {
+            e,
+            E("fc.bias", "F32", new long[] { N }, new float[N]),
+            E("fc.ids", "I32", new long[] { 2, 2 }, new int[4]),
+            E("bad.weight", "F32", new long[] { 2, 32 }, Enumerable.Range(0, 64).Select(i => i == 33 ? float.NaN : 1f).ToArray()),
+        })));
+
+        float[] kn = new float[K * N];
+        for (int o = 0; o < N; o++)
+            for (int i = 0; i < K; i++) kn[i * N + o] = stored[o * K + i];
+        using var ctx = LlmContext.Create(Backend.Cpu);
+        using Int4Weight a = Int4Weight.QuantizeLinear(ctx, file, "fc.weight", 32, symmetric);
+        using Int4Weight b = Int4Weight.Quantize(ctx, kn, K, N, 32, symmetric);
+        Assert.Equal((K, N, 32, symmetric), (a.K, a.N, a.GroupSize, a.Symmetric));
+        float[] da = new float[K * N], db = new float[K * N];
+        a.Dequantize(da);
+        b.Dequantize(db);
+        Assert.True(da.SequenceEqual(db), $"seed {seed}");
+
+        Assert.Equal("name", Assert.Throws<ArgumentException>(() => Int4Weight.QuantizeLinear(ctx, file, "fc.bias", 32, true)).ParamName);
+        Assert.Contains("dtype I32", Assert.Throws<ArgumentException>(() => Int4Weight.QuantizeLinear(ctx, file, "fc.ids", 32, true)).Message);
+        var nan = Assert.Throws<ArgumentException>(() => Int4Weight.QuantizeLinear(ctx, file, "bad.weight", 32, true));
+        Assert.Equal("name", nan.ParamName);
+        Assert.Contains("weights[1][1] is NaN", nan.Message); // stored [1][1] = element 33, the same after the transpose
+        Assert.Equal("groupSize", Assert.Throws<ArgumentException>(() => Int4Weight.QuantizeLinear(ctx, file, "fc.weight", 48, true)).ParamName);
+    }
+
     [Fact]
     public void A_sharded_checkpoint_reads_a_layer_split_over_two_files()
     {
