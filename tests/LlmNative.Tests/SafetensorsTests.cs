@@ -121,6 +121,65 @@ public sealed class SafetensorsTests : IDisposable
         File.Delete(path); // the handle was closed on failure (Windows would refuse the delete otherwise)
     }
 
+    [Fact]
+    public void Mutated_headers_open_cleanly_or_fail_with_invalid_data_never_otherwise()
+    {
+        // Random byte edits (in the 8-byte length and the JSON) and truncations of a valid file: Open either
+        // succeeds, and then every tensor reads or is refused with an ArgumentException, or it throws
+        // InvalidDataException. Anything else (IndexOutOfRange, Overflow, a hang) is a reader bug.
+        var r = TestSetup.Random(out int seed);
+        byte[] good = Build(new[]
+        {
+            E("a", "I32", new long[] { 3, 2 }, new int[6]),
+            E("b.scales", "F16", new long[] { 4 }, new ushort[4]),
+            E("c", "F64", new long[] { 1 }, new double[1]),
+        }, new Dictionary<string, string> { ["k"] = "v\u00e9" });
+        int headerEnd = 8 + (int)BitConverter.ToUInt64(good, 0);
+        string path = Path.Combine(_dir, "fuzz.safetensors");
+        const string Alphabet = "{}[]\",:0123456789-+.eE \\u\"tfnIF";
+        int opened = 0;
+        for (int trial = 0; trial < 3000; trial++)
+        {
+            byte[] bytes = (byte[])good.Clone();
+            int edits = 1 + r.Next(3);
+            for (int e = 0; e < edits; e++)
+            {
+                int at = r.Next(8) == 0 ? r.Next(8) : 8 + r.Next(headerEnd - 8);
+                bytes[at] = r.Next(3) == 0 ? (byte)r.Next(256) : (byte)Alphabet[r.Next(Alphabet.Length)];
+            }
+            if (r.Next(10) == 0) Array.Resize(ref bytes, r.Next(bytes.Length));
+            File.WriteAllBytes(path, bytes);
+            try
+            {
+                using var f = SafetensorsFile.Open(path);
+                opened++;
+                foreach (SafetensorsTensorInfo t in f.Tensors)
+                {
+                    try
+                    {
+                        _ = t.DType == "F64" ? f.Read<double>(t.Name).Length : t.DType == "I32" ? f.Read<int>(t.Name).Length : f.Read<byte>(t.Name).Length;
+                    }
+                    catch (ArgumentException)
+                    {
+                        // a dtype the probe's type does not read
+                    }
+                    catch (NotSupportedException)
+                    {
+                        // more elements than an array holds
+                    }
+                }
+            }
+            catch (InvalidDataException)
+            {
+            }
+            catch (Exception ex)
+            {
+                Assert.Fail($"seed {seed}, trial {trial}: {ex.GetType().Name}: {ex.Message}\nbytes: {Convert.ToBase64String(bytes)}");
+            }
+        }
+        Assert.InRange(opened, 1, 2999); // some edits keep the file valid (spaces, digits), most do not
+    }
+
     /// <summary>A GPTQ layer (act-order, asymmetric v1) as its tensors and as a file; the shapes are the checkpoint's.</summary>
     private static (byte[] Q, byte[] Zeros, ushort[] Scales, int[] GIdx, Entry[] Entries) GptqLayer(Random r, string prefix, int k, int n, int gs,
         bool gIdxI64 = false)
