@@ -1,6 +1,7 @@
 // Consumer smoke test: tests/consumer-smoke/run.sh copies this file into a fresh console project, outside the
-// repository, that references the LlmNative package from artifacts/. One INT4 GEMM and one decode attention
-// on a CPU context, each against a float64 reference; exit code 0 and "consumer smoke: OK" when both agree.
+// repository, that references the LlmNative package from artifacts/. One INT4 GEMM and one decode attention on a
+// CPU context, each against a float64 reference, and a GPTQ layer imported from a safetensors file against its
+// known values; exit code 0 and "consumer smoke: OK" when all agree.
 using LlmNative;
 
 var rng = new Random(20261124);
@@ -85,6 +86,35 @@ for (int h = 0; h < qHeads; h++)
     }
 }
 Check("KvCache.DecodeAttention (absolute)", attnWorst, 1e-4);
+
+// A GPTQ layer (K 16, N 8, per-column, v2 zero points) written as a safetensors file, read back with
+// SafetensorsFile + GptqTensors.FromSafetensors: row k of column c dequantizes to (k % 16 - zero_c) * 0.5.
+string stPath = Path.Combine(Path.GetTempPath(), $"consumer-smoke-{Environment.ProcessId}.safetensors");
+int[] qweight = new int[2 * 8], qzeros = { 0x76543210 };
+for (int c = 0; c < 8; c++) { qweight[c] = 0x76543210; qweight[8 + c] = unchecked((int)0xFEDCBA98); }
+ushort[] half = Enumerable.Repeat(BitConverter.HalfToUInt16Bits((Half)0.5), 8).ToArray();
+string header = "{\"l.qweight\":{\"dtype\":\"I32\",\"shape\":[2,8],\"data_offsets\":[0,64]}," +
+                "\"l.qzeros\":{\"dtype\":\"I32\",\"shape\":[1,1],\"data_offsets\":[64,68]}," +
+                "\"l.scales\":{\"dtype\":\"F16\",\"shape\":[1,8],\"data_offsets\":[68,84]}}";
+using (var f = File.Create(stPath))
+{
+    f.Write(BitConverter.GetBytes((ulong)header.Length));
+    f.Write(System.Text.Encoding.ASCII.GetBytes(header));
+    f.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(qweight.AsSpan()));
+    f.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(qzeros.AsSpan()));
+    f.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(half.AsSpan()));
+}
+double stWorst = 0;
+using (var file = SafetensorsFile.Open(stPath))
+using (var lw = Int4Weight.ImportGptq(ctx, GptqTensors.FromSafetensors(file, "l", symmetric: false, GptqFormat.V2)))
+{
+    float[] back = new float[16 * 8];
+    lw.Dequantize(back);
+    for (int r = 0; r < 16; r++)
+        for (int c = 0; c < 8; c++) stWorst = Math.Max(stWorst, Math.Abs(back[r * 8 + c] - (r - c) * 0.5));
+}
+File.Delete(stPath);
+Check("GptqTensors.FromSafetensors (absolute)", stWorst, 0);
 
 Console.WriteLine(failures == 0 ? "consumer smoke: OK" : $"consumer smoke: FAILED ({failures} check(s))");
 return failures == 0 ? 0 : 1;
