@@ -49,6 +49,40 @@ public class NetStandardTests
     }
 
     [Fact]
+    public void Netstandard_build_reads_safetensors_and_rejects_a_bad_header()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "llmn-ns-st-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        try
+        {
+            string good = Path.Combine(dir, "a.safetensors"), bad = Path.Combine(dir, "b.safetensors");
+            File.WriteAllBytes(good, SafetensorsWriter.Build(new[]
+            {
+                SafetensorsWriter.E("w", "I32", new long[] { 2, 2 }, new[] { 1, -2, 3, int.MaxValue }),
+                SafetensorsWriter.E("s", "F16", new long[] { 3 }, new ushort[] { 0x3c00, 0xc000, 0x0001 }),
+            }, new System.Collections.Generic.Dictionary<string, string> { ["format"] = "pt\u00e9" }));
+            File.WriteAllBytes(bad, SafetensorsWriter.Build(new[] { SafetensorsWriter.E("w", "I32", new long[] { 3 }, new int[4]) }));
+
+            MethodInfo open = T("SafetensorsFile").GetMethod("Open")!;
+            using (var f = (IDisposable)open.Invoke(null, new object[] { good })!)
+            {
+                Type ft = f.GetType();
+                Assert.Equal(new[] { 1, -2, 3, int.MaxValue }, (int[])ft.GetMethod("Read")!.MakeGenericMethod(typeof(int)).Invoke(f, new object[] { "w" })!);
+                Assert.Equal(new ushort[] { 0x3c00, 0xc000, 0x0001 }, (ushort[])ft.GetMethod("Read")!.MakeGenericMethod(typeof(ushort)).Invoke(f, new object[] { "s" })!);
+                var meta = (System.Collections.Generic.IReadOnlyDictionary<string, string>)ft.GetProperty("Metadata")!.GetValue(f)!;
+                Assert.Equal("pt\u00e9", meta["format"]);
+            }
+            var e = Assert.Throws<TargetInvocationException>(() => open.Invoke(null, new object[] { bad }));
+            Assert.IsType<InvalidDataException>(e.InnerException);
+            Assert.Contains("needs 12", e.InnerException!.Message);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
     public void Netstandard_build_runs_buffers_wrap_and_errors()
     {
         long baseline = TestSetup.SettledLiveObjectCount();
