@@ -176,11 +176,19 @@ bool have_avx512() {
     return info.detected_isa == LLMN_CPU_ISA_AVX512;
 }
 
+// arm64 with the ARMv8.2 dot product: the NEON Int8 kernel runs (else NEON falls back to the scalar path).
+bool have_neon_dotprod() {
+    llmn_cpu_info info{};
+    llmn_get_cpu_info(&info);
+    return info.detected_isa == LLMN_CPU_ISA_NEON && llmn::cpu::neon_dotprod();
+}
+
 // The SIMD ISAs this machine can run (AVX-512 machines test both the AVX2 and the AVX-512 kernels).
 std::vector<int32_t> simd_isas() {
     std::vector<int32_t> v;
     if (have_avx2()) v.push_back(LLMN_CPU_ISA_AVX2);
     if (have_avx512()) v.push_back(LLMN_CPU_ISA_AVX512);
+    if (have_neon_dotprod()) v.push_back(LLMN_CPU_ISA_NEON);
     return v;
 }
 
@@ -667,7 +675,8 @@ TEST(Int4Import, RejectsBadTensorsAndCreatesNothing) {
 namespace {
 
 // Avx2Int8 uses AVX-VNNI where the CPU has it; Avx2Int8NoVnni forces vpmaddubsw (run only where they differ).
-enum class Path { Scalar, Avx2Int8, Avx2Int8NoVnni, Avx2F32, Avx512Int8, Avx512Int8NoVnni, Avx512F32 };
+// NeonInt8: the arm64 dot-product kernel (gemm_int4_neon.cpp), run where the core has it.
+enum class Path { Scalar, Avx2Int8, Avx2Int8NoVnni, Avx2F32, Avx512Int8, Avx512Int8NoVnni, Avx512F32, NeonInt8 };
 const char* path_name(Path p) {
     switch (p) {
         case Path::Scalar: return "scalar";
@@ -676,11 +685,13 @@ const char* path_name(Path p) {
         case Path::Avx2F32: return "avx2-f32";
         case Path::Avx512Int8: return "avx512-int8";
         case Path::Avx512Int8NoVnni: return "avx512-int8-novnni";
+        case Path::NeonInt8: return "neon-int8";
         default: return "avx512-f32";
     }
 }
 bool is_int8(Path p) {
-    return p == Path::Avx2Int8 || p == Path::Avx2Int8NoVnni || p == Path::Avx512Int8 || p == Path::Avx512Int8NoVnni;
+    return p == Path::Avx2Int8 || p == Path::Avx2Int8NoVnni || p == Path::Avx512Int8 || p == Path::Avx512Int8NoVnni ||
+           p == Path::NeonInt8;
 }
 
 struct GemmCase {
@@ -791,12 +802,16 @@ void run_case(llmn_context ctx, const GemmCase& c, std::mt19937_64& g) {
         paths.push_back(Path::Avx512Int8NoVnni);
         paths.push_back(Path::Avx512F32);
     }
+    if (have_neon_dotprod()) paths.push_back(Path::NeonInt8);
     const double kp_terms = double(nblocks) * 32.0 + 4.0;
     std::vector<uint8_t> avx2_int8, avx2_f32;  // raw outputs of the AVX2 paths
     for (Path p : paths) {
         SCOPED_TRACE(path_name(p));
         const bool avx512 = p == Path::Avx512Int8 || p == Path::Avx512Int8NoVnni || p == Path::Avx512F32;
-        IsaScope isa(p == Path::Scalar ? LLMN_CPU_ISA_SCALAR : avx512 ? LLMN_CPU_ISA_AVX512 : LLMN_CPU_ISA_AVX2);
+        IsaScope isa(p == Path::Scalar     ? LLMN_CPU_ISA_SCALAR
+                     : p == Path::NeonInt8 ? LLMN_CPU_ISA_NEON
+                     : avx512              ? LLMN_CPU_ISA_AVX512
+                                           : LLMN_CPU_ISA_AVX2);
         ComputeScope cm(p == Path::Avx2F32 || p == Path::Avx512F32 ? llmn::int4cpu::Compute::F32
                                                                     : llmn::int4cpu::Compute::Int8);
 #if defined(__x86_64__) || defined(_M_X64)
@@ -888,7 +903,7 @@ TEST(Int4Gemm, EveryFormatCombination) {
 }
 
 TEST(Int4Gemm, DeterministicAcrossThreadCounts) {
-    if (!have_avx2()) GTEST_SKIP() << "no AVX2";
+    if (simd_isas().empty()) GTEST_SKIP() << "no SIMD INT4 kernel on this CPU (the scalar path has its own test)";
     Ctx ctx;
     auto g = rng(303);
     const int64_t M = 17, K = 1000, N = 300;

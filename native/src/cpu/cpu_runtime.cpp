@@ -18,6 +18,10 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
+#if defined(__aarch64__) && defined(__linux__)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+#endif
 #if defined(_WIN32)
 #include "../core/win32.hpp"
 #endif
@@ -294,6 +298,17 @@ bool avx_vnni() {
 #endif
 }
 void set_avx_vnni(bool allowed) { g_avx_vnni_allowed.store(allowed); }
+
+bool neon_dotprod() {
+#if defined(__aarch64__) && defined(__linux__)
+    static const bool has = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+    return has;
+#elif defined(__aarch64__) && defined(__APPLE__)
+    return true;  // every Apple arm64 core (M1 and later) has the dot product instructions
+#else
+    return false;
+#endif
+}
 
 void advise_huge_pages(void* p, size_t bytes) {
 #if defined(__linux__)

@@ -25,6 +25,9 @@ void set_avx512_vnni(bool allowed);
 // set_avx_vnni(false) forces their vpmaddubsw loops (tests, benchmarks); process-wide.
 bool avx_vnni();
 void set_avx_vnni(bool allowed);
+// arm64: the ARMv8.2 dot product instructions (sdot/udot, HWCAP_ASIMDDP) are present; the NEON INT4 GEMM
+// (gemm_int4_neon.cpp) needs them. false elsewhere.
+bool neon_dotprod();
 int64_t l3_cache_bytes();
 std::string model_name();
 int logical_cores();

@@ -269,6 +269,11 @@ void gemm_int4_cpu(const Context&, const Int4Weight& w, const GemmInt4Args& a) {
         gemm_avx2(c, compute_mode(), cpu::avx_vnni());
         return;
     }
+#elif defined(__aarch64__)
+    if (cpu::active_isa() == LLMN_CPU_ISA_NEON && cpu::neon_dotprod() && compute_mode() == Compute::Int8) {
+        gemm_neon(c);
+        return;
+    }
 #endif
     gemm_scalar(c);
 }

@@ -104,5 +104,9 @@ void gemm_avx2(const Call& c, Compute mode, bool avx_vnni);
 // gemm_int4_avx512.cpp: requires active_isa() == AVX512; vnni: the CPU has AVX512-VNNI.
 void gemm_avx512(const Call& c, Compute mode, bool vnni);
 #endif
+#if defined(__aarch64__)
+// gemm_int4_neon.cpp: the Int8 mode with the ARMv8.2 dot product; requires cpu::neon_dotprod().
+void gemm_neon(const Call& c);
+#endif
 
 }  // namespace llmn::int4cpu
