@@ -19,12 +19,9 @@ function(llmnative_collect_sources out_var)
     elseif(name MATCHES "_avx2$|_avx512$")
       list(REMOVE_ITEM sources "${f}")
     endif()
-    if(CMAKE_SYSTEM_PROCESSOR MATCHES "aarch64|arm64|ARM64")
-      if(name MATCHES "_neon$")
-        # ARMv8.2 dot product (sdot); the kernels run only where cpu::neon_dotprod() says the core has it.
-        set_source_files_properties("${f}" PROPERTIES COMPILE_OPTIONS "-march=armv8.2-a+dotprod")
-      endif()
-    elseif(name MATCHES "_neon$")
+    # *_neon.cpp: arm64 only, baseline flags (ASIMD is part of ARMv8-A); a kernel that needs more (the INT4
+    # GEMM's dot product) enables it for its own functions and checks the CPU at run time.
+    if(NOT CMAKE_SYSTEM_PROCESSOR MATCHES "aarch64|arm64|ARM64" AND name MATCHES "_neon$")
       list(REMOVE_ITEM sources "${f}")
     endif()
   endforeach()

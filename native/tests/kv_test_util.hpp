@@ -86,10 +86,14 @@ inline std::vector<int32_t> isas_to_test(bool with_avx512 = true) {
     std::vector<int32_t> v{LLMN_CPU_ISA_SCALAR};
     if (info.detected_isa == LLMN_CPU_ISA_AVX2 || info.detected_isa == LLMN_CPU_ISA_AVX512) v.push_back(LLMN_CPU_ISA_AVX2);
     if (with_avx512 && info.detected_isa == LLMN_CPU_ISA_AVX512) v.push_back(LLMN_CPU_ISA_AVX512);
+    if (info.detected_isa == LLMN_CPU_ISA_NEON) v.push_back(LLMN_CPU_ISA_NEON);  // arm64: f16 KV has a NEON kernel
     return v;
 }
 inline const char* isa_name(int32_t isa) {
-    return isa == LLMN_CPU_ISA_SCALAR ? "scalar" : isa == LLMN_CPU_ISA_AVX2 ? "avx2" : "avx512";
+    return isa == LLMN_CPU_ISA_SCALAR ? "scalar"
+           : isa == LLMN_CPU_ISA_AVX2 ? "avx2"
+           : isa == LLMN_CPU_ISA_NEON ? "neon"
+                                      : "avx512";
 }
 
 // Short name of a KV storage format for messages.

@@ -229,6 +229,9 @@ ItemFn select_kernel(const KvLayout& L) {
             return isa == LLMN_CPU_ISA_AVX512 ? attn_cpu::run_item_avx512 : attn_cpu::run_item_avx2;
         return attn_cpu::run_item_quant_avx2;
     }
+#elif defined(__aarch64__)
+    if (cpu::active_isa() == LLMN_CPU_ISA_NEON && !L.has_residual() && L.k_format == LLMN_KV_F16 && L.v_format == LLMN_KV_F16)
+        return attn_cpu::run_item_neon;
 #else
     (void)L;
 #endif

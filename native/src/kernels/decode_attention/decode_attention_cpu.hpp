@@ -64,6 +64,7 @@ float quantize_query_row(const float* x, int32_t n, int8_t* codes);
 void run_item_scalar(const Item& it);
 void run_item_avx2(const Item& it);  // only called when active_isa() >= AVX2 (x86 builds); f16 K and V
 void run_item_avx512(const Item& it);  // the same at zmm width, when active_isa() == AVX512 (x86 builds)
+void run_item_neon(const Item& it);  // arm64 builds, when active_isa() == NEON; f16 K and V
 // Any mix of F16 / INT8 / FP8_E4M3 K and V rows with dequantization fused into the row loads
 // (decode_attention_quant_avx2.cpp); same AVX2 requirement.
 void run_item_quant_avx2(const Item& it);

@@ -22,9 +22,10 @@
 //
 // Never run on arm64 hardware (only under qemu-user, where timings mean nothing): speed unmeasured.
 //
-// Only this file gets -march=armv8.2-a+dotprod (cmake/LlmNativeSources.cmake); its functions have internal
-// linkage and it uses no std:: containers, so no inline function compiled with sdot can be picked by the
-// linker for code that runs on a core without it. The caller checks cpu::neon_dotprod().
+// The dot product is enabled for this file's own code only (the target pragma after the includes); its
+// functions have internal linkage and it uses no std:: containers, so no inline function compiled with
+// sdot can be picked by the linker for code that runs on a core without it. The caller checks
+// cpu::neon_dotprod().
 #include "gemm_int4_cpu.hpp"
 
 #include "../../core/per_thread.hpp"
@@ -36,6 +37,8 @@
 #include <cstring>
 #include <limits>
 #include <new>
+
+#pragma GCC target("arch=armv8.2-a+dotprod")
 
 namespace llmn::int4cpu {
 
