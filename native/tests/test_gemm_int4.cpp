@@ -14,7 +14,9 @@
 //  * dense baseline: same reference and bounds.
 //
 // Error bounds (u = 2^-24, gamma(n) = n u / (1 - n u), S = sum_k |x_k| |w_kn| + |bias_n|):
-//  * AVX-512 Int8 / F32 must also be bitwise identical to AVX2 Int8 / F32 (same arithmetic per output).
+//  * AVX-512 Int8 / F32 must also be bitwise identical to AVX2 Int8 / F32 (same arithmetic per output), and
+//    every Int8 kernel (AVX2, AVX-512, NEON) bitwise equal to a model of the Int8 arithmetic written here
+//    (int8_path_model), which makes the x86 and arm64 kernels' bits comparable across machines.
 //  * f32 paths (scalar, AVX2/AVX-512 F32): dequantized weights are exact in f32, each output is a sequential
 //    f32 sum of <= Kp + 1 terms (Kp = packed rows incl. padding <= K + 32 * groups), so
 //    |y - y_ref| <= gamma(Kp + 2) * S.
@@ -900,6 +902,141 @@ TEST(Int4Gemm, EveryFormatCombination) {
                     ++i;
                     run_case(ctx.h, c, g);
                 }
+}
+
+// The Int8 path's arithmetic, written out from gemm_int4_cpu.hpp / gemm_int4_avx2.cpp's description
+// (independently of the kernels): rows in packed order (grouped, each group padded with zero rows to a multiple
+// of 32), per row and 32-row block amax, inv = 127 / amax and scale = amax / 127 in f32, codes = x * inv rounded
+// to nearest even, d = sum codes * (q - zero) exactly, then per output acc = fma(float(d), w_scale * scale, acc)
+// block by block from +0, y = acc + bias (0 without) rounded to the output dtype.
+namespace {
+std::vector<uint8_t> int8_path_model(const Truth& tr, const std::vector<float>& x, int64_t M, const std::vector<float>* bias,
+                                     bool f16) {
+    const int64_t K = tr.K, N = tr.N, G = tr.groups();
+    std::vector<int64_t> rows;  // packed order: source row, -1 for padding
+    for (int64_t q = 0; q < G; ++q) {
+        for (int64_t k = 0; k < K; ++k)
+            if (tr.gidx[k] == q) rows.push_back(k);
+        while (rows.size() % 32) rows.push_back(-1);
+    }
+    const int64_t nb = int64_t(rows.size()) / 32;
+    std::vector<uint8_t> out(static_cast<size_t>(M * N * (f16 ? 2 : 4)));
+    std::vector<float> acc(static_cast<size_t>(N));
+    for (int64_t m = 0; m < M; ++m) {
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int64_t b = 0; b < nb; ++b) {
+            float xb[32], am = 0.0f;
+            for (int j = 0; j < 32; ++j) {
+                const int64_t k = rows[b * 32 + j];
+                xb[j] = k < 0 ? 0.0f : x[m * K + k];
+                am = std::max(am, std::fabs(xb[j]));
+            }
+            int code[32] = {};
+            float sx = 0.0f;
+            if (am > 0.0f) {
+                const float inv = 127.0f / am;
+                for (int j = 0; j < 32; ++j) {
+                    const float t = xb[j] * inv;  // one f32 product (no multiply-add to contract)
+                    code[j] = int(std::nearbyint(t));
+                }
+                sx = am / 127.0f;
+            }
+            int64_t g = -1;
+            for (int j = 0; j < 32 && g < 0; ++j)
+                if (rows[b * 32 + j] >= 0) g = tr.gidx[rows[b * 32 + j]];
+            if (g < 0) continue;  // an all-padding block: d = 0 adds nothing
+            for (int64_t n = 0; n < N; ++n) {
+                int64_t d = 0;
+                for (int j = 0; j < 32; ++j) {
+                    const int64_t k = rows[b * 32 + j];
+                    if (k >= 0) d += int64_t(code[j]) * (tr.q[k * N + n] - tr.z[g * N + n]);
+                }
+                const float ws = tr.s[g * N + n];
+                const float f = ws * sx;
+                acc[n] = std::fma(float(d), f, acc[n]);
+            }
+        }
+        for (int64_t n = 0; n < N; ++n) {
+            const float y = acc[n] + (bias ? (*bias)[n] : 0.0f);
+            if (f16) {
+                const uint16_t h = llmn::f32_to_f16(y);
+                std::memcpy(&out[size_t((m * N + n) * 2)], &h, 2);
+            } else {
+                std::memcpy(&out[size_t((m * N + n) * 4)], &y, 4);
+            }
+        }
+    }
+    return out;
+}
+
+}  // namespace
+
+// Every Int8 kernel (AVX2 with and without AVX-VNNI, AVX-512 with and without VNNI, NEON with the dot product)
+// against the model above, bit for bit: so the x86 and arm64 kernels give the same bits as each other, which no
+// single machine could compare directly.
+TEST(Int4Gemm, Int8KernelsComputeTheDocumentedArithmeticBitForBit) {
+    std::vector<Path> paths;
+    if (have_avx2()) {
+        paths.push_back(Path::Avx2Int8);
+#if defined(__x86_64__) || defined(_M_X64)
+        if (llmn::cpu::avx_vnni()) paths.push_back(Path::Avx2Int8NoVnni);
+#endif
+    }
+    if (have_avx512()) {
+        paths.push_back(Path::Avx512Int8);
+        paths.push_back(Path::Avx512Int8NoVnni);
+    }
+    if (have_neon_dotprod()) paths.push_back(Path::NeonInt8);
+    if (paths.empty()) GTEST_SKIP() << "no Int8 INT4 kernel on this CPU (AVX2, AVX-512 or the arm64 dot product)";
+    Ctx ctx;
+    auto g = rng(311);
+    struct Shape {
+        int64_t m, k, n;
+        int32_t gs;
+        bool sym, act, f16, bias;
+    };
+    const Shape shapes[] = {{1, 256, 40, 128, true, false, false, false}, {5, 200, 72, 64, false, true, true, true},
+                            {17, 96, 257, 32, true, false, false, true}, {3, 136, 33, 0, true, false, true, false},
+                            {40, 512, 64, 128, false, true, false, false}, {2, 64, 8, 32, true, true, true, true}};
+    for (const Shape& sh : shapes) {
+        SCOPED_TRACE(testing::Message() << sh.m << "x" << sh.k << "x" << sh.n << " gs " << sh.gs << (sh.sym ? " sym" : " asym")
+                                        << (sh.act ? " act-order" : "") << (sh.f16 ? " f16" : " f32") << (sh.bias ? " bias" : ""));
+        Truth tr = random_truth(g, sh.k, sh.n, sh.gs, sh.sym, 0, sh.act);
+        GptqPacked P;
+        pack_gptq(tr, sh.sym, LLMN_GPTQ_V2, false, sh.act, P);
+        Weight W;
+        LLMN_ASSERT_OK(llmn_int4_weight_import_gptq(ctx.h, &P.t, &W.h));
+        std::vector<float> x = outlier_data(g, sh.m * sh.k, 1.0f), bias = outlier_data(g, sh.n, 0.5f);
+        if (sh.f16) {
+            for (auto& v : x) v = f16r(v);
+            for (auto& v : bias) v = f16r(v);
+        }
+        if (sh.m > 2)
+            for (int64_t k = 0; k < sh.k; ++k) x[1 * sh.k + k] = 0.0f;  // all-zero blocks: scale 0
+        const int32_t dt = sh.f16 ? LLMN_DTYPE_F16 : LLMN_DTYPE_F32;
+        Buf xb(ctx.h, dt, sh.m * sh.k), yb(ctx.h, dt, sh.m * sh.n), bb(ctx.h, dt, sh.n);
+        xb.put(x);
+        bb.put(bias);
+        const std::vector<uint8_t> want = int8_path_model(tr, x, sh.m, sh.bias ? &bias : nullptr, sh.f16);
+        for (Path p : paths) {
+            SCOPED_TRACE(path_name(p));
+            IsaScope isa(p == Path::NeonInt8 ? LLMN_CPU_ISA_NEON
+                         : p == Path::Avx512Int8 || p == Path::Avx512Int8NoVnni ? LLMN_CPU_ISA_AVX512
+                                                                                : LLMN_CPU_ISA_AVX2);
+            ComputeScope cm(llmn::int4cpu::Compute::Int8);
+#if defined(__x86_64__) || defined(_M_X64)
+            NoVnniScope nv(llmn::cpu::set_avx512_vnni, p == Path::Avx512Int8NoVnni);
+            NoVnniScope nav(llmn::cpu::set_avx_vnni, p == Path::Avx2Int8NoVnni);
+#endif
+            yb.poison();
+            LLMN_ASSERT_OK(llmn_gemm_int4(ctx.h, xb.h, W.h, sh.bias ? bb.h : nullptr, yb.h, sh.m));
+            const std::vector<uint8_t> got = yb.raw();
+            size_t first = got.size();
+            for (size_t i = 0; i < got.size() && first == got.size(); ++i)
+                if (got[i] != want[i]) first = i;
+            EXPECT_EQ(first, got.size()) << "first differing byte " << first << " (output " << first / (sh.f16 ? 2 : 4) << ")";
+        }
+    }
 }
 
 TEST(Int4Gemm, DeterministicAcrossThreadCounts) {

@@ -12,11 +12,12 @@
 // int8 per 32-row block (amax exact, 127 / amax and amax / 127 rounded to f32, round to nearest even),
 // the exact integer dot product started from -(code sum) x zero, then per block one f32 FMA
 // acc = fma(float(dot), scale_w * scale_x, acc) in block order; bias and the output conversion are the
-// shared store_panel. So it gives the AVX2 kernel's bits: checked once by hand on 2026-12-07 with a C
-// program that builds its inputs with integer arithmetic only (12 cases: M 1-200, K 96-1000, groups
-// 0/32/64/128, sym/asym, f32/f16) and hashes the outputs: the same FNV-1a digest from AVX2, AVX-512 and
-// this kernel under qemu-aarch64. (The scalar reference's bits differ between x86-64 and arm64: GCC
-// contracts its multiply-adds to FMA on arm64.) The tests hold it to the Int8 error bound against float64.
+// shared store_panel. So it gives the AVX2 kernel's bits: test Int4Gemm.Int8KernelsComputeTheDocumentedArithmeticBitForBit
+// compares every Int8 kernel (x86 and this one, under qemu-aarch64) bit for bit with a model of that arithmetic
+// written in the test; and on 2026-12-07 a C program that builds its inputs with integer arithmetic only gave
+// the same FNV-1a digest of 12 outputs from AVX2, AVX-512 and this kernel. (The scalar reference's bits
+// differ between x86-64 and arm64: GCC contracts its multiply-adds to FMA on arm64.) The other GEMM tests
+// hold it to the Int8 error bound against float64.
 // Work items are runs of whole panels, as on x86: results do not depend on the thread count. The F32
 // compute mode runs the scalar reference on arm64.
 //
