@@ -910,6 +910,21 @@ TEST(Int4Gemm, EveryFormatCombination) {
 // to nearest even, d = sum codes * (q - zero) exactly, then per output acc = fma(float(d), w_scale * scale, acc)
 // block by block from +0, y = acc + bias (0 without) rounded to the output dtype.
 namespace {
+// The model's two roundings without libm: MinGW-w64's fmaf / nearbyint are not dependable (its round() is
+// not, see numeric.hpp), and this test needs them exact. The FMA instruction itself (the test runs only where
+// an Int8 kernel runs: x86 with AVX2 + FMA, or arm64), and round-to-nearest-even of |t| < 2^22 by adding and
+// subtracting 1.5 * 2^23.
+#if defined(__x86_64__) || defined(_M_X64)
+__attribute__((target("fma")))
+#endif
+float fma_insn(float a, float b, float c) {
+    return __builtin_fmaf(a, b, c);
+}
+int round_even(float t) {
+    volatile float big = 12582912.0f;
+    return int((t + big) - big);
+}
+
 std::vector<uint8_t> int8_path_model(const Truth& tr, const std::vector<float>& x, int64_t M, const std::vector<float>* bias,
                                      bool f16) {
     const int64_t K = tr.K, N = tr.N, G = tr.groups();
@@ -937,7 +952,7 @@ std::vector<uint8_t> int8_path_model(const Truth& tr, const std::vector<float>& 
                 const float inv = 127.0f / am;
                 for (int j = 0; j < 32; ++j) {
                     const float t = xb[j] * inv;  // one f32 product (no multiply-add to contract)
-                    code[j] = int(std::nearbyint(t));
+                    code[j] = round_even(t);
                 }
                 sx = am / 127.0f;
             }
@@ -953,7 +968,7 @@ std::vector<uint8_t> int8_path_model(const Truth& tr, const std::vector<float>& 
                 }
                 const float ws = tr.s[g * N + n];
                 const float f = ws * sx;
-                acc[n] = std::fma(float(d), f, acc[n]);
+                acc[n] = fma_insn(float(d), f, acc[n]);
             }
         }
         for (int64_t n = 0; n < N; ++n) {
