@@ -167,18 +167,24 @@ public sealed class SafetensorsFile : ISafetensors, IDisposable
         if (!BitConverter.IsLittleEndian)
             throw new PlatformNotSupportedException("safetensors data is little-endian; this process is big-endian");
         var result = new T[info.ElementCount];
-        Span<byte> dst = MemoryMarshal.AsBytes(result.AsSpan());
+        // Element slices of at most 1 MiB: a byte view of the whole array would overflow int for tensors of
+        // 2 GiB and more (a 70B model's embedding), which the array itself can hold.
+        int size = Safetensors.DTypeSize(info.DType), per = (1 << 20) / size;
+        byte[] chunk = new byte[(int)Math.Min(info.ByteLength, 1 << 20)];
         lock (_lock)
         {
             if (_disposed) throw new ObjectDisposedException(nameof(SafetensorsFile), $"{Path} was closed");
             _stream.Position = info.FileOffset;
-            byte[] chunk = new byte[(int)Math.Min(dst.Length, 1 << 20)];
-            for (int done = 0; done < dst.Length;)
+            for (int start = 0; start < result.Length; start += per)
             {
-                int n = _stream.Read(chunk, 0, Math.Min(chunk.Length, dst.Length - done));
-                if (n <= 0) throw new EndOfStreamException($"{Path} ended inside tensor '{name}' (the file changed after it was opened?)");
-                chunk.AsSpan(0, n).CopyTo(dst.Slice(done));
-                done += n;
+                Span<byte> dst = MemoryMarshal.AsBytes(result.AsSpan(start, Math.Min(per, result.Length - start)));
+                for (int done = 0; done < dst.Length;)
+                {
+                    int n = _stream.Read(chunk, 0, dst.Length - done);
+                    if (n <= 0) throw new EndOfStreamException($"{Path} ended inside tensor '{name}' (the file changed after it was opened?)");
+                    chunk.AsSpan(0, n).CopyTo(dst.Slice(done));
+                    done += n;
+                }
             }
         }
         return result;

@@ -85,6 +85,24 @@ public sealed class SafetensorsTests : IDisposable
         Assert.Throws<ObjectDisposedException>(() => file.Read<int>("a.i32"));
     }
 
+    [Fact]
+    public void Tensors_larger_than_the_read_slice_come_back_whole()
+    {
+        // Read<T> copies in slices of 1 MiB: 1.2 MB of I32 and 2.5 MB of F16 bits cross several slice ends.
+        var r = TestSetup.Random(out int seed);
+        int[] big = Enumerable.Range(0, 300_001).Select(_ => r.Next(int.MinValue, int.MaxValue)).ToArray();
+        ushort[] half = Enumerable.Range(0, 1_250_003).Select(_ => (ushort)r.Next(0, 0x7c00)).ToArray();
+        using var file = SafetensorsFile.Open(Write("big.safetensors", Build(new[]
+        {
+            E("small", "U8", new long[] { 3 }, new byte[] { 1, 2, 3 }), // the big tensors start at an odd offset
+            E("big", "I32", new long[] { 300_001 }, big),
+            E("half", "F16", new long[] { 1_250_003 }, half),
+        })));
+        Assert.True(big.SequenceEqual(file.Read<int>("big")), $"seed {seed}");
+        Assert.True(half.SequenceEqual(file.Read<ushort>("half")), $"seed {seed}");
+        Assert.Equal(new byte[] { 1, 2, 3 }, file.Read<byte>("small"));
+    }
+
     public static IEnumerable<object[]> MalformedFiles()
     {
         byte[] ok = MemoryMarshal.AsBytes(new int[] { 1, 2, 3, 4 }.AsSpan()).ToArray();
