@@ -39,7 +39,7 @@ internal static class InspectVerb
         "\n" +
         "Exit codes: 0 listed (and every import / check passed), 1 a layer failed to import or check, 2 usage error.\n";
 
-    private sealed record Layer(string Prefix, string Method, int K, int N, int Groups, string ScaleType, bool ActOrder)
+    private sealed record Layer(string Prefix, string Method, int K, int N, int Groups, string ScaleType, bool HasGIdx)
     {
         public string? Status { get; set; }
         public double ImportSeconds { get; set; }
@@ -155,15 +155,11 @@ internal static class InspectVerb
         try
         {
             var sw = Stopwatch.StartNew();
-            int[] groupOfRow;
-            bool grouped;
+            int[]? gIdx = null;  // the check's reference needs each row's group: g_idx, else k / group size
             Int4Weight w;
             if (l.Method == "awq")
             {
-                AwqTensors t = AwqTensors.FromSafetensors(ckpt, l.Prefix);
-                w = Int4Weight.ImportAwq(ctx, t);
-                groupOfRow = Enumerable.Range(0, t.K).Select(k => t.GroupSize == 0 ? 0 : k / t.GroupSize).ToArray();
-                grouped = t.GroupSize != 0;
+                w = Int4Weight.ImportAwq(ctx, AwqTensors.FromSafetensors(ckpt, l.Prefix));
             }
             else
             {
@@ -172,16 +168,15 @@ internal static class InspectVerb
                 bool sym = settings.Symmetric ?? !ckpt.Contains(l.Prefix + ".qzeros");
                 GptqTensors t = GptqTensors.FromSafetensors(ckpt, l.Prefix, sym, settings.Format == "gptq_v2" ? GptqFormat.V2 : GptqFormat.V1);
                 w = Int4Weight.ImportGptq(ctx, t);
-                groupOfRow = t.GIdx.IsEmpty
-                    ? Enumerable.Range(0, t.K).Select(k => t.GroupSize == 0 ? 0 : k / t.GroupSize).ToArray()
-                    : t.GIdx.ToArray();
-                grouped = t.GroupSize != 0;
+                if (!t.GIdx.IsEmpty) gIdx = t.GIdx.ToArray();
             }
             using (w)
             {
                 l.ImportSeconds = sw.Elapsed.TotalSeconds;
                 l.Status = "imported";
-                if (check) Check(ctx, w, l, groupOfRow, grouped);
+                if (check)
+                    Check(ctx, w, l, gIdx ?? Enumerable.Range(0, w.K).Select(k => w.GroupSize == 0 ? 0 : k / w.GroupSize).ToArray(),
+                        w.GroupSize != 0);
             }
         }
         catch (Exception e) when (e is ArgumentException or InvalidDataException or LlmNativeException or NotSupportedException)
@@ -228,7 +223,7 @@ internal static class InspectVerb
             string tail = l.Status == null ? ""
                 : l.Status == "error" ? $"  error: {l.Detail}"
                 : $"  {l.ImportSeconds * 1e3,6:0.0} ms  " + (double.IsNaN(l.Ratio) ? "" : $"{l.Status} ({l.Ratio:0.000} of bound)" + (l.Detail.Length > 0 ? $" {l.Detail}" : ""));
-            o.WriteLine($"{l.Prefix.PadRight(width)}  {l.Method,-6} {l.K,6} {l.N,7}  {group,5}  {(l.ActOrder ? "yes" : "no"),-9}  {l.ScaleType,-6}{tail}".TrimEnd());
+            o.WriteLine($"{l.Prefix.PadRight(width)}  {l.Method,-6} {l.K,6} {l.N,7}  {group,5}  {(l.HasGIdx ? "yes" : "no"),-9}  {l.ScaleType,-6}{tail}".TrimEnd());
         }
     }
 
@@ -255,7 +250,7 @@ internal static class InspectVerb
                 j.WriteNumber("k", l.K);
                 j.WriteNumber("n", l.N);
                 j.WriteNumber("groups", l.Groups);
-                j.WriteBoolean("gIdx", l.ActOrder);
+                j.WriteBoolean("gIdx", l.HasGIdx);
                 j.WriteString("scales", l.ScaleType);
                 if (l.Status != null)
                 {

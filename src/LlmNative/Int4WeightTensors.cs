@@ -125,12 +125,13 @@ public sealed class GptqTensors
         if (scCols != n)
             throw new ArgumentException($"{sc.Name} has shape {sc.ShapeText}; GPTQ scales are [G, N] with N = {n} from {qw.Name} {qw.ShapeText}", nameof(prefix));
         int gs = Int4Checkpoint.GroupSize(groupSize, k, g, sc, nameof(prefix), nameof(groupSize));
+        Int4Checkpoint.ScaleType(sc, nameof(prefix));
         int[] qweight = Int4Checkpoint.ReadI32(source, qw, nameof(prefix));
         int[] qzeros = source.Contains(p + ".qzeros") ? Int4Checkpoint.ReadI32(source, source.GetTensor(p + ".qzeros"), nameof(prefix))
             : symmetric ? Array.Empty<int>()
             : throw new ArgumentException($"no tensor '{p}.qzeros': an asymmetric GPTQ layer needs its zero points", nameof(prefix));
         int[] gIdx = source.Contains(p + ".g_idx") ? Int4Checkpoint.ReadIndex(source, source.GetTensor(p + ".g_idx"), nameof(prefix)) : Array.Empty<int>();
-        return Int4Checkpoint.Build(p, nameof(prefix), sc, () => sc.DType switch
+        return Int4Checkpoint.Build(p, nameof(prefix), () => sc.DType switch
         {
             "F16" => new GptqTensors(k, n, gs, symmetric, format, qweight, qzeros, source.Read<ushort>(sc.Name), gIdx),
             _ => new GptqTensors(k, n, gs, symmetric, format, qweight, qzeros, source.Read<float>(sc.Name), gIdx),
@@ -283,8 +284,9 @@ public sealed class AwqTensors
                 $"{qw.Name} has shape {qw.ShapeText}; AWQ qweight is [K, N/8] with N = {n} from {sc.Name} {sc.ShapeText} (a GPTQ layer? its qweight is [K/8, N])",
                 nameof(prefix));
         int gs = Int4Checkpoint.GroupSize(groupSize, k, g, sc, nameof(prefix), nameof(groupSize));
+        Int4Checkpoint.ScaleType(sc, nameof(prefix));
         int[] qweight = Int4Checkpoint.ReadI32(source, qw, nameof(prefix)), qzeros = Int4Checkpoint.ReadI32(source, qz, nameof(prefix));
-        return Int4Checkpoint.Build(p, nameof(prefix), sc, () => sc.DType switch
+        return Int4Checkpoint.Build(p, nameof(prefix), () => sc.DType switch
         {
             "F16" => new AwqTensors(k, n, gs, qweight, qzeros, source.Read<ushort>(sc.Name)),
             _ => new AwqTensors(k, n, gs, qweight, qzeros, source.Read<float>(sc.Name)),
@@ -387,11 +389,16 @@ internal static class Int4Checkpoint
         return gs;
     }
 
-    // The bundle's constructor, its value checks (finite scales, zero points, g_idx range) reported with the layer.
-    public static T Build<T>(string prefix, string paramName, SafetensorsTensorInfo scales, Func<T> make)
+    // Scales are read as fp16 bits or f32; checked before any tensor is read.
+    public static void ScaleType(SafetensorsTensorInfo scales, string paramName)
     {
         if (scales.DType is not ("F16" or "F32"))
             throw new ArgumentException($"{scales.Name} has dtype {scales.DType}; scales must be F16 or F32", paramName);
+    }
+
+    // The bundle's constructor, its value checks (finite scales, zero points, g_idx range) reported with the layer.
+    public static T Build<T>(string prefix, string paramName, Func<T> make)
+    {
         try
         {
             return make();

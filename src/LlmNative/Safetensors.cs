@@ -402,20 +402,10 @@ public sealed class SafetensorsCheckpoint : ISafetensors, IDisposable
     public bool Contains(string name) => name != null && _weightMap.ContainsKey(name);
 
     /// <inheritdoc />
-    public SafetensorsTensorInfo GetTensor(string name)
-    {
-        SafetensorsFile file = ShardOf(name);
-        if (!file.Contains(name))
-            throw new InvalidDataException($"the index assigns tensor '{name}' to {file.Path}, which does not hold it");
-        return file.GetTensor(name);
-    }
+    public SafetensorsTensorInfo GetTensor(string name) => Holding(name).GetTensor(name);
 
     /// <inheritdoc />
-    public T[] Read<T>(string name) where T : unmanaged
-    {
-        GetTensor(name);
-        return ShardOf(name).Read<T>(name);
-    }
+    public T[] Read<T>(string name) where T : unmanaged => Holding(name).Read<T>(name);
 
     /// <summary>Closes every shard opened so far.</summary>
     public void Dispose()
@@ -426,6 +416,15 @@ public sealed class SafetensorsCheckpoint : ISafetensors, IDisposable
             foreach (SafetensorsFile f in _open.Values) f.Dispose();
             _open.Clear();
         }
+    }
+
+    // The shard the index assigns the tensor to, checked to hold it.
+    private SafetensorsFile Holding(string name)
+    {
+        SafetensorsFile file = ShardOf(name);
+        if (!file.Contains(name))
+            throw new InvalidDataException($"the index assigns tensor '{name}' to {file.Path}, which does not hold it");
+        return file;
     }
 
     private SafetensorsFile ShardOf(string name)
