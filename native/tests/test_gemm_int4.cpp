@@ -696,6 +696,54 @@ bool is_int8(Path p) {
            p == Path::NeonInt8;
 }
 
+// The paths this machine can run, in the order run_case compares them (each AVX2 path before its AVX-512 twin).
+std::vector<Path> available_paths() {
+    std::vector<Path> paths = {Path::Scalar};
+    if (have_avx2()) {
+        paths.push_back(Path::Avx2Int8);
+#if defined(__x86_64__) || defined(_M_X64)
+        if (llmn::cpu::avx_vnni()) paths.push_back(Path::Avx2Int8NoVnni);
+#endif
+        paths.push_back(Path::Avx2F32);
+    }
+    if (have_avx512()) {
+        paths.push_back(Path::Avx512Int8);
+        paths.push_back(Path::Avx512Int8NoVnni);
+        paths.push_back(Path::Avx512F32);
+    }
+    if (have_neon_dotprod()) paths.push_back(Path::NeonInt8);
+    return paths;
+}
+
+// For its lifetime, the library runs path p: its ISA cap, compute mode and VNNI switches.
+struct PathScope {
+    static int32_t isa_of(Path p) {
+        switch (p) {
+            case Path::Scalar: return LLMN_CPU_ISA_SCALAR;
+            case Path::NeonInt8: return LLMN_CPU_ISA_NEON;
+            case Path::Avx512Int8:
+            case Path::Avx512Int8NoVnni:
+            case Path::Avx512F32: return LLMN_CPU_ISA_AVX512;
+            default: return LLMN_CPU_ISA_AVX2;
+        }
+    }
+    IsaScope isa;
+    ComputeScope cm;
+#if defined(__x86_64__) || defined(_M_X64)
+    NoVnniScope nv, nav;
+#endif
+    explicit PathScope(Path p)
+        : isa(isa_of(p)),
+          cm(p == Path::Avx2F32 || p == Path::Avx512F32 ? llmn::int4cpu::Compute::F32 : llmn::int4cpu::Compute::Int8)
+#if defined(__x86_64__) || defined(_M_X64)
+          ,
+          nv(llmn::cpu::set_avx512_vnni, p == Path::Avx512Int8NoVnni),
+          nav(llmn::cpu::set_avx_vnni, p == Path::Avx2Int8NoVnni)
+#endif
+    {
+    }
+};
+
 struct GemmCase {
     int64_t m, k, n;
     int32_t gs;
@@ -791,35 +839,11 @@ void run_case(llmn_context ctx, const GemmCase& c, std::mt19937_64& g) {
         }
     }
 
-    std::vector<Path> paths = {Path::Scalar};
-    if (have_avx2()) {
-        paths.push_back(Path::Avx2Int8);
-#if defined(__x86_64__) || defined(_M_X64)
-        if (llmn::cpu::avx_vnni()) paths.push_back(Path::Avx2Int8NoVnni);
-#endif
-        paths.push_back(Path::Avx2F32);
-    }
-    if (have_avx512()) {
-        paths.push_back(Path::Avx512Int8);
-        paths.push_back(Path::Avx512Int8NoVnni);
-        paths.push_back(Path::Avx512F32);
-    }
-    if (have_neon_dotprod()) paths.push_back(Path::NeonInt8);
     const double kp_terms = double(nblocks) * 32.0 + 4.0;
     std::vector<uint8_t> avx2_int8, avx2_f32;  // raw outputs of the AVX2 paths
-    for (Path p : paths) {
+    for (Path p : available_paths()) {
         SCOPED_TRACE(path_name(p));
-        const bool avx512 = p == Path::Avx512Int8 || p == Path::Avx512Int8NoVnni || p == Path::Avx512F32;
-        IsaScope isa(p == Path::Scalar     ? LLMN_CPU_ISA_SCALAR
-                     : p == Path::NeonInt8 ? LLMN_CPU_ISA_NEON
-                     : avx512              ? LLMN_CPU_ISA_AVX512
-                                           : LLMN_CPU_ISA_AVX2);
-        ComputeScope cm(p == Path::Avx2F32 || p == Path::Avx512F32 ? llmn::int4cpu::Compute::F32
-                                                                    : llmn::int4cpu::Compute::Int8);
-#if defined(__x86_64__) || defined(_M_X64)
-        NoVnniScope nv(llmn::cpu::set_avx512_vnni, p == Path::Avx512Int8NoVnni);
-        NoVnniScope nav(llmn::cpu::set_avx_vnni, p == Path::Avx2Int8NoVnni);
-#endif
+        PathScope run(p);
         yb.poison();
         LLMN_ASSERT_OK(llmn_gemm_int4(ctx, xb.h, W.h, c.bias ? bb.h : nullptr, yb.h, M));
         const std::vector<float> y = yb.get();
@@ -991,17 +1015,8 @@ std::vector<uint8_t> int8_path_model(const Truth& tr, const std::vector<float>& 
 // single machine could compare directly.
 TEST(Int4Gemm, Int8KernelsComputeTheDocumentedArithmeticBitForBit) {
     std::vector<Path> paths;
-    if (have_avx2()) {
-        paths.push_back(Path::Avx2Int8);
-#if defined(__x86_64__) || defined(_M_X64)
-        if (llmn::cpu::avx_vnni()) paths.push_back(Path::Avx2Int8NoVnni);
-#endif
-    }
-    if (have_avx512()) {
-        paths.push_back(Path::Avx512Int8);
-        paths.push_back(Path::Avx512Int8NoVnni);
-    }
-    if (have_neon_dotprod()) paths.push_back(Path::NeonInt8);
+    for (Path p : available_paths())
+        if (is_int8(p)) paths.push_back(p);
     if (paths.empty()) GTEST_SKIP() << "no Int8 INT4 kernel on this CPU (AVX2, AVX-512 or the arm64 dot product)";
     Ctx ctx;
     auto g = rng(311);
@@ -1035,14 +1050,7 @@ TEST(Int4Gemm, Int8KernelsComputeTheDocumentedArithmeticBitForBit) {
         const std::vector<uint8_t> want = int8_path_model(tr, x, sh.m, sh.bias ? &bias : nullptr, sh.f16);
         for (Path p : paths) {
             SCOPED_TRACE(path_name(p));
-            IsaScope isa(p == Path::NeonInt8 ? LLMN_CPU_ISA_NEON
-                         : p == Path::Avx512Int8 || p == Path::Avx512Int8NoVnni ? LLMN_CPU_ISA_AVX512
-                                                                                : LLMN_CPU_ISA_AVX2);
-            ComputeScope cm(llmn::int4cpu::Compute::Int8);
-#if defined(__x86_64__) || defined(_M_X64)
-            NoVnniScope nv(llmn::cpu::set_avx512_vnni, p == Path::Avx512Int8NoVnni);
-            NoVnniScope nav(llmn::cpu::set_avx_vnni, p == Path::Avx2Int8NoVnni);
-#endif
+            PathScope run(p);
             yb.poison();
             LLMN_ASSERT_OK(llmn_gemm_int4(ctx.h, xb.h, W.h, sh.bias ? bb.h : nullptr, yb.h, sh.m));
             const std::vector<uint8_t> got = yb.raw();

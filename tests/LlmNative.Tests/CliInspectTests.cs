@@ -26,30 +26,13 @@ public sealed class CliInspectTests : IDisposable
         return (code, o.ToString(), e.ToString());
     }
 
-    /// <summary>A GPTQ v1 asymmetric layer (act-order when asked) as checkpoint entries; scale 0x7e00 (NaN) at index 3 when poisoned.</summary>
-    private static Entry[] Gptq(Random r, string prefix, int k, int n, int gs, bool actOrder, bool poisoned = false)
-    {
-        int g = (k + gs - 1) / gs;
-        byte[] q = RandomNibbles(r, k * n), zeros = RandomNibbles(r, g * n, 1, 16);
-        ushort[] scales = Enumerable.Range(0, g * n).Select(i => poisoned && i == 3 ? (ushort)0x7e00 : RandomScale(r)).ToArray();
-        var entries = new[]
-        {
-            E(prefix + ".qweight", "I32", new long[] { k / 8, n }, PackGptqQWeight(q, k, n)),
-            E(prefix + ".qzeros", "I32", new long[] { g, n / 8 }, PackGptqColumns(zeros.Select(z => (byte)(z - 1)).ToArray(), g, n)),
-            E(prefix + ".scales", "F16", new long[] { g, n }, scales),
-        };
-        return actOrder
-            ? entries.Append(E(prefix + ".g_idx", "I32", new long[] { k }, Enumerable.Range(0, k).Select(x => x / gs).OrderBy(_ => r.Next()).ToArray())).ToArray()
-            : entries;
-    }
-
     [Fact]
     public void Lists_imports_and_checks_the_layers_of_a_gptq_checkpoint()
     {
         var r = TestSetup.Random(out int seed);
         File.WriteAllBytes(Path.Combine(_dir, "model.safetensors"), Build(
-            Gptq(r, "model.layers.0.mlp.up_proj", 256, 48, 64, actOrder: true)
-                .Concat(Gptq(r, "model.layers.0.mlp.down_proj", 128, 40, 64, actOrder: false))
+            GptqLayer(r, "model.layers.0.mlp.up_proj", 256, 48, 64).Entries
+                .Concat(GptqLayer(r, "model.layers.0.mlp.down_proj", 128, 40, 64, GIdxStore.None).Entries)
                 .Append(E("model.norm.weight", "F16", new long[] { 4 }, new ushort[4]))));
         File.WriteAllText(Path.Combine(_dir, "quantize_config.json"),
             "{\"bits\": 4, \"group_size\": 64, \"desc_act\": true, \"sym\": false, \"checkpoint_format\": \"gptq\"}");
@@ -83,7 +66,7 @@ public sealed class CliInspectTests : IDisposable
     public void A_broken_layer_fails_with_its_name_and_awq_is_recognised()
     {
         var r = TestSetup.Random(out int seed);
-        File.WriteAllBytes(Path.Combine(_dir, "bad.safetensors"), Build(Gptq(r, "l.q_proj", 64, 16, 32, actOrder: false, poisoned: true)));
+        File.WriteAllBytes(Path.Combine(_dir, "bad.safetensors"), Build(GptqLayer(r, "l.q_proj", 64, 16, 32, GIdxStore.None, nanScaleAt: 3).Entries));
         var (code, output, _) = Run("inspect", Path.Combine(_dir, "bad.safetensors"), "--import", "--backend", "cpu");
         Assert.Equal(1, code);
         Assert.Contains("error: layer 'l.q_proj'", output);

@@ -198,25 +198,6 @@ public sealed class SafetensorsTests : IDisposable
         Assert.InRange(opened, 1, 2999); // some edits keep the file valid (spaces, digits), most do not
     }
 
-    /// <summary>A GPTQ layer (act-order, asymmetric v1) as its tensors and as a file; the shapes are the checkpoint's.</summary>
-    private static (byte[] Q, byte[] Zeros, ushort[] Scales, int[] GIdx, Entry[] Entries) GptqLayer(Random r, string prefix, int k, int n, int gs,
-        bool gIdxI64 = false)
-    {
-        int g = (k + gs - 1) / gs;
-        byte[] q = RandomNibbles(r, k * n), zeros = RandomNibbles(r, g * n, 1, 16);
-        ushort[] scales = Enumerable.Range(0, g * n).Select(_ => RandomScale(r)).ToArray();
-        int[] gIdx = Enumerable.Range(0, k).Select(row => row / gs).OrderBy(_ => r.Next()).ToArray();
-        Entry idx = gIdxI64 ? E(prefix + ".g_idx", "I64", new long[] { k }, gIdx.Select(x => (long)x).ToArray())
-            : E(prefix + ".g_idx", "I32", new long[] { k }, gIdx);
-        return (q, zeros, scales, gIdx, new[]
-        {
-            E(prefix + ".qweight", "I32", new long[] { k / 8, n }, PackGptqQWeight(q, k, n)),
-            E(prefix + ".qzeros", "I32", new long[] { g, n / 8 }, PackGptqColumns(zeros.Select(z => (byte)(z - 1)).ToArray(), g, n)),
-            E(prefix + ".scales", "F16", new long[] { g, n }, scales),
-            idx,
-        });
-    }
-
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
@@ -225,7 +206,7 @@ public sealed class SafetensorsTests : IDisposable
         var r = TestSetup.Random(out int seed);
         const int K = 200, N = 24, GS = 64; // K not a multiple of the group: G = 4, the last group short
         const string P = "model.layers.3.mlp.up_proj";
-        var (q, zeros, scales, gIdx, entries) = GptqLayer(r, P, K, N, GS, gIdxI64);
+        var (q, zeros, scales, gIdx, entries) = GptqLayer(r, P, K, N, GS, gIdxI64 ? GIdxStore.I64 : GIdxStore.I32);
         byte[] bytes = Build(entries.Prepend(E("model.embed_tokens.weight", "F32", new long[] { 3 }, new float[] { 1, 2, 3 })),
             new Dictionary<string, string> { ["format"] = "pt" });
         using var file = SafetensorsFile.Open(Write("gptq.safetensors", bytes));

@@ -3,8 +3,17 @@ using System.Collections.Generic;
 using System.Linq;
 using System.Runtime.InteropServices;
 using System.Text;
+using static LlmNative.Tests.Int4TestData;
 
 namespace LlmNative.Tests;
+
+/// <summary>How <see cref="SafetensorsWriter.GptqLayer"/> stores g_idx.</summary>
+internal enum GIdxStore
+{
+    None,
+    I32,
+    I64,
+}
 
 /// <summary>
 /// Writes safetensors files byte by byte from the format's description (8-byte little-endian header length, JSON
@@ -62,5 +71,32 @@ internal static class SafetensorsWriter
         file.AddRange(Enumerable.Repeat((byte)' ', padded - h.Length));
         foreach (Entry e in list) file.AddRange(e.Data);
         return file.ToArray();
+    }
+
+    /// <summary>
+    /// A GPTQ v1 asymmetric layer (zero points 1..15, stored minus 1) as its values and as checkpoint entries
+    /// (qweight, qzeros, F16 scales, and a shuffled g_idx unless <see cref="GIdxStore.None"/>); GIdx is each row's
+    /// group either way. <paramref name="nanScaleAt"/> >= 0 stores a NaN scale there.
+    /// </summary>
+    internal static (byte[] Q, byte[] Zeros, ushort[] Scales, int[] GIdx, Entry[] Entries) GptqLayer(Random r, string prefix, int k, int n,
+        int gs, GIdxStore gIdxStore = GIdxStore.I32, int nanScaleAt = -1)
+    {
+        int g = (k + gs - 1) / gs;
+        byte[] q = RandomNibbles(r, k * n), zeros = RandomNibbles(r, g * n, 1, 16);
+        ushort[] scales = Enumerable.Range(0, g * n).Select(i => i == nanScaleAt ? (ushort)0x7e00 : RandomScale(r)).ToArray();
+        int[] gIdx = Enumerable.Range(0, k).Select(row => row / gs).ToArray();
+        var entries = new List<Entry>
+        {
+            E(prefix + ".qweight", "I32", new long[] { k / 8, n }, PackGptqQWeight(q, k, n)),
+            E(prefix + ".qzeros", "I32", new long[] { g, n / 8 }, PackGptqColumns(zeros.Select(z => (byte)(z - 1)).ToArray(), g, n)),
+            E(prefix + ".scales", "F16", new long[] { g, n }, scales),
+        };
+        if (gIdxStore != GIdxStore.None)
+        {
+            gIdx = gIdx.OrderBy(_ => r.Next()).ToArray();
+            entries.Add(gIdxStore == GIdxStore.I64 ? E(prefix + ".g_idx", "I64", new long[] { k }, gIdx.Select(x => (long)x).ToArray())
+                : E(prefix + ".g_idx", "I32", new long[] { k }, gIdx));
+        }
+        return (q, zeros, scales, gIdx, entries.ToArray());
     }
 }
